@@ -1,0 +1,55 @@
+from setuptools import find_namespace_packages
+from setuptools import setup
+
+
+version = "0.1.0.dev0"
+
+
+def read(*names):
+    with open("/".join(names), encoding="utf-8") as f:
+        return f.read()
+
+
+setup(
+    name="collective.recipe.zfssnap",
+    version=version,
+    description="zc.buildout recipe: ZFS snapshots before a release, one-command rollback "
+    "with the site's supervisor programs stopped and started again",
+    long_description=read("README.rst") + "\n\n" + read("CHANGES.rst"),
+    long_description_content_type="text/x-rst",
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Framework :: Buildout",
+        "Framework :: Buildout :: Recipe",
+        "Framework :: Plone",
+        "Framework :: Zope",
+        "Intended Audience :: System Administrators",
+        "Operating System :: POSIX :: Linux",
+        "Operating System :: POSIX :: BSD :: FreeBSD",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Topic :: System :: Archiving :: Backup",
+        "Topic :: System :: Filesystems",
+    ],
+    keywords="buildout recipe zfs snapshot rollback release plone zope supervisor",
+    license="GPL-2.0-only",
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_namespace_packages("src", include=["collective.*"]),
+    include_package_data=True,
+    zip_safe=False,
+    install_requires=[
+        "setuptools",
+        "zc.buildout>=6,<7",
+        "zc.recipe.egg",
+    ],
+    extras_require={
+        "test": [
+            "zope.testing",
+            "zope.testrunner",
+        ],
+    },
+    entry_points={
+        "zc.buildout": ["default = collective.recipe.zfssnap:Recipe"],
+    },
+)

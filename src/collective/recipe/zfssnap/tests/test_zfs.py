@@ -1,0 +1,116 @@
+"""Unit tests of the ZFS adapter's parsing and argument building (no ZFS needed).
+
+What zfs really does with these arguments is tested in the OpenZFS guest.
+"""
+import subprocess
+import unittest
+
+from collective.recipe.zfssnap import zfs
+
+
+class RecordingZfs(zfs.Zfs):
+    """Answers each call with the next canned (returncode, stdout, stderr); records the argv."""
+
+    def __init__(self, *answers):
+        super().__init__(["sudo", "-n", "zfs"])
+        self.answers = list(answers)
+        self.calls = []
+
+    def run(self, *args, check=True):
+        self.calls.append(self.command + list(args))
+        rc, out, err = self.answers.pop(0)
+        if check and rc:
+            raise zfs.ZfsError("failed: " + err, self.calls[-1], err)
+        return subprocess.CompletedProcess(self.calls[-1], rc, out, err)
+
+
+class SnapshotNameTest(unittest.TestCase):
+
+    def test_valid(self):
+        for name in ("zfssnap-20261126T072900Z", "a.b:c_d-e", "with space"):
+            self.assertIsNone(zfs.check_snapshot_name("tank/site", name), name)
+
+    def test_invalid_characters_are_named(self):
+        reason = zfs.check_snapshot_name("tank/site", "pre/2.3@x")
+        self.assertIn("'/'", reason)
+        self.assertIn("'@'", reason)
+        for name in ("a%b", "a+b", "ä", "a;rm -rf", "$(x)", "a\nb"):
+            self.assertIsNotNone(zfs.check_snapshot_name("tank/site", name), name)
+
+    def test_empty_and_dots(self):
+        self.assertIsNotNone(zfs.check_snapshot_name("tank", ""))
+        self.assertIsNotNone(zfs.check_snapshot_name("tank", "."))
+        self.assertIsNotNone(zfs.check_snapshot_name("tank", ".."))
+
+    def test_length_counts_the_full_name(self):
+        dataset = "tank/" + "d" * 200
+        self.assertIsNone(zfs.check_snapshot_name(dataset, "s" * 49))  # 255 bytes
+        self.assertIn("255", zfs.check_snapshot_name(dataset, "s" * 50))
+
+
+class SizeTest(unittest.TestCase):
+
+    def test_parse(self):
+        self.assertEqual(zfs.parse_size("512"), 512)
+        self.assertEqual(zfs.parse_size("10G"), 10 << 30)
+        self.assertEqual(zfs.parse_size("1.5M"), 3 << 19)
+        self.assertEqual(zfs.parse_size("2GiB"), 2 << 30)
+        self.assertRaises(ValueError, zfs.parse_size, "ten")
+        self.assertRaises(ValueError, zfs.parse_size, "-1G")
+
+    def test_format(self):
+        self.assertEqual(zfs.format_size(0), "0B")
+        self.assertEqual(zfs.format_size(1536), "1.5K")
+        self.assertEqual(zfs.format_size(10 << 30), "10.0G")
+
+
+class AdapterTest(unittest.TestCase):
+
+    def test_snapshots_sorted_by_txg_not_creation_time(self):
+        out = ("tank/site@b\t120\t1700000000\t4096\t0\t-\n"
+               "tank/site@a\t100\t1700000000\t0\t1\ttank/clone\n")
+        z = RecordingZfs((0, out, ""))
+        snaps = z.snapshots("tank/site")
+        self.assertEqual([s.short for s in snaps], ["a", "b"])
+        self.assertEqual(snaps[0].userrefs, 1)
+        self.assertEqual(snaps[0].clones, ["tank/clone"])
+        self.assertEqual(snaps[1].used, 4096)
+        self.assertEqual(z.calls[0], ["sudo", "-n", "zfs", "list", "-H", "-p", "-t", "snapshot",
+                                      "-d", "1", "-o",
+                                      "name,createtxg,creation,used,userrefs,clones",
+                                      "tank/site"])
+
+    def test_one_snapshot_command_with_properties(self):
+        z = RecordingZfs((0, "", ""))
+        z.snapshot(["tank/site@s", "tank/fs@s"], {"p:b": "2", "p:a": "x y"})
+        self.assertEqual(z.calls[0][3:], ["snapshot", "-o", "p:a=x y", "-o", "p:b=2",
+                                          "tank/site@s", "tank/fs@s"])
+
+    def test_dataset_at_not_zfs(self):
+        z = RecordingZfs((1, "", "cannot open '/home': not a ZFS filesystem"))
+        self.assertRaises(zfs.NotOnZfs, z.dataset_at, "/home")
+
+    def test_dataset_at(self):
+        z = RecordingZfs((0, "tank/site\t/srv/site\n", ""))
+        self.assertEqual(z.dataset_at("/srv/site"), ("tank/site", "/srv/site"))
+
+    def test_destroy_dry_run_reads_reclaim(self):
+        out = "destroy\ttank/site@a\ndestroy\ttank/site@b\nreclaim\t8192\n"
+        z = RecordingZfs((0, out, ""))
+        self.assertEqual(z.destroy_dry_run("tank/site", ["a", "b"]), 8192)
+        self.assertEqual(z.calls[0][3:], ["destroy", "-n", "-v", "-p", "tank/site@a,b"])
+
+    def test_permission_denied_is_recognised(self):
+        z = RecordingZfs((1, "", "cannot create snapshot 'tank/site@x': permission denied"))
+        with self.assertRaises(zfs.ZfsError) as caught:
+            z.snapshot(["tank/site@x"])
+        self.assertTrue(caught.exception.permission_denied)
+
+    def test_missing_command(self):
+        z = zfs.Zfs(["/nonexistent/zfs"])
+        with self.assertRaises(zfs.NotOnZfs) as caught:
+            z.dataset_at("/")
+        self.assertIn("/nonexistent/zfs", caught.exception.message)
+
+    def test_parse_table_rejects_garbage(self):
+        self.assertRaises(zfs.ZfsError, zfs.parse_table, "a\tb\tc\n", ("x", "y"))

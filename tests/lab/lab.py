@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""The OpenZFS lab: real OpenZFS in a QEMU guest (TCG), for the functional suite.
+
+This machine's kernel cannot load zfs.ko, so the guest carries its own kernel, built from Debian
+12 packages by build-image.sh and cached outside the checkout. lab.py boots it with the checkout's
+package sources and a wheelhouse shared over 9p, runs a command inside and hands back its output
+and exit code. Standard library only: it runs before any virtualenv exists.
+
+    lab.py build [--zfs 2.1]                  build (or reuse) the guest image
+    lab.py run   [--zfs 2.1] -- CMD [ARG...]  run a command in a fresh guest
+    lab.py test  [--zfs 2.1] [-- TESTRUNNER-ARGS]   the guest suite (zope.testrunner)
+    lab.py shell-script [--zfs 2.1] FILE      run a bash script in a fresh guest
+"""
+import argparse
+import fcntl
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHECKOUT = os.path.dirname(os.path.dirname(HERE))
+SERIES = ("2.1", "2.3")
+DEFAULT_SERIES = "2.1"
+HOST_TOOLS = {  # command: Debian package
+    "qemu-system-x86_64": "qemu-system-x86",
+    "debootstrap": "debootstrap",
+    "mke2fs": "e2fsprogs",
+}
+# What the guest's python installs, offline: made on the host with pip for CPython 3.11.
+WHEELHOUSE_REQUIREMENTS = os.path.join(HERE, "wheelhouse.txt")
+# The package's sources, built into the wheel the guest installs.
+PACKAGE_FILES = ("setup.py", "setup.cfg", "MANIFEST.in", "README.rst", "CHANGES.rst", "src")
+KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] ")
+EXIT_TIMEOUT = 124
+EXIT_LAB_BROKEN = 125
+
+
+class LabError(Exception):
+    """A problem of the lab itself (not of the code under test): one sentence for the user."""
+
+
+def say(message):
+    print("lab: " + message, flush=True)
+
+
+def cache_dir():
+    default = os.path.join(os.path.expanduser("~"), ".cache", "collective.recipe.zfssnap-lab")
+    return os.environ.get("ZFSSNAP_LAB_CACHE") or default
+
+
+def digest(*paths, extra=""):
+    h = hashlib.sha256(extra.encode())
+    for path in paths:
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:12]
+
+
+def ensure_host_tools():
+    missing = sorted({pkg for cmd, pkg in HOST_TOOLS.items() if not shutil.which(cmd)})
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise LabError(
+            "the lab needs the Debian packages %s: install them as root (apt-get install %s) "
+            "or run the tests as root" % (", ".join(missing), " ".join(missing)))
+    say("installing host packages with apt-get: " + " ".join(missing))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for argv in (["apt-get", "update", "-q"],
+                 ["apt-get", "install", "-y", "-q", "--no-install-recommends"] + missing):
+        if subprocess.run(argv, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+            raise LabError("'%s' failed: install %s by hand, then try again"
+                           % (" ".join(argv), " ".join(missing)))
+
+
+def apt_mirrors():
+    """The host's own Debian mirror and security mirror, from its apt sources."""
+    entries = []  # (uri, suite)
+    sources_d = "/etc/apt/sources.list.d"
+    paths = ["/etc/apt/sources.list"]
+    if os.path.isdir(sources_d):
+        paths += [os.path.join(sources_d, n) for n in sorted(os.listdir(sources_d))]
+    for path in paths:
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            text = f.read()
+        if path.endswith(".sources"):
+            for stanza in re.split(r"\n\s*\n", text):
+                fields = dict(re.findall(r"^(\w[\w-]*):\s*(.*)$", stanza, re.M))
+                for uri in fields.get("URIs", "").split():
+                    for suite in fields.get("Suites", "").split():
+                        entries.append((uri, suite))
+        else:
+            for line in text.splitlines():
+                m = re.match(r"\s*deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", line)
+                if m:
+                    entries.append(m.groups())
+    main = [u for u, s in entries if not s.endswith(("-security", "/updates"))]
+    security = [u for u, s in entries if s.endswith(("-security", "/updates"))]
+    if not main:
+        raise LabError("no Debian mirror found in /etc/apt/sources.list*: add one, then try again")
+    main_uri = main[0].rstrip("/")
+    security_uri = security[0].rstrip("/") if security else main_uri + "-security"
+    return main_uri, security_uri
+
+
+def image_dir(series):
+    key = digest(os.path.join(HERE, "build-image.sh"), os.path.join(HERE, "guest-init"),
+                 extra=series)
+    return os.path.join(cache_dir(), "images", "zfs-%s-%s" % (series, key))
+
+
+def ensure_image(series):
+    """The guest image for an OpenZFS series: from the cache, or built (minutes) and cached."""
+    out = image_dir(series)
+    if all(os.path.exists(os.path.join(out, n)) for n in ("root.img", "vmlinuz", "initrd.img")):
+        return out
+    ensure_host_tools()
+    if os.geteuid() != 0:
+        raise LabError("building the guest image needs root (debootstrap, chroot): "
+                       "run once as root, or point ZFSSNAP_LAB_CACHE at a cache that has it")
+    mirror, security = apt_mirrors()
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    lock = open(out + ".lock", "w")
+    # Two runs at once would build the same image twice: the second waits, then reuses it.
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if os.path.exists(os.path.join(out, "root.img")):
+        return out
+    say("building the OpenZFS %s guest image in %s (about 6 minutes)" % (series, out))
+    started = time.monotonic()
+    rc = subprocess.run(["bash", os.path.join(HERE, "build-image.sh"),
+                         series, mirror, security, out]).returncode
+    if rc != 0:
+        raise LabError("building the OpenZFS %s guest image failed (exit %d): see the lines "
+                       "above" % (series, rc))
+    say("built the OpenZFS %s guest image in %.0f s" % (series, time.monotonic() - started))
+    return out
+
+
+def ensure_wheelhouse():
+    """Wheels of everything the guest installs (it has no network), cached by requirements."""
+    out = os.path.join(cache_dir(), "wheelhouse-" + digest(WHEELHOUSE_REQUIREMENTS))
+    if os.path.exists(os.path.join(out, ".complete")):
+        return out
+    say("making the guest's wheelhouse in " + out)
+    partial = out + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    rc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
+                         "-w", partial, "-r", WHEELHOUSE_REQUIREMENTS]).returncode
+    if rc != 0:
+        raise LabError("pip could not make the guest's wheelhouse (exit %d): see above" % rc)
+    # pip and setuptools are installed in the guest from here too: keep them as wheels.
+    open(os.path.join(partial, ".complete"), "w").close()
+    shutil.rmtree(out, ignore_errors=True)
+    os.rename(partial, out)
+    return out
+
+
+def build_wheel(dest):
+    """The package's wheel, built from the working tree as users get it from the index."""
+    with tempfile.TemporaryDirectory(prefix="zfssnap-src-") as tmp:
+        # A copy: setuptools writes build/ and *.egg-info into the tree it builds.
+        for name in PACKAGE_FILES:
+            src = os.path.join(CHECKOUT, name)
+            if os.path.isdir(src):
+                shutil.copytree(src, os.path.join(tmp, name), ignore=shutil.ignore_patterns(
+                    "__pycache__", "*.egg-info", "*.pyc"))
+            elif os.path.exists(src):
+                shutil.copy2(src, tmp)
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                               "--disable-pip-version-check", "-w", dest, tmp],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise LabError("building the package's wheel failed:\n" + proc.stdout)
+
+
+class Guest:
+    """One boot of the guest: fresh disks, a share directory, a command; then it powers off."""
+
+    def __init__(self, series, script, timeout, disks=1, disk_size="16G", memory=3072):
+        self.series = series
+        self.script = script
+        self.timeout = timeout
+        self.disks = disks
+        self.disk_size = disk_size
+        self.memory = memory
+
+    def run(self, out=sys.stdout):
+        image = ensure_image(self.series)
+        wheels = ensure_wheelhouse()
+        ensure_host_tools()
+        with tempfile.TemporaryDirectory(prefix="zfssnap-lab-") as tmp:
+            share = os.path.join(tmp, "share")
+            build_wheel(os.path.join(share, "dist"))
+            shutil.copy(os.path.join(HERE, "guest-boot.sh"), os.path.join(share, "boot"))
+            run = os.path.join(share, "run")
+            with open(run, "w") as f:
+                f.write(self.script)
+            os.chmod(run, 0o755)
+            argv = self.qemu_argv(image, tmp, share, wheels)
+            return self.boot(argv, share, out)
+
+    def qemu_argv(self, image, tmp, share, wheels):
+        argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory), "-smp", "2",
+                "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
+                "-kernel", os.path.join(image, "vmlinuz"),
+                "-initrd", os.path.join(image, "initrd.img"),
+                "-drive", "file=%s,format=raw,if=virtio,snapshot=on"
+                % os.path.join(image, "root.img")]
+        for i in range(self.disks):
+            # A new sparse file per boot: no pool state survives from one run to the next.
+            disk = os.path.join(tmp, "disk%d.img" % i)
+            with open(disk, "wb") as f:
+                f.truncate(parse_size(self.disk_size))
+            argv += ["-drive", "file=%s,format=raw,if=virtio,cache=unsafe" % disk]
+        for tag, path, ro in (("share", share, False), ("src", CHECKOUT, True),
+                              ("wheels", wheels, True)):
+            argv += ["-virtfs", "local,path=%s,mount_tag=%s,security_model=none%s"
+                     % (path, tag, ",readonly=on" if ro else "")]
+        argv += ["-append", "console=ttyS0 root=/dev/vda rw quiet loglevel=3 init=/sbin/lab-init "
+                 "panic=-1 LAB_SERIES=%s" % self.series]
+        return argv
+
+    def boot(self, argv, share, out):
+        started = time.monotonic()
+        say("booting the OpenZFS %s guest (TCG)" % self.series)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        ready = []
+        console = []  # what the guest printed before its command ran: shown if it never does
+        done = []
+
+        def pump():
+            for raw in iter(proc.stdout.readline, b""):
+                line = raw.decode("utf-8", "replace").replace("\r", "")
+                if not ready:
+                    if "lab-init: zfs ready" in line:
+                        ready.append(time.monotonic() - started)
+                        say("guest ready (zfs.ko loaded) %.1f s after boot" % ready[0])
+                    else:
+                        console.append(line)
+                    continue
+                if "sysrq: Power Off" in line:
+                    done.append(True)
+                # The power-off leaves the kernel complaining on the console: not ours.
+                if done or KERNEL_LINE.match(line):
+                    continue
+                out.write(line)
+                out.flush()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            reader.join(5)
+            say("the guest did not finish within %d s: killed it (raise --timeout if the work "
+                "is just slow)" % self.timeout)
+            return EXIT_TIMEOUT
+        reader.join(5)
+        elapsed = time.monotonic() - started
+        rc_file = os.path.join(share, "rc")
+        if not os.path.exists(rc_file):
+            if not ready:
+                out.write("".join(console))
+            say("the guest stopped after %.0f s without an exit code (qemu exit %d): it crashed "
+                "or never ran the command; see its console above" % (elapsed, proc.returncode))
+            return EXIT_LAB_BROKEN
+        with open(rc_file) as f:
+            rc = int(f.read().strip() or EXIT_LAB_BROKEN)
+        say("guest finished in %.0f s, exit code %d" % (elapsed, rc))
+        return rc
+
+
+def parse_size(text):
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+# The guest side of `lab.py test`: a venv from the wheelhouse, the package built into a wheel
+# exactly as users get it, then zope.testrunner on the guest layers.
+GUEST_TEST_SCRIPT = """\
+#!/bin/bash
+set -e
+export ZFSSNAP_LAB=1 ZFSSNAP_LAB_SERIES={series} ZFSSNAP_LAB_FIND_LINKS="/mnt/wheels /mnt/share/dist"
+echo "lab: guest $(uname -r), $(zfs version 2>/dev/null | head -1), $(python3 --version)"
+mkfs.ext4 -q -F /dev/vdb
+mkdir -p /scratch && mount /dev/vdb /scratch
+t0=$(date +%s)
+python3 -m venv /opt/venv
+pip="/opt/venv/bin/pip -q --disable-pip-version-check"
+$pip install --no-index --find-links /mnt/share/dist --find-links /mnt/wheels \
+    'collective.recipe.zfssnap[test]' ZODB
+echo "lab: guest venv ready in $(( $(date +%s) - t0 )) s"
+site=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cd /tmp
+exec /opt/venv/bin/zope-testrunner --test-path "$site" --package collective.recipe.zfssnap \\
+    --layer zfssnap.tests.layers {args}
+"""
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="lab.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("build", "run", "test", "shell-script"):
+        p = sub.add_parser(name)
+        p.add_argument("--zfs", choices=SERIES, default=DEFAULT_SERIES,
+                       help="OpenZFS series of the guest (default %(default)s)")
+        if name != "build":
+            p.add_argument("--timeout", type=int, default=2400,
+                           help="kill the guest after this many seconds (default %(default)s)")
+        if name == "shell-script":
+            p.add_argument("file")
+        if name in ("run", "test"):
+            p.add_argument("args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            say("image ready: " + ensure_image(args.zfs))
+            return 0
+        rest = list(getattr(args, "args", []))
+        if rest[:1] == ["--"]:
+            rest = rest[1:]
+        if args.command == "run":
+            script = "#!/bin/bash\nexec %s\n" % " ".join(shlex.quote(a) for a in rest)
+        elif args.command == "shell-script":
+            with open(args.file) as f:
+                script = f.read()
+        else:
+            script = GUEST_TEST_SCRIPT.format(
+                series=args.zfs, args=" ".join(shlex.quote(a) for a in rest))
+        return Guest(args.zfs, script, args.timeout).run()
+    except LabError as e:
+        say(str(e))
+        return EXIT_LAB_BROKEN
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
