@@ -1,0 +1,282 @@
+"""The scripts on real OpenZFS, through a real buildout, supervisor and ZODB (lab guest only)."""
+import json
+import os
+import subprocess
+import time
+import unittest
+
+from collective.recipe.zfssnap.tests.layers import DATASETS
+from collective.recipe.zfssnap.tests.layers import GIT
+from collective.recipe.zfssnap.tests.layers import SITE
+from collective.recipe.zfssnap.tests.layers import Site
+from collective.recipe.zfssnap.tests.layers import app
+from collective.recipe.zfssnap.tests.layers import last_tid_on_disk
+from collective.recipe.zfssnap.tests.layers import program_states
+from collective.recipe.zfssnap.tests.layers import run_in_site
+from collective.recipe.zfssnap.tests.layers import sh
+from collective.recipe.zfssnap.tests.layers import wait_for
+
+
+def bin_(script, *args, **kw):
+    return run_in_site(SITE + "/bin/" + script, *args, **kw)
+
+
+def snapshots(dataset):
+    return sh("zfs", "list", "-H", "-t", "snapshot", "-d", "1", "-o", "name", "-s", "createtxg",
+              dataset).split()
+
+
+def tree(root):
+    """{relative path: content} of the buildout's own files (what a release changes)."""
+    files = {}
+    for base in ("VERSION", "app.py", "buildout.cfg", ".installed.cfg", "bin"):
+        path = os.path.join(root, base)
+        paths = [path] if os.path.isfile(path) else [
+            os.path.join(d, n) for d, _, names in os.walk(path) for n in names]
+        for p in paths:
+            with open(p, "rb") as f:
+                files[os.path.relpath(p, root)] = f.read()
+    return files
+
+
+def release(version="2.0"):
+    """A release as an operator does it: a new tag checked out, bin/buildout, new data."""
+    with open(SITE + "/VERSION", "w") as f:
+        f.write(version + "\n")
+    with open(SITE + "/buildout.cfg") as f:
+        cfg = f.read()
+    with open(SITE + "/buildout.cfg", "w") as f:
+        f.write(cfg.replace("stop-timeout = 30", "stop-timeout = 31"))
+    sh(*GIT, "-C", SITE, "commit", "-q", "-a", "-m", "Release " + version)
+    sh(*GIT, "-C", SITE, "tag", version)
+    sh(*GIT, "-C", SITE, "checkout", "-q", version)
+    rc, out, err = run_in_site("/opt/venv/bin/buildout")
+    assert rc == 0, out + err
+    app("/write?blob=release-" + version, "POST")
+    app("/write?blob=second", "POST")
+    with open(SITE + "/var/release-notes.txt", "w") as f:
+        f.write("new file in var/")
+
+
+class WorkflowTest(unittest.TestCase):
+    layer = Site
+
+    def setUp(self):
+        self.before = Site.reset()
+
+    def test_snapshot_release_rollback_restores_everything(self):
+        files_before = tree(SITE)
+        rev_before = sh("git", "-C", SITE, "rev-parse", "HEAD").strip()
+        tid_before = last_tid_on_disk()
+        self.assertEqual(tid_before, self.before["last_tid"])
+
+        rc, out, err = bin_("snapshot", "pre-2.0", "-m", "before the 2.0 release")
+        self.assertEqual(rc, 0, out + err)
+        name = out.split()[1]
+        self.assertRegex(name, r"^zfssnap-\d{8}T\d{6}Z-pre-2\.0$")
+        self.assertIn("bin/rollback %s" % name, out)
+        self.assertIn("bin/cleanup %s" % name, out)
+        txgs = {sh("zfs", "get", "-H", "-p", "-o", "value", "createtxg",
+                   "%s@%s" % (d, name)).strip() for d in DATASETS}
+        self.assertEqual(len(txgs), 1, "one snapshot command, one transaction group")
+
+        release("2.0")
+        after = app()
+        self.assertEqual(after["version"], "2.0")
+        self.assertEqual(after["counter"], self.before["counter"] + 2)
+        self.assertNotEqual(tree(SITE), files_before)
+
+        started = time.monotonic()
+        rc, out, err = bin_("rollback", "--yes")
+        elapsed = time.monotonic() - started
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("Rolled back to %s" % name, out)
+        self.assertRegex(out, r"the site was down for \d+\.\d s")
+
+        self.assertEqual(program_states(), {"app": "RUNNING", "worker": "RUNNING"})
+        state = wait_for(app, what="the app to answer after the rollback")
+        self.assertEqual(state["version"], "1.0")
+        self.assertEqual(state["counter"], self.before["counter"])
+        self.assertEqual(state["blobs"], self.before["blobs"])
+        self.assertEqual(state["last_tid"], tid_before)
+        self.assertEqual(last_tid_on_disk(), tid_before)
+        self.assertEqual(tree(SITE), files_before)
+        self.assertEqual(sh("git", "-C", SITE, "rev-parse", "HEAD").strip(), rev_before)
+        self.assertFalse(os.path.exists(SITE + "/var/release-notes.txt"))
+        # The snapshot is still there (a second rollback may be needed); cleanup removes it.
+        self.assertIn("tank/site@" + name, snapshots("tank/site"))
+        print("\n    rollback of 3 datasets with supervisor: %.1f s" % elapsed, end=" ")
+
+    def test_cleanup_after_good_release_destroys_only_own_snapshots(self):
+        sh("zfs", "snapshot", "tank/site@other-tool")
+        rc, out, err = bin_("snapshot")
+        self.assertEqual(rc, 0, out + err)
+        name = out.split()[1]
+        release("2.0")
+        rc, out, err = bin_("cleanup", "--dry-run")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("zfs destroy tank/site@%s" % name, out)
+        for dataset in DATASETS:
+            self.assertIn("%s@%s" % (dataset, name), snapshots(dataset))
+
+        rc, out, err = bin_("cleanup", "--json")
+        self.assertEqual(rc, 0, out + err)
+        doc = json.loads(out)
+        self.assertEqual(doc["destroyed"], [name])
+        self.assertGreater(doc["freed"], 0)
+        for dataset in DATASETS:
+            self.assertNotIn("%s@%s" % (dataset, name), snapshots(dataset))
+        self.assertIn("tank/site@other-tool", snapshots("tank/site"))
+        self.assertIn("tank/site@lab-baseline", snapshots("tank/site"))
+        # The release stays: nothing was rolled back.
+        self.assertEqual(app()["version"], "2.0")
+
+    def test_snapshot_records_who_what_and_lists(self):
+        with open(SITE + "/VERSION", "a") as f:
+            f.write("dirty\n")
+        rc, out, err = bin_("snapshot", "pre-3", "-m", "a note; $(not run)")
+        self.assertEqual(rc, 0, out + err)
+        name = out.split()[1]
+        props = dict(line.split("\t")[1:3] for line in sh(
+            "zfs", "get", "-H", "-o", "name,property,value", "all",
+            "tank/site-blobstorage@" + name).splitlines())
+        prefix = "collective.recipe.zfssnap:"
+        self.assertEqual(props[prefix + "part"], "zfssnap")
+        self.assertEqual(props[prefix + "buildout"], SITE)
+        self.assertEqual(props[prefix + "label"], "pre-3")
+        self.assertEqual(props[prefix + "message"], "a note; $(not run)")
+        self.assertEqual(props[prefix + "git-revision"],
+                         sh("git", "-C", SITE, "rev-parse", "HEAD").strip())
+        self.assertEqual(props[prefix + "git-describe"], "1.0")
+        self.assertEqual(props[prefix + "git-dirty"], "yes")
+        self.assertEqual(props[prefix + "user"], "root")
+        self.assertRegex(props[prefix + "created"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+        rc, out, err = bin_("snapshot", "--list")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn(name, out)
+        self.assertIn("pre-3", out)
+        rc, out, err = bin_("snapshot", "--list", "--json")
+        doc = json.loads(out)
+        self.assertEqual([s["name"] for s in doc["snapshots"]], [name])
+        self.assertEqual(sorted(doc["snapshots"][0]["datasets"]), sorted(DATASETS))
+
+    def test_bad_label_is_refused_before_zfs_runs(self):
+        for label in ("pre/2.0", "a@b", "x;rm -rf /", "$(touch /tmp/pwned)"):
+            rc, out, err = bin_("snapshot", label)
+            self.assertEqual(rc, 2, label + out + err)
+            self.assertIn("cannot use the snapshot name", err)
+            self.assertNotIn("Traceback", err)
+        self.assertFalse(os.path.exists("/tmp/pwned"))
+        self.assertEqual(snapshots("tank/site"), ["tank/site@lab-baseline"])
+
+    def test_dry_run_prints_commands_and_changes_nothing(self):
+        rc, out, err = bin_("snapshot")
+        name = out.split()[1]
+        release("2.0")
+        rc, out, err = bin_("rollback", "--dry-run")
+        self.assertEqual(rc, 0, out + err)
+        for dataset in DATASETS:
+            self.assertIn("zfs rollback %s@%s" % (dataset, name), out)
+        self.assertEqual(app()["version"], "2.0")
+        self.assertEqual(program_states(), {"app": "RUNNING", "worker": "RUNNING"})
+
+    def test_rollback_without_terminal_or_yes_is_refused(self):
+        bin_("snapshot")
+        rc, out, err = bin_("rollback")
+        self.assertEqual(rc, 3, out + err)
+        self.assertIn("pass --yes", err)
+        self.assertEqual(program_states(), {"app": "RUNNING", "worker": "RUNNING"})
+
+
+class RefusalTest(unittest.TestCase):
+    layer = Site
+
+    def setUp(self):
+        self.before = Site.reset()
+        rc, out, err = bin_("snapshot")
+        assert rc == 0, out + err
+        self.name = out.split()[1]
+        release("2.0")
+
+    def assertUntouched(self):
+        self.assertEqual(program_states(), {"app": "RUNNING", "worker": "RUNNING"})
+        self.assertEqual(app()["version"], "2.0")
+        for dataset in DATASETS:
+            self.assertIn("%s@%s" % (dataset, self.name), snapshots(dataset))
+
+    def test_held_newer_snapshot_refuses_and_is_named(self):
+        sh("zfs", "snapshot", "tank/site-filestorage@backup-tool")
+        sh("zfs", "hold", "keep", "tank/site-filestorage@backup-tool")
+        try:
+            rc, out, err = bin_("rollback", "--yes")
+            self.assertEqual(rc, 3, out + err)
+            self.assertIn("tank/site-filestorage@backup-tool is held (keep)", err)
+            self.assertUntouched()
+            self.assertIn("tank/site-filestorage@backup-tool",
+                          snapshots("tank/site-filestorage"))
+        finally:
+            sh("zfs", "release", "keep", "tank/site-filestorage@backup-tool")
+
+    def test_newer_snapshots_are_listed_and_destroyed_with_confirmation(self):
+        sh("zfs", "snapshot", "tank/site@hourly")
+        rc, out, err = bin_("rollback", "--yes")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("destroys the newer tank/site@hourly", out)
+        self.assertNotIn("tank/site@hourly", snapshots("tank/site"))
+
+    def test_open_file_outside_supervisor_refuses_then_force(self):
+        holder = subprocess.Popen(["python3", "-c", "import sys, time\n"
+                                   "f = open(sys.argv[1], 'a')\nprint('ok', flush=True)\n"
+                                   "time.sleep(600)", SITE + "/var/filestorage/holder.txt"],
+                                  cwd="/", stdout=subprocess.PIPE, text=True)
+        try:
+            holder.stdout.readline()
+            rc, out, err = bin_("rollback", "--yes")
+            self.assertEqual(rc, 3, out + err)
+            self.assertIn("pid %d (python3 -c" % holder.pid, err)
+            # What was stopped for the rollback runs again; nothing was rolled back.
+            self.assertUntouched()
+            rc, out, err = bin_("rollback", "--yes", "--force")
+            self.assertEqual(rc, 0, out + err)
+            self.assertIn("--force", err)
+            self.assertEqual(app()["version"], "1.0")
+        finally:
+            holder.kill()
+            holder.wait()
+
+    def test_shell_in_buildout_directory_does_not_block(self):
+        shell = subprocess.Popen(["sleep", "600"], cwd=SITE)
+        try:
+            rc, out, err = bin_("rollback", "--yes")
+            self.assertEqual(rc, 0, out + err)
+            self.assertIn("pid %d (sleep 600): cwd" % shell.pid, out)
+            self.assertEqual(app()["version"], "1.0")
+        finally:
+            shell.kill()
+            shell.wait()
+
+    def test_failure_half_way_reports_datasets_and_starts_nothing(self):
+        # The before-rollback hook runs after the preflight: a held snapshot made there makes
+        # the rollback of the blobstorage dataset fail after the others succeeded.
+        script = SITE + "/var/sneaky.sh"
+        with open(script, "w") as f:
+            f.write("#!/bin/sh\nzfs snapshot tank/site-blobstorage@sneaky\n"
+                    "zfs hold keep tank/site-blobstorage@sneaky\n")
+        os.chmod(script, 0o755)
+        with open(SITE + "/buildout.cfg") as f:
+            cfg = f.read()
+        with open(SITE + "/buildout.cfg", "w") as f:
+            f.write(cfg + "before-rollback = %s\n" % script)
+        rc, out, err = run_in_site("/opt/venv/bin/buildout")
+        self.assertEqual(rc, 0, out + err)
+        try:
+            rc, out, err = bin_("rollback", "--yes", self.name)
+            self.assertEqual(rc, 4, out + err)
+            self.assertIn("tank/site, tank/site-filestorage are at the snapshot", err)
+            self.assertIn("tank/site-blobstorage NOT", err)
+            self.assertIn("nothing was started again", err)
+            states = program_states()
+            self.assertNotIn("RUNNING", states.values(), states)
+        finally:
+            sh("zfs", "release", "keep", "tank/site-blobstorage@sneaky")
