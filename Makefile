@@ -1,14 +1,16 @@
 # make test       every test: the fast suite, then the OpenZFS guest suite on 2.1 and 2.3
 # make test-fast  unit tests and doctests, no guest (seconds)
 # make test-lab   the guest suite only; ZFS=2.1 or ZFS=2.3 for one series
-# make demo       boots the guest and runs the ZFS smoke test
+# make demo       the release workflow, typed on a throwaway site in the guest
+# make bench      times snapshot, rollback and cleanup against a repozo restore (guest)
+# make lab-smoke  boots the guest and runs the ZFS smoke test only
 PYTHON ?= python3
 ZFS_SERIES ?= 2.1 2.3
 ZFS ?=
 LAB = $(PYTHON) tests/lab/lab.py
 BUILDOUT_VERSION = 6.0.1
 
-.PHONY: test test-fast test-lab lab-images demo clean
+.PHONY: test test-fast test-lab lab-images demo bench lab-smoke clean
 
 test: test-fast test-lab
 
@@ -29,6 +31,12 @@ test-lab:
 	for v in $(if $(ZFS),$(ZFS),$(ZFS_SERIES)); do $(LAB) test --zfs $$v || exit $$?; done
 
 demo:
+	$(LAB) demo --zfs $(if $(ZFS),$(ZFS),2.1)
+
+bench:
+	$(LAB) bench --zfs $(if $(ZFS),$(ZFS),2.1)
+
+lab-smoke:
 	$(LAB) test --zfs $(if $(ZFS),$(ZFS),2.1) -- -t test_smoke
 
 clean:

@@ -45,6 +45,8 @@ setup(
     ],
     extras_require={
         "test": [
+            "collective.recipe.supervisor",
+            "supervisor",
             "zope.testing",
             "zope.testrunner",
         ],

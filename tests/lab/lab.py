@@ -9,6 +9,8 @@ and exit code. Standard library only: it runs before any virtualenv exists.
     lab.py build [--zfs 2.1]                  build (or reuse) the guest image
     lab.py run   [--zfs 2.1] -- CMD [ARG...]  run a command in a fresh guest
     lab.py test  [--zfs 2.1] [-- TESTRUNNER-ARGS]   the guest suite (zope.testrunner)
+    lab.py demo  [--zfs 2.1]                  the release workflow typed on a throwaway site
+    lab.py bench [--zfs 2.1] [--datafs-mb N]  snapshot/rollback/cleanup times against repozo
     lab.py shell-script [--zfs 2.1] FILE      run a bash script in a fresh guest
 """
 import argparse
@@ -63,8 +65,8 @@ def digest(*paths, extra=""):
     return h.hexdigest()[:12]
 
 
-def ensure_host_tools():
-    missing = sorted({pkg for cmd, pkg in HOST_TOOLS.items() if not shutil.which(cmd)})
+def ensure_host_tools(commands=tuple(HOST_TOOLS)):
+    missing = sorted({HOST_TOOLS[cmd] for cmd in commands if not shutil.which(cmd)})
     if not missing:
         return
     if os.geteuid() != 0:
@@ -196,7 +198,7 @@ class Guest:
     def run(self, out=sys.stdout):
         image = ensure_image(self.series)
         wheels = ensure_wheelhouse()
-        ensure_host_tools()
+        ensure_host_tools(["qemu-system-x86_64"])
         with tempfile.TemporaryDirectory(prefix="zfssnap-lab-") as tmp:
             share = os.path.join(tmp, "share")
             build_wheel(os.path.join(share, "dist"))
@@ -287,9 +289,9 @@ def parse_size(text):
     return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
 
 
-# The guest side of `lab.py test`: a venv from the wheelhouse, the package built into a wheel
-# exactly as users get it, then zope.testrunner on the guest layers.
-GUEST_TEST_SCRIPT = """\
+# The guest side of `lab.py test` and `lab.py demo`: a venv from the wheelhouse with the
+# package's wheel (built from the working tree, as users get it), then the given command.
+GUEST_VENV_SCRIPT = """\
 #!/bin/bash
 set -e
 export ZFSSNAP_LAB=1 ZFSSNAP_LAB_SERIES={series} ZFSSNAP_LAB_FIND_LINKS="/mnt/wheels /mnt/share/dist"
@@ -298,21 +300,24 @@ mkfs.ext4 -q -F /dev/vdb
 mkdir -p /scratch && mount /dev/vdb /scratch
 t0=$(date +%s)
 python3 -m venv /opt/venv
-pip="/opt/venv/bin/pip -q --disable-pip-version-check"
-$pip install --no-index --find-links /mnt/share/dist --find-links /mnt/wheels \
-    'collective.recipe.zfssnap[test]' ZODB
+/opt/venv/bin/pip install -q --disable-pip-version-check --no-index \\
+    --find-links /mnt/share/dist --find-links /mnt/wheels 'collective.recipe.zfssnap[test]' ZODB
 echo "lab: guest venv ready in $(( $(date +%s) - t0 )) s"
 site=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 cd /tmp
-exec /opt/venv/bin/zope-testrunner --test-path "$site" --package collective.recipe.zfssnap \\
-    --layer zfssnap.tests.layers {args}
+{command}
 """
+GUEST_TEST_COMMAND = ("exec /opt/venv/bin/zope-testrunner --test-path \"$site\" "
+                      "--package collective.recipe.zfssnap --layer zfssnap.tests.layers {args}")
+GUEST_DEMO_COMMAND = "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.demo"
+GUEST_BENCH_COMMAND = ("BENCH_DATAFS_MB={megabytes} "
+                       "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.bench")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="lab.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("build", "run", "test", "shell-script"):
+    for name in ("build", "run", "test", "demo", "bench", "shell-script"):
         p = sub.add_parser(name)
         p.add_argument("--zfs", choices=SERIES, default=DEFAULT_SERIES,
                        help="OpenZFS series of the guest (default %(default)s)")
@@ -321,6 +326,9 @@ def main(argv=None):
                            help="kill the guest after this many seconds (default %(default)s)")
         if name == "shell-script":
             p.add_argument("file")
+        if name == "bench":
+            p.add_argument("--datafs-mb", type=int, default=100,
+                           help="size of the site's Data.fs (default %(default)s MB)")
         if name in ("run", "test"):
             p.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -336,9 +344,14 @@ def main(argv=None):
         elif args.command == "shell-script":
             with open(args.file) as f:
                 script = f.read()
+        elif args.command == "demo":
+            script = GUEST_VENV_SCRIPT.format(series=args.zfs, command=GUEST_DEMO_COMMAND)
+        elif args.command == "bench":
+            script = GUEST_VENV_SCRIPT.format(series=args.zfs, command=GUEST_BENCH_COMMAND.format(
+                megabytes=args.datafs_mb))
         else:
-            script = GUEST_TEST_SCRIPT.format(
-                series=args.zfs, args=" ".join(shlex.quote(a) for a in rest))
+            command = GUEST_TEST_COMMAND.format(args=" ".join(shlex.quote(a) for a in rest))
+            script = GUEST_VENV_SCRIPT.format(series=args.zfs, command=command)
         return Guest(args.zfs, script, args.timeout).run()
     except LabError as e:
         say(str(e))

@@ -17,13 +17,16 @@ import zc.recipe.egg
 from collective.recipe.zfssnap import zfs as zfsmod
 
 
-logger = logging.getLogger("collective.recipe.zfssnap")
-
 SUPERVISOR_RECIPE = "collective.recipe.supervisor"
 HOOKS = ("before-snapshot", "after-snapshot", "before-rollback", "after-rollback")
 SCRIPTS = ("snapshot", "rollback", "cleanup")
 TRUE = ("true", "yes", "on", "1")
 FALSE = ("false", "no", "off", "0", "")
+
+
+def is_inside(path, directory):
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 class Recipe:
@@ -51,8 +54,13 @@ class Recipe:
             default = script if name == "zfssnap" else "%s-%s" % (name, script)
             options.setdefault(script + "-script", default)
         self.find_supervisor()
+        self.mountpoints = {options["dataset"]: self.directory} if options["dataset"] else {}
         state = os.path.join(os.path.expanduser("~"), ".local", "state",
                              "collective.recipe.zfssnap")
+        if any(is_inside(state, m) for m in self.mountpoints.values()):
+            # The site user's home is often the buildout itself: the lock and the log must
+            # survive a rollback.
+            state = "/var/tmp/collective.recipe.zfssnap"
         slug = "%s-%s-%s" % (os.path.basename(self.directory) or "root", name,
                              hashlib.sha1(self.directory.encode()).hexdigest()[:8])
         options.setdefault("lock-file", os.path.join(state, slug + ".lock"))
@@ -122,6 +130,8 @@ class Recipe:
         for line in self.options["extra-datasets"].split():
             name = self.dataset_mounted_at("extra-datasets", line) if line.startswith("/") \
                 else line
+            if line.startswith("/"):
+                self.mountpoints[name] = os.path.realpath(line)
             if name in result:
                 raise self.error("extra-datasets", "%s is listed twice (the buildout's own "
                                  "dataset is always included)" % name)
@@ -132,10 +142,9 @@ class Recipe:
                                  "%r is not a ZFS dataset name" % name)
         pools = sorted({d.split("/", 1)[0] for d in result})
         if len(pools) > 1:
-            logger.warning(
-                "[%s] the datasets are on %d pools (%s): ZFS cannot snapshot them atomically "
-                "(one snapshot per pool, a moment apart)", self.name, len(pools),
-                ", ".join(pools))
+            logging.getLogger(self.name).warning(
+                "the datasets are on %d pools (%s): ZFS cannot snapshot them atomically "
+                "(one snapshot per pool, a moment apart)", len(pools), ", ".join(pools))
         return result
 
     # -- supervisor -------------------------------------------------------------------------
@@ -188,8 +197,13 @@ class Recipe:
             scripts[script] = value
         datasets = self.datasets()
         for option in ("lock-file", "log-file"):
-            if not os.path.isabs(options[option]):
+            path = options[option]
+            if not os.path.isabs(path):
                 raise self.error(option, "must be an absolute path")
+            inside = [d for d, m in self.mountpoints.items() if is_inside(path, m)]
+            if inside:
+                raise self.error(option, "%s is on the dataset %s, which a rollback replaces: "
+                                 "put it outside the part's datasets" % (path, inside[0]))
         return {
             "part": self.name,
             "directory": self.directory,
@@ -204,7 +218,7 @@ class Recipe:
             "supervisord_files": self.supervisor_files,
             "programs": options["programs"].split(),
             "stop_timeout": self.number("stop-timeout", 1),
-            "hooks": {hook: shlex.split(options[hook]) for hook in HOOKS if options[hook]},
+            "hooks": {hook: self.split(hook) for hook in HOOKS if options[hook].strip()},
             "lock_file": options["lock-file"],
             "log_file": options["log-file"],
             "scripts": {k: os.path.join(self.bin, v) for k, v in scripts.items()},

@@ -7,7 +7,6 @@ rollback replaces bin/ and the eggs under the running script.
 import argparse
 import datetime
 import fcntl
-import getpass
 import json
 import os
 import re
@@ -36,13 +35,16 @@ class Output:
         self.data = {}
         self.warnings = []
         self.log_file = None
-        self.user = getpass.getuser()
+        self.user = release.current_user()
         self.host = socket.gethostname()
 
     def _print(self, text, level=1, stream=None):
         if self.json or self.verbosity < level:
             return
-        print(text, file=stream or sys.stdout, flush=True)
+        try:
+            print(text, file=stream or sys.stdout, flush=True)
+        except OSError:
+            pass  # the terminal went away: the work goes on, the log file keeps the record
 
     def say(self, text):
         self._print(text)
@@ -63,23 +65,33 @@ class Output:
     def warn(self, text):
         self.warnings.append(text)
         if not self.json:
-            print("WARNING: " + text, file=sys.stderr, flush=True)
+            self._print("WARNING: " + text, level=0, stream=sys.stderr)
 
     def error(self, text):
         if not self.json:
-            print("%s: error: %s" % (self.script, text), file=sys.stderr, flush=True)
+            self._print("%s: error: %s" % (self.script, text), level=0, stream=sys.stderr)
 
     def open_log(self, path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        self.log_file = open(path, "a")
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.log_file = open(path, "a")
+        except OSError as e:
+            raise Stop("cannot open the log file %s (%s): set the part's log-file option to a "
+                       "path this user may write, outside the datasets" % (path, e.strerror),
+                       FAILED)
 
     def log(self, text):
         if self.log_file is None:
             return
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.log_file.write("%s %s@%s %s: %s\n" % (stamp, self.user, self.host, self.script,
-                                                    text))
-        self.log_file.flush()
+        try:
+            self.log_file.write("%s %s@%s %s: %s\n" % (stamp, self.user, self.host,
+                                                        self.script, text))
+            self.log_file.flush()
+        except OSError as e:
+            self.log_file = None  # a full disk must not stop a rollback half-way
+            self.warn("cannot write the log file any more (%s): going on without it"
+                      % e.strerror)
 
     def finish(self, code, error=None):
         if self.json:
@@ -157,8 +169,13 @@ def run(config, name, description, add_arguments, work, argv=None):
 
 
 def take_lock(path, script):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    f = open(path, "a")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        f = open(path, "a")
+    except OSError as e:
+        raise Stop("cannot open the lock file %s (%s): set the part's lock-file option to a "
+                   "path this user may write, outside the datasets" % (path, e.strerror),
+                   FAILED)
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -216,20 +233,24 @@ def rollback(config, argv=None):
             return ask("Type yes to stop the site and roll back: ")
 
         # From the confirmation on, an interrupt would leave the site half-done.
-        original = signal.getsignal(signal.SIGINT)
+        originals = {s: signal.getsignal(s)
+                     for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
         try:
             release.rollback(site, args.snapshot, yes=args.yes, dry_run=args.dry_run,
                              force=args.force, diff=args.diff,
                              confirm=confirm, committed=ignore_interrupts)
         finally:
-            signal.signal(signal.SIGINT, original)
+            for signum, handler in originals.items():
+                signal.signal(signum, handler)
 
     return run(config, "rollback", "Stop the site, roll its datasets back to a snapshot of "
                "this part, start it again.", arguments, work, argv)
 
 
 def ignore_interrupts():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C, a lost ssh session or a stray kill must not end a rollback between two steps.
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def cleanup(config, argv=None):

@@ -69,7 +69,7 @@ def _mapped_devices(pid):
     return devices
 
 
-def holders_linux(devices, exclude=()):
+def holders_linux(devices, exclude=(), unreadable=None):
     holders = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in exclude:
@@ -79,6 +79,11 @@ def holders_linux(devices, exclude=()):
         ties = [tie for tie in ("cwd", "root", "exe") if _dev(base + tie) in devices]
         try:
             fds = os.listdir(base + "fd")
+        except PermissionError:
+            # Another user's process: only root sees its files.
+            if unreadable is not None:
+                unreadable.append(pid)
+            fds = []
         except OSError:
             fds = []
         for fd in sorted(fds, key=int):
@@ -110,8 +115,45 @@ def holders_fstat(mountpoints, exclude=()):
     return sorted(found.values(), key=lambda h: h.pid)
 
 
-def holders(mountpoints, exclude=()):
-    """Processes (but those in `exclude`) with ties to the filesystems at `mountpoints`."""
+def holders(mountpoints, exclude=(), unreadable=None):
+    """Processes (but those in `exclude`) with ties to the filesystems at `mountpoints`.
+
+    Pids whose files could not be read (other users' processes, for a non-root caller) are
+    appended to `unreadable` when it is given.
+    """
     if os.path.isdir("/proc/self/fd"):
-        return holders_linux(devices_of(mountpoints), set(exclude))
+        return holders_linux(devices_of(mountpoints), set(exclude), unreadable)
     return holders_fstat(mountpoints, set(exclude))
+
+
+def can_check():
+    """None when this system can tell which processes hold files, else why not."""
+    if os.path.isdir("/proc/self/fd"):
+        return None
+    for directory in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep):
+        if os.access(os.path.join(directory, "fstat"), os.X_OK):
+            return None
+    return "neither /proc nor fstat(1) is available to find processes with open files"
+
+
+def with_descendants(pids):
+    """`pids` and every process below them (a program's own children hold files too)."""
+    children = {}
+    if os.path.isdir("/proc/self"):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+    return found

@@ -5,8 +5,9 @@ The part recognises its own sets by the user properties it writes on them (its p
 buildout directory); it never destroys or rolls back to anything else.
 """
 import datetime
-import getpass
+import json
 import os
+import pwd
 import socket
 import subprocess
 import time
@@ -86,11 +87,24 @@ class Site:
                        "bin/buildout ran): put it on a dataset of its own and run bin/buildout "
                        "again, or set the dataset option" % self.directory, BAD_INPUT)
         self.zfs = zfsmod.Zfs(config["zfs"])
+        # What `zfs snapshot` is given; with recursive, -r adds the children, and everything
+        # else (rollback, open files, cleanup) works on the children too.
+        self.configured = list(self.datasets)
+        if config.get("recursive"):
+            self.datasets = self.descendants(self.configured)
         self.supervisor = None
         if config.get("supervisorctl"):
             self.supervisor = Supervisor(config["supervisorctl"], config.get("supervisord"),
                                          config.get("programs", ()),
                                          config.get("stop_timeout", 60))
+
+    def descendants(self, datasets):
+        found = []
+        for dataset in datasets:
+            proc = self.zfs.run("list", "-H", "-r", "-t", "filesystem,volume", "-o", "name",
+                                dataset)
+            found += [n for n in proc.stdout.split("\n") if n and n not in found]
+        return found
 
     @property
     def primary(self):
@@ -136,24 +150,23 @@ class Site:
                        % (self.part, self.primary), REFUSED)
         if wanted is None:
             return sets[-1]
-        short = wanted.split("@", 1)[1] if "@" in wanted else wanted
-        by_name = [s for s in sets if s.short == short]
-        if by_name:
-            return by_name[0]
-        by_label = [s for s in sets if s.label == wanted]
-        if len(by_label) == 1:
-            return by_label[0]
-        if len(by_label) > 1:
-            raise Stop("the label '%s' is on %d snapshots (%s): name the one you mean"
-                       % (wanted, len(by_label), ", ".join(s.short for s in by_label)),
-                       BAD_INPUT)
-        raise Stop("no snapshot of this part is named or labelled '%s': see %s --list"
-                   % (wanted, self.config["scripts"]["snapshot"]), BAD_INPUT)
+        return find_in(self, sets, wanted)
 
     def mountpoints(self):
-        values = self.zfs.get(self.datasets, ["mountpoint"])
+        """Where the datasets are mounted now (an unmounted one has no open files)."""
+        if os.path.exists("/proc/self/mounts"):
+            # Linux: where the kernel has them mounted (legacy mountpoints included).
+            targets = []
+            with open("/proc/self/mounts") as f:
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 2 and fields[2] == "zfs" and \
+                            fields[0].replace("\\040", " ") in self.datasets:
+                        targets.append(fields[1].replace("\\040", " "))
+            return targets
+        values = self.zfs.get(self.datasets, ["mountpoint", "mounted"])
         return [values[d]["mountpoint"] for d in self.datasets
-                if values[d]["mountpoint"].startswith("/")]
+                if values[d]["mounted"] == "yes" and values[d]["mountpoint"].startswith("/")]
 
     # -- doing ------------------------------------------------------------------------------
     def hook(self, name):
@@ -172,11 +185,40 @@ class Site:
     def permission_message(self, error, permissions):
         if not error.permission_denied:
             return error.message
+        user = current_user()
         return ("zfs said permission denied: give %s the ZFS permissions with 'zfs allow %s "
                 "%s %s' (and the same on %s), or set the part's zfs option to run zfs through "
-                "sudo (zfs = sudo -n zfs)" % (getpass.getuser(), getpass.getuser(), permissions,
-                                              self.primary, ", ".join(self.datasets[1:]) or
-                                              "its children"))
+                "sudo (zfs = sudo -n zfs)" % (user, user, permissions, self.primary,
+                                              ", ".join(self.datasets[1:]) or "its children"))
+
+
+def find_in(site, sets, wanted):
+    """The set among `sets` named `wanted`: its name, DATASET@name, or its (unique) label."""
+    short = wanted
+    if "@" in wanted:
+        dataset, short = wanted.split("@", 1)
+        if dataset not in site.datasets:
+            raise Stop("%s is not one of this part's datasets (%s)"
+                       % (dataset, ", ".join(site.datasets)), BAD_INPUT)
+    by_name = [s for s in sets if s.short == short]
+    if by_name:
+        return by_name[0]
+    by_label = [s for s in sets if s.label == wanted]
+    if len(by_label) == 1:
+        return by_label[0]
+    if len(by_label) > 1:
+        raise Stop("the label '%s' is on %d snapshots (%s): name the one you mean"
+                   % (wanted, len(by_label), ", ".join(s.short for s in by_label)), BAD_INPUT)
+    raise Stop("no snapshot of this part is named or labelled '%s' (see %s --list); "
+               "nothing was changed" % (wanted, site.config["scripts"]["snapshot"]), BAD_INPUT)
+
+
+def current_user():
+    """The effective user: the one zfs checks permissions for (not $USER, which su keeps)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def utc_now():
@@ -212,16 +254,16 @@ def take_snapshot(site, label=None, message=None, dry_run=False):
         problem = zfsmod.check_snapshot_name(dataset, short)
         if problem:
             raise Stop("cannot use the snapshot name '%s': %s" % (short, problem), BAD_INPUT)
-    if message and any(ord(c) < 32 for c in message):
-        raise Stop("the message must be one line without control characters", BAD_INPUT)
+    if message and not message.isprintable():
+        raise Stop("the message must be one line of printable characters", BAD_INPUT)
     properties = {"part": site.part, "buildout": site.directory,
                   "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "label": label or "",
-                  "message": message or "", "user": getpass.getuser(),
+                  "message": message or "", "user": current_user(),
                   "host": socket.gethostname(), "version": site.config.get("version", ""),
                   "datasets": ",".join(site.datasets)}
     properties.update(git_info(site.directory))
     props = {P + k: v for k, v in properties.items() if v != ""}
-    names = ["%s@%s" % (d, short) for d in site.datasets]
+    names = ["%s@%s" % (d, short) for d in site.configured]
     argv = site.zfs.command + ["snapshot"] + (["-r"] if site.config.get("recursive") else [])
     for key, value in sorted(props.items()):
         argv += ["-o", "%s=%s" % (key, value)]
@@ -244,12 +286,15 @@ def take_snapshot(site, label=None, message=None, dry_run=False):
     except zfsmod.ZfsError as e:
         raise Stop(site.permission_message(e, "snapshot,userprop"))
     out.log("snapshot %s" % " ".join(names))
-    site.hook("after-snapshot")
     scripts = site.config["scripts"]
     out.say("Snapshot %s taken of %s." % (short, ", ".join(site.datasets)))
     out.say("Roll back to it:  %s %s" % (scripts["rollback"], short))
     out.say("Clean it up:      %s %s" % (scripts["cleanup"], short))
-    warn_about_growth(site, short)
+    try:
+        warn_about_growth(site, short)
+    except zfsmod.ZfsError as e:
+        out.warn("the snapshot was taken, but its space could not be read: " + e.message)
+    site.hook("after-snapshot")
     return short
 
 
@@ -304,6 +349,11 @@ def plan_rollback(site, wanted):
         raise Stop("the snapshot %s is missing on %s: rolling back only some of the datasets "
                    "would leave the site inconsistent; refusing"
                    % (target.short, ", ".join(missing)), REFUSED)
+    recorded = [d for d in target.properties.get("datasets", "").split(",") if d]
+    if recorded and sorted(recorded) != sorted(site.datasets):
+        raise Stop("the snapshot %s was taken of %s, but this part now has %s: a rollback of "
+                   "some of them would leave the site inconsistent; refusing" % (
+                       target.short, ", ".join(recorded), ", ".join(site.datasets)), REFUSED)
     plan = {"target": target, "datasets": []}
     blockers = []
     for dataset in site.datasets:
@@ -364,63 +414,149 @@ def diff_summary(site, snapshot):
 
 
 class Quiesced:
-    """What the rollback stopped, so that exactly that is started again."""
+    """What the rollback stopped, so that exactly that is started again.
 
-    def __init__(self):
-        self.programs = []        # stopped through supervisorctl stop
-        self.daemon_down = False  # supervisord shut down (its files are on the datasets)
-        self.running_before = []  # every program that ran before a shutdown
+    Saved next to the lock file while the site is left stopped (a rollback that failed half-way),
+    so that the next run starts again what ran before the first one.
+    """
+
+    def __init__(self, programs=(), daemon_down=False, running_before=()):
+        self.programs = list(programs)            # stopped through supervisorctl stop
+        self.daemon_down = daemon_down            # supervisord shut down (files on datasets)
+        self.running_before = list(running_before)  # every program that ran before a shutdown
         self.stopped_at = None
 
+    def as_dict(self):
+        return {"programs": self.programs, "daemon_down": self.daemon_down,
+                "running_before": self.running_before}
 
-def supervisord_on_datasets(site, holders, devices):
-    sup = site.supervisor
-    pid = sup.daemon_pid()
-    if pid and any(h.pid == pid and not h.cwd_only for h in holders):
+    def merge(self, other):
+        self.programs += [p for p in other.programs if p not in self.programs]
+        self.running_before += [p for p in other.running_before
+                                if p not in self.running_before]
+        self.daemon_down = self.daemon_down or other.daemon_down
+
+    def start_commands(self, site):
+        config = site.config
+        if self.daemon_down:
+            return [config["supervisord"]] + (
+                [config["supervisorctl"] + ["start"] + self.running_before]
+                if self.running_before else [])
+        return [config["supervisorctl"] + ["start"] + self.programs] if self.programs else []
+
+
+def pending_path(site):
+    return site.config["lock_file"] + ".stopped.json"
+
+
+def load_pending(site):
+    try:
+        with open(pending_path(site)) as f:
+            return Quiesced(**json.load(f))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def save_pending(site, q):
+    try:
+        with open(pending_path(site), "w") as f:
+            json.dump(q.as_dict(), f)
+    except OSError as e:
+        site.out.warn("could not record what was stopped in %s: %s" % (pending_path(site),
+                                                                       e.strerror))
+
+
+def clear_pending(site):
+    try:
+        os.remove(pending_path(site))
+    except OSError:
+        pass
+
+
+def supervisord_on_datasets(site, holders, devices, daemon_pid):
+    if daemon_pid and any(h.pid == daemon_pid and not h.cwd_only for h in holders):
         return True
     for path in site.config.get("supervisord_files", ()):
-        parent = os.path.dirname(path)
         try:
-            if os.stat(parent).st_dev in devices:
+            if os.stat(os.path.dirname(path)).st_dev in devices:
                 return True
         except OSError:
             continue
     return False
 
 
-def quiesce(site, mountpoints):
-    """Stop what runs on the datasets; raise Stop after starting again what was stopped."""
-    q = Quiesced()
+def check_open_files(site, mountpoints, exclude, force, before_stop=False):
+    """Refuse (Stop) while processes other than `exclude` hold files on the datasets."""
+    unreadable = []
+    holders = processes.holders(mountpoints, exclude=exclude | {os.getpid()},
+                                unreadable=unreadable)
+    blocking = [h for h in holders if not h.cwd_only]
+    if not before_stop:
+        for h in holders:
+            if h.cwd_only:
+                site.out.note("%s has its working directory on the datasets (not a blocker)"
+                              % h.describe())
+        if unreadable:
+            site.out.warn("could not see the open files of %d processes of other users: run "
+                          "as root to check them all" % len(unreadable))
+    site.out.data["open_files"] = [h.describe() for h in blocking]
+    if blocking and not force:
+        raise Stop("refusing to roll back: processes %s have files on the datasets: %s; stop "
+                   "them (or pass --force), then try again" % (
+                       "outside supervisor" if before_stop else "still",
+                       "; ".join(h.describe() for h in blocking)), REFUSED)
+    if not before_stop:
+        for h in blocking:
+            site.out.warn("rolling back under %s (--force)" % h.describe())
+
+
+def quiesce(site, mountpoints, states, q):
+    """Stop what runs on the datasets; on a program that will not stop, start again and Stop."""
     sup = site.supervisor
-    if sup is None:
-        return q
-    states = sup.status()
-    if states is None:
-        site.out.say("supervisord is not running: no programs to stop.")
-        return q
     devices = processes.devices_of(mountpoints)
     holders = processes.holders(mountpoints, exclude={os.getpid()})
+    daemon_pid = sup.daemon_pid()
+    pids = sup.status(pids=True) or {}
     q.stopped_at = time.monotonic()
-    if supervisord_on_datasets(site, holders, devices):
-        q.running_before = [n for n, s in sorted(states.items()) if s in RUNNING_STATES]
-        site.out.action("supervisord shutdown (its files are on the datasets); it ran: %s"
-                        % (", ".join(q.running_before) or "nothing"))
-        sup.shutdown()
-        q.daemon_down = True
-        site.out.log("stop supervisord (ran: %s)" % ",".join(q.running_before))
-        return q
-    wanted = [n for n in sup.selected(states) if states[n] in RUNNING_STATES]
-    site.out.action("stop %s" % (", ".join(wanted) or "nothing (no selected program runs)"))
-    late = sup.stop(wanted)
-    q.programs = [n for n in wanted if n not in late]
+    shutdown = supervisord_on_datasets(site, holders, devices, daemon_pid)
+    if shutdown and not sup.daemon:
+        raise Stop("supervisord has its files on the datasets, so the rollback must shut it "
+                   "down, but the supervisord option is none and it could not be started "
+                   "again: set the option (bin/supervisord); nothing was changed", REFUSED)
+    running = [n for n in sup.selected(states) if states[n] in RUNNING_STATES]
+    if shutdown:
+        # supervisord goes down with every program: stop them all first, so that one that
+        # will not stop aborts the rollback while everything can still be started again.
+        running = [n for n, s in sorted(states.items()) if s in RUNNING_STATES]
+        q.running_before = list(running)
+    site.out.action("stop %s" % (", ".join(running) or "nothing (no selected program runs)"))
+    every = shutdown or not sup.programs
+    late = sup.stop(running, every=every)
+    q.programs = [n for n in running if n not in late]
     if q.programs:
         site.out.log("stop %s" % ",".join(q.programs))
     if late:
-        restart(site, q)
-        raise Stop("%s did not stop within %d s: rollback aborted, nothing rolled back, "
-                   "and what was stopped was started again" % (", ".join(late),
-                                                               sup.timeout))
-    return q
+        states = sup.status() or {}
+        stuck = [n for n in late if states.get(n) == "STOPPING"] or late
+        waiting = [n for n in late if n not in stuck]
+        # Wait for the stuck ones to stop after all (supervisor kills them after its
+        # stopwaitsecs) so that every program is started again from a known state.
+        sup.settle(stuck, sup.timeout + 60)
+        q.programs = list(running)
+        q.running_before = []
+        not_back = restart(site, q)
+        raise Stop("%s did not stop within %d s%s: rollback aborted, nothing rolled back; %s"
+                   % (", ".join(stuck), sup.timeout,
+                      " (%s not stopped yet)" % ", ".join(waiting) if waiting else "",
+                      "now running: " + ", ".join(running) if not not_back else
+                      "NOT running now: %s (start it with %s start)" % (
+                          ", ".join(not_back), " ".join(site.config["supervisorctl"]))))
+    if shutdown:
+        site.out.action("shutdown supervisord (its files are on the datasets)")
+        sup.shutdown([p for p in [daemon_pid] + list(pids.values()) if p])
+        q.daemon_down = True
+        q.programs = []
+        site.out.log("stop supervisord")
 
 
 def restart(site, q):
@@ -432,21 +568,28 @@ def restart(site, q):
         site.out.action("start supervisord")
         sup.start_daemon()
         site.out.log("start supervisord")
-        states = sup.wait(q.running_before, lambda s: s not in ("STARTING", "BACKOFF")) and \
-            sup.status() or sup.status() or {}
         # supervisord starts its autostart programs: put each back as it was before.
-        extra = [n for n, s in states.items()
+        sup.wait(q.running_before, lambda s: s not in ("STARTING", "BACKOFF"))
+        states = sup.status() or {}
+        extra = [n for n, s in sorted(states.items())
                  if s in RUNNING_STATES and n not in q.running_before]
         if extra:
+            site.out.action("stop %s (did not run before the rollback)" % ", ".join(extra))
             sup.stop(extra)
         missing = [n for n in q.running_before if states.get(n) != "RUNNING"]
-        return sup.start(missing) if missing else []
+        late = sup.start(missing) if missing else []
+        return late
     if not q.programs:
         return []
     site.out.action("start %s" % ", ".join(q.programs))
     late = sup.start(q.programs)
     site.out.log("start %s" % ",".join(n for n in q.programs if n not in late))
     return late
+
+
+def same_plan(a, b):
+    return [(e["dataset"], e["newer"]) for e in a["datasets"]] == \
+        [(e["dataset"], e["newer"]) for e in b["datasets"]]
 
 
 def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=False,
@@ -459,53 +602,68 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
         for argv in commands:
             out.command(argv)
         return plan
+    sup = site.supervisor
+    problem = processes.can_check()
+    if problem:
+        raise Stop("cannot roll back safely: %s" % problem, REFUSED)
     if not yes:
         if confirm is None or not confirm():
             raise Stop("not confirmed: nothing was changed", REFUSED)
     if committed:
         committed()
     mountpoints = site.mountpoints()
+    q = Quiesced()
+    states = sup.status() if sup else None
+    if sup and states is None:
+        out.say("supervisord is not running: no programs to stop.")
+    managed = set()
+    if states:
+        managed = processes.with_descendants(
+            [sup.daemon_pid() or 0] + list((sup.status(pids=True) or {}).values()))
+    # Before anything is stopped: processes outside supervisor would block anyway.
+    check_open_files(site, mountpoints, managed, force, before_stop=True)
     site.hook("before-rollback")
-    q = quiesce(site, mountpoints)
-    holders = processes.holders(mountpoints, exclude={os.getpid()})
-    blocking = [h for h in holders if not h.cwd_only]
-    for h in holders:
-        if h.cwd_only:
-            out.note("%s has its working directory on the datasets (not a blocker)"
-                     % h.describe())
-    out.data["open_files"] = [h.describe() for h in blocking]
-    if blocking and not force:
-        late = restart(site, q)
-        raise Stop("refusing to roll back: processes still have files on the datasets: %s; "
-                   "stop them (or pass --force), then try again%s"
-                   % ("; ".join(h.describe() for h in blocking),
-                      "" if not late else " (and start %s, which did not come back)"
-                      % ", ".join(late)), REFUSED)
-    for h in blocking:
-        out.warn("rolling back under %s (--force)" % h.describe())
+    try:
+        if states:
+            quiesce(site, mountpoints, states, q)
+    except SupervisorError as e:
+        raise failed_midway(site, plan, q, [], e)
+    pending = load_pending(site)
+    if pending:
+        # An earlier rollback failed half-way and left these stopped: start them too.
+        if states is not None:
+            pending.programs += pending.running_before
+            pending.daemon_down = False
+        q.merge(pending)
     done = []
-    for entry, argv in zip(plan["datasets"], commands):
-        out.action(" ".join(argv))
-        try:
+    try:
+        fresh = plan_rollback(site, plan["target"].short)
+        if not same_plan(plan, fresh):
+            raise Stop("the snapshots changed while the site was being stopped (a new "
+                       "snapshot, hold or clone): nothing was rolled back; run %s again to "
+                       "see the new plan" % site.config["scripts"]["rollback"], REFUSED)
+        check_open_files(site, mountpoints, set(), force)
+        for entry, argv in zip(plan["datasets"], commands):
+            out.action(" ".join(argv))
             site.zfs.rollback(entry["snapshot"], destroy_newer=bool(entry["newer"]))
-        except zfsmod.ZfsError as e:
-            pending = [x["dataset"] for x in plan["datasets"] if x["dataset"] not in done]
-            out.log("rollback FAILED at %s: %s" % (entry["snapshot"], e.stderr or e.message))
-            out.data.update(rolled_back=done, not_rolled_back=pending)
-            raise Stop(
-                "the rollback of %s failed (%s): %s at the snapshot %s; %s NOT; nothing was "
-                "started again: fix the cause and run %s %s again, or roll the rest back by "
-                "hand (zfs rollback -r)" % (
-                    entry["dataset"], site.permission_message(e, "rollback,destroy,mount"),
-                    ", ".join(done) + (" are" if len(done) > 1 else " is") if done else
-                    "no dataset is", plan["target"].short, ", ".join(pending),
-                    site.config["scripts"]["rollback"], plan["target"].short), INCOMPLETE)
-        done.append(entry["dataset"])
-        out.log("rollback %s%s" % (entry["snapshot"], " (destroyed %s)" % ",".join(
-            entry["newer"]) if entry["newer"] else ""))
+            done.append(entry["dataset"])
+            out.log("rollback %s%s" % (entry["snapshot"], " (destroyed %s)" % ",".join(
+                entry["newer"]) if entry["newer"] else ""))
+    except (Stop, zfsmod.ZfsError, SupervisorError, OSError) as e:
+        raise failed_midway(site, plan, q, done, e)
     out.data["rolled_back"] = done
-    late = restart(site, q)
-    site.hook("after-rollback")
+    clear_pending(site)
+    try:
+        late = restart(site, q)
+    except SupervisorError as e:
+        raise Stop("rolled back every dataset to %s, but starting the site failed: %s; start "
+                   "it with: %s" % (plan["target"].short, e.message, "; ".join(
+                       " ".join(c) for c in q.start_commands(site))), FAILED)
+    hook_error = None
+    try:
+        site.hook("after-rollback")
+    except Stop as e:
+        hook_error = e.message
     if q.stopped_at is not None:
         down = time.monotonic() - q.stopped_at
         out.data["downtime_seconds"] = round(down, 2)
@@ -513,10 +671,48 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
                                                                       down))
     else:
         out.say("Rolled back to %s." % plan["target"].short)
+    problems = []
     if late:
-        raise Stop("rolled back, but %s did not reach RUNNING: look at its log"
-                   % ", ".join(late), FAILED)
+        problems.append("%s did not reach RUNNING: look at its log" % ", ".join(late))
+    if hook_error:
+        problems.append(hook_error)
+    if problems:
+        raise Stop("rolled back, but " + "; and ".join(problems), FAILED)
     return plan
+
+
+def failed_midway(site, plan, q, done, error):
+    """The Stop for an error after the site was stopped: exactly where things stand."""
+    out = site.out
+    reason = error.message if isinstance(error, (Stop, zfsmod.ZfsError, SupervisorError)) \
+        else str(error)
+    if isinstance(error, zfsmod.ZfsError):
+        reason = site.permission_message(error, "rollback,destroy,mount")
+    pending = [e["dataset"] for e in plan["datasets"] if e["dataset"] not in done]
+    out.data.update(rolled_back=done, not_rolled_back=pending)
+    if not done:
+        # Nothing changed on disk: the site can safely run again as it was.
+        out.log("rollback aborted before any dataset was rolled back: %s" % reason)
+        try:
+            late = restart(site, q)
+        except SupervisorError as e:
+            return Stop("%s; nothing was rolled back, and starting the site again failed: "
+                        "%s; start it with: %s" % (reason, e.message, "; ".join(
+                            " ".join(c) for c in q.start_commands(site))), FAILED)
+        code = error.code if isinstance(error, Stop) else FAILED
+        return Stop("%s; nothing was rolled back%s" % (
+            reason.rstrip("; "), ", and the site was started again" if not late else
+            "; NOT running now: " + ", ".join(late)), code)
+    save_pending(site, q)
+    out.log("rollback FAILED after %s: %s" % (",".join(done), reason))
+    start = "; ".join(" ".join(c) for c in q.start_commands(site)) or "nothing to start"
+    return Stop(
+        "the rollback failed half-way (%s): %s %s at the snapshot %s; %s NOT; nothing was "
+        "started again: fix the cause and run %s %s again (it starts what ran before), or "
+        "roll the rest back by hand (zfs rollback -r) and start the site (%s)" % (
+            reason, ", ".join(done), "are" if len(done) > 1 else "is", plan["target"].short,
+            ", ".join(pending), site.config["scripts"]["rollback"], plan["target"].short,
+            start), INCOMPLETE)
 
 
 def cleanup(site, names=(), older_than=None, dry_run=False):
@@ -526,13 +722,9 @@ def cleanup(site, names=(), older_than=None, dry_run=False):
     if names:
         chosen = []
         for name in names:
-            short = name.split("@", 1)[1] if "@" in name else name
-            found = [s for s in sets if s.short == short or s.label == name]
-            if not found:
-                raise Stop("no snapshot of this part is named or labelled '%s': nothing was "
-                           "destroyed (%s never destroys other snapshots)"
-                           % (name, site.config["scripts"]["cleanup"]), BAD_INPUT)
-            chosen += [s for s in found if s not in chosen]
+            found = find_in(site, sets, name)
+            if found not in chosen:
+                chosen.append(found)
     else:
         chosen = sets[:-keep] if keep else list(sets)
         if older_than is not None:
@@ -551,9 +743,12 @@ def cleanup(site, names=(), older_than=None, dry_run=False):
         return
     freed = 0
     by_dataset = {}
-    for s in chosen:
-        for dataset, snap in s.members.items():
-            by_dataset.setdefault(dataset, []).append(snap.short)
+    # The primary dataset last: its snapshots are how a set is found again, so a cleanup that
+    # fails half-way leaves nothing behind that the next one cannot see.
+    for dataset in site.datasets[1:] + site.datasets[:1]:
+        for s in chosen:
+            if dataset in s.members:
+                by_dataset.setdefault(dataset, []).append(s.members[dataset].short)
     batches = [(d, shorts[i:i + 50]) for d, shorts in by_dataset.items()
                for i in range(0, len(shorts), 50)]
     try:
@@ -568,14 +763,17 @@ def cleanup(site, names=(), older_than=None, dry_run=False):
         out.say("Would destroy %s, freeing %s." % (", ".join(s.short for s in chosen),
                                                  zfsmod.format_size(freed)))
         return
+    destroyed = []
     for dataset, shorts in batches:
         name = "%s@%s" % (dataset, ",".join(shorts))
         out.action("destroy " + name)
         try:
             site.zfs.destroy(name)
         except zfsmod.ZfsError as e:
-            raise Stop("destroying %s failed: %s" % (
-                name, site.permission_message(e, "destroy,mount")))
+            raise Stop("destroying %s failed: %s; destroyed before it: %s" % (
+                name, site.permission_message(e, "destroy,mount"),
+                ", ".join(destroyed) or "nothing"))
+        destroyed.append(name)
         out.log("destroy " + name)
     out.say("Destroyed %s, freed %s." % (", ".join(s.short for s in chosen),
                                          zfsmod.format_size(freed)))

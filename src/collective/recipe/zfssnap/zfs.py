@@ -68,7 +68,8 @@ def format_size(n):
 def parse_table(output, columns):
     """Rows of `zfs ... -H` output (tab-separated) as dicts keyed by `columns`."""
     rows = []
-    for line in output.splitlines():
+    # Only "\n" ends a row: splitlines() would also split a value at \x0b, \x1c or \u2028.
+    for line in output.split("\n"):
         if not line.strip():
             continue
         values = line.split("\t")
@@ -109,7 +110,8 @@ class Zfs:
             self.trace(argv)
         try:
             proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env=self.env, stdin=subprocess.DEVNULL)
+                                  text=True, errors="replace", env=self.env,
+                                  stdin=subprocess.DEVNULL)
         except FileNotFoundError:
             raise NotOnZfs("the command '%s' was not found: this machine has no ZFS tools "
                            "(or set the zfs option to their path)" % self.command[0], argv)

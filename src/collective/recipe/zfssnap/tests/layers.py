@@ -57,11 +57,12 @@ BASELINE = "lab-baseline"  # another tool's snapshot: the state every test start
 GIT = ["git", "-c", "user.name=Lab", "-c", "user.email=lab@example.invalid"]
 
 
-def buildout_cfg(extra_buildout="", extra_zfssnap=""):
+def buildout_cfg(extra_buildout="", extra_zfssnap="", extra_supervisor=""):
     links = os.environ.get("ZFSSNAP_LAB_FIND_LINKS", "/mnt/wheels /tmp/dist").split()
     with open(os.path.join(TEMPLATES, "buildout.cfg.in")) as f:
         return f.read().format(find_links="\n    ".join(links), index=links[0], port=PORT,
-                               extra_buildout=extra_buildout, extra_zfssnap=extra_zfssnap)
+                               extra_buildout=extra_buildout, extra_zfssnap=extra_zfssnap,
+                               extra_supervisor=extra_supervisor)
 
 
 def run_in_site(*argv, input=None, env=None):
@@ -112,11 +113,39 @@ def start_site():
     return wait_for(app, what="the app to answer")
 
 
+def supervisord_pids():
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as f:
+                words = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(w.endswith(b"/bin/supervisord") for w in words[:2]):
+            pids.append(int(entry))
+    return pids
+
+
 def stop_site():
-    if os.path.exists(SITE + "/var/supervisord.sock"):
-        supervisorctl("shutdown")
-        wait_for(lambda: run_in_site(SITE + "/bin/supervisorctl", "pid")[0] != 0,
-                 what="supervisord to shut down")
+    """Stop whatever supervisord runs (a test may have moved its socket), and its programs."""
+    for pid in supervisord_pids():
+        os.kill(pid, 15)
+    wait_for(lambda: not supervisord_pids(), what="supervisord to shut down")
+    subprocess.run(["pkill", "-f", SITE + "/(app|worker|stubborn).py"])
+
+
+def edit(path, old, new):
+    with open(path) as f:
+        text = f.read()
+    assert old in text, "%r not in %s" % (old, path)
+    with open(path, "w") as f:
+        f.write(text.replace(old, new, 1))
+
+
+def rebuild():
+    rc, out, err = run_in_site("/opt/venv/bin/buildout")
+    assert rc == 0, "bin/buildout failed:\n" + out + err
+    return out + err
 
 
 def last_tid_on_disk():
@@ -141,7 +170,7 @@ class Site(GuestPool):
         for dataset, mountpoint in DATASETS.items():
             sh("zfs", "create", "-o", "mountpoint=" + mountpoint, dataset)
         os.makedirs(SITE + "/var/log", exist_ok=True)
-        for name in ("app.py", "worker.py"):
+        for name in ("app.py", "worker.py", "stubborn.py"):
             with open(os.path.join(TEMPLATES, name)) as src, \
                     open(os.path.join(SITE, name), "w") as dest:
                 dest.write(src.read())

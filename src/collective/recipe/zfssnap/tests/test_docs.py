@@ -16,7 +16,7 @@ checker = renormalizing.RENormalizing([
     (re.compile(r"#!\S+python\S*"), "#!PYTHON"),
     # The sample buildout looks for newer eggs in an empty test index: noise, not behaviour.
     (re.compile(r"root: (Not found|Couldn't find index page|Scanning index).*\n"), ""),
-    (re.compile(r".*UserWarning: Module zc was already imported.*\n.*ws\.add.*\n"), ""),
+    (re.compile(r".*UserWarning: Module (zc|collective) was already imported.*\n.*ws\.add.*\n"), ""),
 ])
 
 
@@ -25,7 +25,8 @@ def setUp(test):
     zc.buildout.testing.install_develop("collective.recipe.zfssnap", test)
     # zc.buildout 5+ keeps eggs in eggs/v5; testing.install's default is eggs/.
     eggs = os.path.join(test.globs["sample_buildout"], "eggs", "v5")
-    zc.buildout.testing.install("zc.recipe.egg", eggs)
+    for project in ("zc.recipe.egg", "collective.recipe.supervisor", "supervisor"):
+        zc.buildout.testing.install(project, eggs)
     test.globs["fake_zfs"] = FAKE_ZFS
 
 
