@@ -327,7 +327,7 @@ def main(argv=None):
         if name == "shell-script":
             p.add_argument("file")
         if name == "bench":
-            p.add_argument("--datafs-mb", type=int, default=100,
+            p.add_argument("--datafs-mb", type=int, default=1000,
                            help="size of the site's Data.fs (default %(default)s MB)")
         if name in ("run", "test"):
             p.add_argument("args", nargs=argparse.REMAINDER)

@@ -246,6 +246,11 @@ def git_info(directory):
 
 def take_snapshot(site, label=None, message=None, dry_run=False):
     out = site.out
+    if label is not None:
+        problem = zfsmod.check_snapshot_name(site.primary, label)
+        if problem:
+            raise Stop("cannot use the label '%s': %s" % (label, problem.replace(
+                "a snapshot name", "a label")), BAD_INPUT)
     now = utc_now()
     short = "%s-%s" % (site.config["prefix"], now.strftime("%Y%m%dT%H%M%SZ"))
     if label:

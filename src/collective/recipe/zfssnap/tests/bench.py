@@ -1,6 +1,6 @@
 """The benchmark (make bench): how long a release's safety net costs, against repozo.
 
-Runs in the lab guest on the test site with a Data.fs grown to BENCH_DATAFS_MB (default 100)
+Runs in the lab guest on the test site with a Data.fs grown to BENCH_DATAFS_MB (default 1000)
 megabytes: times bin/snapshot, bin/rollback (wall clock and the downtime it reports) and
 bin/cleanup, and, for the same Data.fs, a repozo full backup and the restore a rollback
 replaces. Figures from an emulated guest (TCG): compare the ratios, not the absolutes.
@@ -14,6 +14,7 @@ import time
 import transaction
 import ZODB
 import ZODB.FileStorage
+from persistent.mapping import PersistentMapping
 
 from collective.recipe.zfssnap.tests import layers
 from collective.recipe.zfssnap.tests.layers import SITE
@@ -38,14 +39,15 @@ def grow_datafs(megabytes):
     root = conn.root()
     payload = os.urandom(1 << 19).hex()  # 1 MB of text that does not compress
     for i in range(megabytes):
-        root["payload-%d" % (i % 8)] = payload + str(i)
+        # An object of its own per transaction: each commit writes 1 MB, not the root's all.
+        root["payload-%d" % (i % 8)] = PersistentMapping({"data": payload + str(i)})
         transaction.commit()
     conn.close()
     db.close()
 
 
 def main():
-    megabytes = int(os.environ.get("BENCH_DATAFS_MB", "100"))
+    megabytes = int(os.environ.get("BENCH_DATAFS_MB", "1000"))
     layers.GuestPool.setUp()
     layers.Site.setUp()
     layers.stop_site()

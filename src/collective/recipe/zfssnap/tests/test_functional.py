@@ -174,7 +174,8 @@ class WorkflowTest(unittest.TestCase):
         for label in ("pre/2.0", "a@b", "x;rm -rf /", "$(touch /tmp/pwned)"):
             rc, out, err = bin_("snapshot", label)
             self.assertEqual(rc, 2, label + out + err)
-            self.assertIn("cannot use the snapshot name", err)
+            self.assertIn("cannot use the label '%s': a label may contain only letters, digits, "
+                          "space and _ - . : (not " % label, err)
             self.assertNotIn("Traceback", err)
         self.assertFalse(os.path.exists("/tmp/pwned"))
         self.assertEqual(snapshots("tank/site"), ["tank/site@lab-baseline"])
