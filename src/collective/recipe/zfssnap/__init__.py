@@ -39,7 +39,8 @@ class Recipe:
         self.bin = buildout["buildout"]["bin-directory"]
         options.setdefault("zfs", "zfs")
         self.zfs = zfsmod.Zfs(self.split("zfs"))
-        if "dataset" not in options:
+        self.found_dataset = "dataset" not in options
+        if self.found_dataset:
             options["dataset"] = self.find_dataset()
         options.setdefault("extra-datasets", "")
         options.setdefault("recursive", "false")
@@ -54,10 +55,11 @@ class Recipe:
             default = script if name == "zfssnap" else "%s-%s" % (name, script)
             options.setdefault(script + "-script", default)
         self.find_supervisor()
-        self.mountpoints = {options["dataset"]: self.directory} if options["dataset"] else {}
+        self.mountpoints = {}
+        self.dataset_list = self.datasets()
         state = os.path.join(os.path.expanduser("~"), ".local", "state",
                              "collective.recipe.zfssnap")
-        if any(is_inside(state, m) for m in self.mountpoints.values()):
+        if any(m and is_inside(state, m) for m in self.mountpoints.values()):
             # The site user's home is often the buildout itself: the lock and the log must
             # survive a rollback.
             state = "/var/tmp/collective.recipe.zfssnap"
@@ -122,16 +124,28 @@ class Recipe:
                              + e.message)
         return self.dataset_mounted_at("dataset", self.directory, "the buildout directory ")
 
+    def mountpoint_of(self, dataset):
+        """Where a dataset is mounted, or '' when zfs cannot say (the lock must not go there)."""
+        try:
+            value = self.zfs.get([dataset], ["mountpoint"])[dataset]["mountpoint"]
+        except (zfsmod.ZfsError, KeyError):
+            return ""
+        return value if value.startswith("/") else ""
+
     def datasets(self):
         primary = self.options["dataset"].strip()
         if not primary:
             return []
         result = [primary]
+        self.mountpoints[primary] = self.directory if self.found_dataset else \
+            self.mountpoint_of(primary)
         for line in self.options["extra-datasets"].split():
-            name = self.dataset_mounted_at("extra-datasets", line) if line.startswith("/") \
-                else line
             if line.startswith("/"):
+                name = self.dataset_mounted_at("extra-datasets", line)
                 self.mountpoints[name] = os.path.realpath(line)
+            else:
+                name = line
+                self.mountpoints[name] = self.mountpoint_of(name)
             if name in result:
                 raise self.error("extra-datasets", "%s is listed twice (the buildout's own "
                                  "dataset is always included)" % name)
@@ -195,12 +209,12 @@ class Recipe:
             if not re.match(r"^[\w.-]+$", value):
                 raise self.error(script + "-script", "%r is not a script name" % value)
             scripts[script] = value
-        datasets = self.datasets()
+        datasets = self.dataset_list
         for option in ("lock-file", "log-file"):
             path = options[option]
             if not os.path.isabs(path):
                 raise self.error(option, "must be an absolute path")
-            inside = [d for d, m in self.mountpoints.items() if is_inside(path, m)]
+            inside = [d for d, m in self.mountpoints.items() if m and is_inside(path, m)]
             if inside:
                 raise self.error(option, "%s is on the dataset %s, which a rollback replaces: "
                                  "put it outside the part's datasets" % (path, inside[0]))

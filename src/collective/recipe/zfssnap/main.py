@@ -137,8 +137,7 @@ def run(config, name, description, add_arguments, work, argv=None):
                  else 1)
     lock = None
     try:
-        site = release.Site(config, out)
-        site.zfs.trace = out.trace
+        site = release.Site(config, out, trace=out.trace)
         if not args.dry_run and not getattr(args, "list", False):
             lock = take_lock(config["lock_file"], out.script)
             out.open_log(config["log_file"])
@@ -147,10 +146,7 @@ def run(config, name, description, add_arguments, work, argv=None):
     except Stop as e:
         out.error(e.message)
         return out.finish(e.code, e.message)
-    except zfsmod.ZfsError as e:
-        out.error(e.message)
-        return out.finish(FAILED, e.message)
-    except supervisor.SupervisorError as e:
+    except (zfsmod.ZfsError, supervisor.SupervisorError) as e:
         out.error(e.message)
         return out.finish(FAILED, e.message)
     except KeyboardInterrupt:

@@ -76,7 +76,7 @@ class SnapshotSet:
 class Site:
     """A part's configuration (from the generated script) and the adapters built from it."""
 
-    def __init__(self, config, out):
+    def __init__(self, config, out, trace=None):
         self.config = config
         self.out = out
         self.part = config["part"]
@@ -87,6 +87,7 @@ class Site:
                        "bin/buildout ran): put it on a dataset of its own and run bin/buildout "
                        "again, or set the dataset option" % self.directory, BAD_INPUT)
         self.zfs = zfsmod.Zfs(config["zfs"])
+        self.zfs.trace = trace
         # What `zfs snapshot` is given; with recursive, -r adds the children, and everything
         # else (rollback, open files, cleanup) works on the children too.
         self.configured = list(self.datasets)
@@ -247,10 +248,11 @@ def git_info(directory):
 def take_snapshot(site, label=None, message=None, dry_run=False):
     out = site.out
     if label is not None:
-        problem = zfsmod.check_snapshot_name(site.primary, label)
+        # ZFS allows spaces, but a label is typed in shells: letters, digits, _ - . : only.
+        problem = zfsmod.check_snapshot_name(site.primary, label, what="a label",
+                                             allow_space=False)
         if problem:
-            raise Stop("cannot use the label '%s': %s" % (label, problem.replace(
-                "a snapshot name", "a label")), BAD_INPUT)
+            raise Stop("cannot use the label '%s': %s" % (label, problem), BAD_INPUT)
     now = utc_now()
     short = "%s-%s" % (site.config["prefix"], now.strftime("%Y%m%dT%H%M%SZ"))
     if label:
@@ -338,15 +340,19 @@ def list_snapshots(site):
 
 def newer_than(site, dataset, target):
     """Snapshots and bookmarks of `dataset` newer than `target` (a Snapshot), any tool's."""
-    newer = [s for s in site.zfs.snapshots(dataset) if s.createtxg > target.createtxg]
-    proc = site.zfs.run("list", "-H", "-p", "-t", "bookmark", "-d", "1",
-                        "-o", "name,createtxg", dataset, check=False)
-    bookmarks = [row["name"] for row in zfsmod.parse_table(proc.stdout, ("name", "createtxg"))
-                 if int(row["createtxg"]) > target.createtxg] if proc.returncode == 0 else []
+    newer = []
+    bookmarks = []
+    for snap in site.zfs.snapshots(dataset, types="snapshot,bookmark"):
+        if snap.createtxg <= target.createtxg:
+            continue
+        if "#" in snap.name:
+            bookmarks.append(snap.name)
+        else:
+            newer.append(snap)
     return newer, bookmarks
 
 
-def plan_rollback(site, wanted):
+def plan_rollback(site, wanted, written=True):
     """Everything the rollback will do, checked before anything is changed."""
     target = site.find_set(wanted)
     missing = [d for d in site.datasets if d not in target.members]
@@ -372,7 +378,7 @@ def plan_rollback(site, wanted):
         plan["datasets"].append({
             "dataset": dataset, "snapshot": snap.name,
             "newer": [s.name for s in newer] + bookmarks,
-            "written": site.zfs.written_since(dataset, target.short)})
+            "written": site.zfs.written_since(dataset, target.short) if written else None})
     if blockers:
         raise Stop("refusing to roll back: newer snapshots must be destroyed by the rollback "
                    "but ZFS would stop half-way on these: %s; release the holds (zfs release) "
@@ -435,11 +441,23 @@ class Quiesced:
         return {"programs": self.programs, "daemon_down": self.daemon_down,
                 "running_before": self.running_before}
 
-    def merge(self, other):
-        self.programs += [p for p in other.programs if p not in self.programs]
-        self.running_before += [p for p in other.running_before
-                                if p not in self.running_before]
-        self.daemon_down = self.daemon_down or other.daemon_down
+    def merge(self, other, daemon_running):
+        """Add what an earlier, failed rollback left stopped (`other`) to what this one stopped.
+
+        `daemon_running`: supervisord ran when this rollback began.
+        """
+        def add(target, names):
+            target += [n for n in names if n not in target]
+
+        if self.daemon_down:
+            # This run shut supervisord down: it starts all of these after its restart.
+            add(self.running_before, other.programs + other.running_before)
+        elif daemon_running:
+            add(self.programs, other.programs + other.running_before)
+        else:
+            self.daemon_down = other.daemon_down
+            add(self.running_before, other.running_before)
+            add(self.programs, other.programs)
 
     def start_commands(self, site):
         config = site.config
@@ -622,27 +640,24 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
     if sup and states is None:
         out.say("supervisord is not running: no programs to stop.")
     managed = set()
-    if states:
+    if states is not None:
         managed = processes.with_descendants(
             [sup.daemon_pid() or 0] + list((sup.status(pids=True) or {}).values()))
     # Before anything is stopped: processes outside supervisor would block anyway.
     check_open_files(site, mountpoints, managed, force, before_stop=True)
     site.hook("before-rollback")
     try:
-        if states:
+        if states is not None:
             quiesce(site, mountpoints, states, q)
     except SupervisorError as e:
         raise failed_midway(site, plan, q, [], e)
     pending = load_pending(site)
     if pending:
         # An earlier rollback failed half-way and left these stopped: start them too.
-        if states is not None:
-            pending.programs += pending.running_before
-            pending.daemon_down = False
-        q.merge(pending)
+        q.merge(pending, daemon_running=states is not None)
     done = []
     try:
-        fresh = plan_rollback(site, plan["target"].short)
+        fresh = plan_rollback(site, plan["target"].short, written=False)
         if not same_plan(plan, fresh):
             raise Stop("the snapshots changed while the site was being stopped (a new "
                        "snapshot, hold or clone): nothing was rolled back; run %s again to "

@@ -180,8 +180,11 @@ class Supervisor:
             proc = subprocess.run(self.daemon, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, errors="replace", stdin=subprocess.DEVNULL,
                                   timeout=self.timeout)
-        except FileNotFoundError:
-            raise SupervisorError("'%s' was not found" % self.daemon[0])
+        except subprocess.TimeoutExpired:
+            raise SupervisorError("'%s' did not return within %d s"
+                                  % (" ".join(self.daemon), self.timeout))
+        except OSError as e:
+            raise SupervisorError("'%s' could not run: %s" % (self.daemon[0], e.strerror))
         if proc.returncode != 0:
             raise SupervisorError("'%s' failed: %s" % (" ".join(self.daemon),
                                                         proc.stdout.strip()))

@@ -33,16 +33,20 @@ class NotOnZfs(ZfsError):
     """The path is not on a ZFS filesystem, or this machine has no zfs command."""
 
 
-def check_snapshot_name(dataset, name):
-    """Return None when `dataset@name` is a valid ZFS snapshot name, else the reason."""
+def check_snapshot_name(dataset, name, what="a snapshot name", allow_space=True):
+    """Return None when `dataset@name` is a valid ZFS snapshot name, else the reason.
+
+    With allow_space=False (labels, typed in shells) a space is refused too.
+    """
     if not name:
-        return "a snapshot name cannot be empty"
+        return "%s cannot be empty" % what
     if name in (".", ".."):
-        return "a snapshot name cannot be '.' or '..'"
-    bad = sorted(set(c for c in name if not SNAPSHOT_NAME_RE.match(c)))
+        return "%s cannot be '.' or '..'" % what
+    bad = sorted(set(c for c in name if not SNAPSHOT_NAME_RE.match(c)
+                     or (c == " " and not allow_space)))
     if bad:
-        return "a snapshot name may contain only letters, digits, space and _ - . : (not %s)" % (
-            " ".join(repr(c) for c in bad))
+        return "%s may contain only letters, digits%s_ - . : (not %s)" % (
+            what, ", space and " if allow_space else " and ", " ".join(repr(c) for c in bad))
     full = "%s@%s" % (dataset, name)
     if len(full.encode()) > MAX_FULL_NAME:
         return "'%s' is %d bytes long; ZFS allows %d" % (full, len(full.encode()), MAX_FULL_NAME)
@@ -84,7 +88,7 @@ class Snapshot:
 
     def __init__(self, name, createtxg, creation, used, userrefs, clones="", properties=None):
         self.name = name
-        self.dataset, self.short = name.split("@", 1)
+        self.dataset, self.short = re.split("[@#]", name, maxsplit=1)
         self.createtxg = int(createtxg)
         self.creation = int(creation)
         self.used = int(used) if used.isdigit() else 0
@@ -155,9 +159,12 @@ class Zfs:
         return dataset.split("/", 1)[0]
 
     # -- snapshots --------------------------------------------------------------------------
-    def snapshots(self, dataset):
-        """The snapshots of `dataset` (not of its children), oldest first by transaction group."""
-        proc = self.run("list", "-H", "-p", "-t", "snapshot", "-d", "1",
+    def snapshots(self, dataset, types="snapshot"):
+        """The snapshots of `dataset` (not of its children), oldest first by transaction group.
+
+        types="snapshot,bookmark" lists its bookmarks (DATASET#NAME) in the same call.
+        """
+        proc = self.run("list", "-H", "-p", "-t", types, "-d", "1",
                         "-o", "name,createtxg,creation,used,userrefs,clones", dataset)
         rows = parse_table(proc.stdout, ("name", "createtxg", "creation", "used", "userrefs",
                                          "clones"))

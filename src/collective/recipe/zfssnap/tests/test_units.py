@@ -100,8 +100,19 @@ class QuiescedTest(unittest.TestCase):
         self.assertEqual(q.start_commands(self.FakeSite()),
                          [["/srv/site/bin/supervisorctl", "start", "app"]])
 
-    def test_merge_keeps_order_and_no_duplicates(self):
+    def test_merge_what_an_earlier_failed_rollback_left_stopped(self):
+        earlier = release.Quiesced(daemon_down=True, running_before=["worker", "app"])
+        # supervisord runs again (started by hand) and this run only stopped programs.
         q = release.Quiesced(programs=["app"])
-        q.merge(release.Quiesced(programs=["worker", "app"], daemon_down=True))
+        q.merge(earlier, daemon_running=True)
         self.assertEqual(q.programs, ["app", "worker"])
+        self.assertFalse(q.daemon_down)
+        # This run shut supervisord down: all are started after its restart.
+        q = release.Quiesced(daemon_down=True, running_before=["app"])
+        q.merge(release.Quiesced(programs=["zeo"]), daemon_running=True)
+        self.assertEqual(q.running_before, ["app", "zeo"])
+        # supervisord is still down from the earlier run: start it and what ran.
+        q = release.Quiesced()
+        q.merge(earlier, daemon_running=False)
         self.assertTrue(q.daemon_down)
+        self.assertEqual(q.running_before, ["worker", "app"])

@@ -37,6 +37,12 @@ class SnapshotNameTest(unittest.TestCase):
         for name in ("a%b", "a+b", "ä", "a;rm -rf", "$(x)", "a\nb"):
             self.assertIsNotNone(zfs.check_snapshot_name("tank/site", name), name)
 
+    def test_labels_refuse_spaces(self):
+        self.assertIsNone(zfs.check_snapshot_name("tank", "pre-2.0", allow_space=False))
+        self.assertEqual(zfs.check_snapshot_name("tank", "my label", what="a label",
+                                                 allow_space=False),
+                         "a label may contain only letters, digits and _ - . : (not ' ')")
+
     def test_empty_and_dots(self):
         self.assertIsNotNone(zfs.check_snapshot_name("tank", ""))
         self.assertIsNotNone(zfs.check_snapshot_name("tank", "."))
