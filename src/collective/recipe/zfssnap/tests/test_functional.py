@@ -374,6 +374,40 @@ class RefusalTest(unittest.TestCase):
         self.assertEqual(app()["version"], "1.0")
 
 
+class RecursiveTest(unittest.TestCase):
+    layer = Site
+
+    def setUp(self):
+        Site.reset()
+        sh("zfs", "create", "-o", "mountpoint=%s/var/uploads" % SITE, "tank/site/uploads")
+        with open(SITE + "/var/uploads/one.txt", "w") as f:
+            f.write("before")
+        edit(SITE + "/buildout.cfg", "stop-timeout = 30", "stop-timeout = 30\nrecursive = true")
+        rebuild()
+
+    def tearDown(self):
+        sh("zfs", "destroy", "-r", "tank/site/uploads", check=False)
+
+    def test_children_are_snapshotted_rolled_back_and_cleaned_up(self):
+        rc, out, err = bin_("snapshot")
+        self.assertEqual(rc, 0, out + err)
+        name = out.split()[1]
+        self.assertIn("tank/site/uploads@" + name, snapshots("tank/site/uploads"))
+        with open(SITE + "/var/uploads/one.txt", "w") as f:
+            f.write("after")
+        rc, out, err = bin_("rollback", "--dry-run", "--diff")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("zfs rollback tank/site/uploads@" + name, out)
+        self.assertRegex(out, r"tank/site/uploads: undoes .*\n\s+changes since: \d+ modified")
+        rc, out, err = bin_("rollback", "--yes")
+        self.assertEqual(rc, 0, out + err)
+        with open(SITE + "/var/uploads/one.txt") as f:
+            self.assertEqual(f.read(), "before")
+        rc, out, err = bin_("cleanup")
+        self.assertEqual(rc, 0, out + err)
+        self.assertNotIn("tank/site/uploads@" + name, snapshots("tank/site/uploads"))
+
+
 class SupervisordOutsideTest(unittest.TestCase):
     layer = Site
 
