@@ -52,6 +52,6 @@ setup(
         ],
     },
     entry_points={
-        "zc.buildout": ["default = collective.recipe.zfssnap:Recipe"],
+        "zc.buildout": ["default = collective.recipe.zfssnap.recipe:Recipe"],
     },
 )

@@ -2,10 +2,13 @@
 # The guest's boot after PID 1 (guest-init) mounted the share: mounts, udev, zfs.ko, then the
 # run's command (/mnt/share/run). Its output goes to the console and /mnt/share/output, its exit
 # code to /mnt/share/rc: that is how lab.py learns the outcome.
-mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
-mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /run
+# Under systemd (lab.init=systemd) /run, /dev/pts and /dev/shm are its own already.
+if [ ! -d /run/systemd/system ]; then
+    mkdir -p /dev/pts /dev/shm
+    mount -t devpts devpts /dev/pts
+    mount -t tmpfs tmpfs /dev/shm
+    mount -t tmpfs tmpfs /run
+fi
 mount -t tmpfs tmpfs /tmp
 hostname lab
 ip link set lo up

@@ -187,13 +187,16 @@ def build_wheel(dest):
 class Guest:
     """One boot of the guest: fresh disks, a share directory, a command; then it powers off."""
 
-    def __init__(self, series, script, timeout, disks=1, disk_size="16G", memory=3072):
+    def __init__(self, series, script, timeout, disks=1, disk_size="16G", memory=3072,
+                 init="shell", venv=None):
         self.series = series
         self.script = script
         self.timeout = timeout
         self.disks = disks
         self.disk_size = disk_size
         self.memory = memory
+        self.init = init
+        self.venv = venv  # the cached venv disk (made on first use), or None
 
     def run(self, out=sys.stdout):
         image = ensure_image(self.series)
@@ -207,8 +210,17 @@ class Guest:
             with open(run, "w") as f:
                 f.write(self.script)
             os.chmod(run, 0o755)
+            with open(os.path.join(share, "venv-state"), "w") as f:
+                f.write("ready" if self.venv and os.path.exists(self.venv) else
+                        "make" if self.venv else "none")
             argv = self.qemu_argv(image, tmp, share, wheels)
-            return self.boot(argv, share, out)
+            rc = self.boot(argv, share, out)
+            if self.venv and os.path.exists(os.path.join(share, "venv-made")):
+                os.rename(self.venv + ".partial", self.venv)
+                say("cached the guest's venv in " + self.venv)
+            elif self.venv and os.path.exists(self.venv + ".partial"):
+                os.remove(self.venv + ".partial")
+            return rc
 
     def qemu_argv(self, image, tmp, share, wheels):
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory), "-smp", "2",
@@ -223,12 +235,22 @@ class Guest:
             with open(disk, "wb") as f:
                 f.truncate(parse_size(self.disk_size))
             argv += ["-drive", "file=%s,format=raw,if=virtio,cache=unsafe" % disk]
+        if self.venv:
+            ready = os.path.exists(self.venv)
+            path = self.venv if ready else self.venv + ".partial"
+            if not ready:
+                with open(path, "wb") as f:
+                    f.truncate(parse_size("4G"))
+            # A ready venv disk stays as it is: each boot writes to a throwaway overlay.
+            argv += ["-drive", "file=%s,format=raw,if=virtio,%s" % (
+                path, "snapshot=on" if ready else "cache=unsafe")]
         for tag, path, ro in (("share", share, False), ("src", CHECKOUT, True),
                               ("wheels", wheels, True)):
             argv += ["-virtfs", "local,path=%s,mount_tag=%s,security_model=none%s"
                      % (path, tag, ",readonly=on" if ro else "")]
         argv += ["-append", "console=ttyS0 root=/dev/vda rw quiet loglevel=3 init=/sbin/lab-init "
-                 "panic=-1 LAB_SERIES=%s" % self.series]
+                 "panic=-1 LAB_SERIES=%s%s" % (self.series, " lab.init=systemd systemd.show_status=0"
+                                                if self.init == "systemd" else "")]
         return argv
 
     def boot(self, argv, share, out):
@@ -299,9 +321,22 @@ echo "lab: guest $(uname -r), $(zfs version 2>/dev/null | head -1), $(python3 --
 mkfs.ext4 -q -F /dev/vdb
 mkdir -p /scratch && mount /dev/vdb /scratch
 t0=$(date +%s)
-python3 -m venv /opt/venv
-/opt/venv/bin/pip install -q --disable-pip-version-check --no-index \\
-    --find-links /mnt/share/dist --find-links /mnt/wheels 'collective.recipe.zfssnap[test]' ZODB
+pip_install="/opt/venv/bin/pip install -q --disable-pip-version-check --no-index"
+case "$(cat /mnt/share/venv-state)" in
+ready)  # the cached venv (vdc): only this checkout's package is new
+    mount /dev/vdc /opt
+    $pip_install --no-deps --force-reinstall /mnt/share/dist/*.whl ;;
+make)
+    mkfs.ext4 -q -F /dev/vdc && mount /dev/vdc /opt
+    python3 -m venv /opt/venv
+    $pip_install --find-links /mnt/share/dist --find-links /mnt/wheels \\
+        'collective.recipe.zfssnap[test]' ZODB
+    sync && touch /mnt/share/venv-made ;;
+*)
+    python3 -m venv /opt/venv
+    $pip_install --find-links /mnt/share/dist --find-links /mnt/wheels \\
+        'collective.recipe.zfssnap[test]' ZODB ;;
+esac
 echo "lab: guest venv ready in $(( $(date +%s) - t0 )) s"
 site=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 cd /tmp
@@ -329,6 +364,10 @@ def main(argv=None):
         if name == "bench":
             p.add_argument("--datafs-mb", type=int, default=1000,
                            help="size of the site's Data.fs (default %(default)s MB)")
+        if name != "build":
+            p.add_argument("--init", choices=("shell", "systemd"), default=None,
+                           help="PID 1 of the guest: a shell script, or systemd (default: "
+                           "systemd for test, demo and bench, shell for run)")
         if name in ("run", "test"):
             p.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -352,7 +391,14 @@ def main(argv=None):
         else:
             command = GUEST_TEST_COMMAND.format(args=" ".join(shlex.quote(a) for a in rest))
             script = GUEST_VENV_SCRIPT.format(series=args.zfs, command=command)
-        return Guest(args.zfs, script, args.timeout).run()
+        init = args.init or ("shell" if args.command in ("run", "shell-script") else "systemd")
+        venv = None
+        if args.command in ("test", "demo", "bench"):
+            venv = os.path.join(cache_dir(), "venvs", "venv-%s-%s.img" % (args.zfs, digest(
+                WHEELHOUSE_REQUIREMENTS, os.path.join(CHECKOUT, "setup.py"),
+                extra=os.path.basename(ensure_image(args.zfs)))))
+            os.makedirs(os.path.dirname(venv), exist_ok=True)
+        return Guest(args.zfs, script, args.timeout, init=init, venv=venv).run()
     except LabError as e:
         say(str(e))
         return EXIT_LAB_BROKEN

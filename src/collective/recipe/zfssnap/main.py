@@ -1,117 +1,39 @@
 """The command line of bin/snapshot, bin/rollback and bin/cleanup.
 
 The generated scripts call `snapshot(config)`, `rollback(config)` or `cleanup(config)` with the
-part's options as plain data. Every module a rollback uses is imported here, at start-up: the
+part's options as plain data. Nothing here imports the buildout machinery: a script starts in
+the time Python does. bin/rollback imports everything it uses before its first step, since the
 rollback replaces bin/ and the eggs under the running script.
 """
 import argparse
-import datetime
-import fcntl
-import json
 import os
-import re
 import signal
-import socket
 import sys
 import traceback
 
-from collective.recipe.zfssnap import processes  # noqa: F401 (imported before any rollback)
-from collective.recipe.zfssnap import release
-from collective.recipe.zfssnap import supervisor
+from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
-from collective.recipe.zfssnap.release import BAD_INPUT
-from collective.recipe.zfssnap.release import FAILED
-from collective.recipe.zfssnap.release import REFUSED
-from collective.recipe.zfssnap.release import Stop
+from collective.recipe.zfssnap.output import Output
+from collective.recipe.zfssnap.site import BAD_INPUT
+from collective.recipe.zfssnap.site import FAILED
+from collective.recipe.zfssnap.site import REFUSED
+from collective.recipe.zfssnap.site import Site
+from collective.recipe.zfssnap.site import Stop
 
 
-class Output:
-    """Messages for the operator (or one JSON document), and the log file's lines."""
-
-    def __init__(self, script, json_mode=False, verbosity=1):
-        self.script = script
-        self.json = json_mode
-        self.verbosity = verbosity
-        self.data = {}
-        self.warnings = []
-        self.log_file = None
-        self.user = release.current_user()
-        self.host = socket.gethostname()
-
-    def _print(self, text, level=1, stream=None):
-        if self.json or self.verbosity < level:
-            return
-        try:
-            print(text, file=stream or sys.stdout, flush=True)
-        except OSError:
-            pass  # the terminal went away: the work goes on, the log file keeps the record
-
-    def say(self, text):
-        self._print(text)
-
-    def note(self, text):
-        self._print("Note: " + text)
-
-    def action(self, text):
-        self._print("> " + text)
-
-    def command(self, argv):
-        self._print(" ".join(quote(a) for a in argv))
-        self.data.setdefault("commands", []).append(list(argv))
-
-    def trace(self, argv):
-        self._print("$ " + " ".join(quote(a) for a in argv), level=2)
-
-    def warn(self, text):
-        self.warnings.append(text)
-        if not self.json:
-            self._print("WARNING: " + text, level=0, stream=sys.stderr)
-
-    def error(self, text):
-        if not self.json:
-            self._print("%s: error: %s" % (self.script, text), level=0, stream=sys.stderr)
-
-    def open_log(self, path):
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self.log_file = open(path, "a")
-        except OSError as e:
-            raise Stop("cannot open the log file %s (%s): set the part's log-file option to a "
-                       "path this user may write, outside the datasets" % (path, e.strerror),
-                       FAILED)
-
-    def log(self, text):
-        if self.log_file is None:
-            return
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        try:
-            self.log_file.write("%s %s@%s %s: %s\n" % (stamp, self.user, self.host,
-                                                        self.script, text))
-            self.log_file.flush()
-        except OSError as e:
-            self.log_file = None  # a full disk must not stop a rollback half-way
-            self.warn("cannot write the log file any more (%s): going on without it"
-                      % e.strerror)
-
-    def finish(self, code, error=None):
-        if self.json:
-            doc = {"script": self.script, "ok": code == 0, "exit_code": code,
-                   "error": error, "warnings": self.warnings}
-            doc.update(self.data)
-            print(json.dumps(doc, indent=2, sort_keys=True, default=str))
-        return code
-
-
-def quote(word):
-    # For display only: nothing here is ever given to a shell.
-    return word if re.match(r"^[\w@%+=:,./-]+$", word) else "'%s'" % word.replace("'", "'\\''")
+MAX_AGE = 100 * 366 * 86400  # --older-than beyond a century is a typo, not a policy
 
 
 def parse_age(text):
-    m = re.match(r"^(\d+)([smhdw])$", text)
+    import re
+    m = re.match(r"^(\d{1,12})([smhdw])$", text)
     if not m:
         raise argparse.ArgumentTypeError("not an age: %r (use e.g. 90m, 12h, 7d, 2w)" % text)
-    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[
+        m.group(2)]
+    if seconds > MAX_AGE:
+        raise argparse.ArgumentTypeError("%r is more than a hundred years" % text)
+    return seconds
 
 
 def parser_for(script, description):
@@ -127,7 +49,7 @@ def parser_for(script, description):
     return parser
 
 
-def run(config, name, description, add_arguments, work, argv=None):
+def run(config, name, description, add_arguments, work, argv=None, read_only=None):
     """Parse arguments, lock, open the log, do `work`, map failures to exit codes."""
     script = config.get("scripts", {}).get(name, name)
     parser = parser_for(os.path.basename(script), description)
@@ -137,26 +59,35 @@ def run(config, name, description, add_arguments, work, argv=None):
                  else 1)
     lock = None
     try:
-        site = release.Site(config, out, trace=out.trace)
-        if not args.dry_run and not getattr(args, "list", False):
-            lock = take_lock(config["lock_file"], out.script)
+        site = Site(config, out)
+        state.trust_owner_of(site.directory)
+        if not args.dry_run and not (read_only and read_only(args)):
+            lock = state.Lock(config["lock_file"])
             out.open_log(config["log_file"])
         work(site, args)
         return out.finish(0)
     except Stop as e:
         out.error(e.message)
         return out.finish(e.code, e.message)
-    except (zfsmod.ZfsError, supervisor.SupervisorError) as e:
+    except state.StateError as e:
+        out.error(e.message)
+        return out.finish(FAILED, e.message)
+    except zfsmod.NoZfsCommand as e:
+        out.error(e.message)
+        return out.finish(BAD_INPUT, e.message)
+    except zfsmod.ZfsError as e:
         out.error(e.message)
         return out.finish(FAILED, e.message)
     except KeyboardInterrupt:
         out.error("interrupted")
         return out.finish(FAILED, "interrupted")
-    except Exception as e:  # a bug: still one clear sentence, the traceback only with -v
-        if args.verbose:
-            traceback.print_exc()
-        message = ("unexpected %s: %s; this is a bug in collective.recipe.zfssnap: please "
-                   "report it (run with -v for the traceback)" % (type(e).__name__, e))
+    except Exception as e:  # a bug, or an adapter's error: still one clear sentence
+        message = getattr(e, "message", None)
+        if message is None:
+            if args.verbose:
+                traceback.print_exc()
+            message = ("unexpected %s: %s; this is a bug in collective.recipe.zfssnap: please "
+                       "report it (run with -v for the traceback)" % (type(e).__name__, e))
         out.error(message)
         return out.finish(FAILED, message)
     finally:
@@ -164,33 +95,9 @@ def run(config, name, description, add_arguments, work, argv=None):
             lock.close()
 
 
-def take_lock(path, script):
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        f = open(path, "a")
-    except OSError as e:
-        raise Stop("cannot open the lock file %s (%s): set the part's lock-file option to a "
-                   "path this user may write, outside the datasets" % (path, e.strerror),
-                   FAILED)
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise Stop("another snapshot, rollback or cleanup of this buildout is running (lock "
-                   "%s): wait until it has finished" % path, FAILED)
-    return f
-
-
-def ask(question):
-    if not sys.stdin.isatty():
-        return False
-    try:
-        return input(question).strip() == "yes"
-    except EOFError:
-        return False
-
-
 def snapshot(config, argv=None):
+    from collective.recipe.zfssnap import snapshot as snapshotmod
+
     def arguments(parser):
         parser.add_argument("label", nargs="?", help="a label for the snapshot, added to its "
                             "name (letters, digits and _ - . :)")
@@ -200,15 +107,50 @@ def snapshot(config, argv=None):
 
     def work(site, args):
         if args.list:
-            release.list_snapshots(site)
+            snapshotmod.list_snapshots(site)
         else:
-            release.take_snapshot(site, args.label, args.message, dry_run=args.dry_run)
+            snapshotmod.take_snapshot(site, args.label, args.message, dry_run=args.dry_run)
 
-    return run(config, "snapshot", "Take one atomic ZFS snapshot of this buildout's datasets "
-               "before a release.", arguments, work, argv)
+    return run(config, "snapshot", "Take one ZFS snapshot of this buildout's datasets before a "
+               "release (atomic within each pool).", arguments, work, argv,
+               read_only=lambda args: args.list)
+
+
+class Deferred:
+    """Signal handlers that let a rollback finish: an interrupt is noted, not obeyed.
+
+    Handlers, not SIG_IGN: a handler is reset to the default in every child at exec, so
+    hooks and the supervisord started during the rollback can be stopped as usual.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
+
+    def __init__(self, out):
+        self.out = out
+        self.received = []
+        self.originals = {}
+
+    def __call__(self):
+        for signum in self.SIGNALS:
+            self.originals[signum] = signal.signal(signum, self.handle)
+
+    def handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        self.received.append(name)
+        self.out.warn("%s received: the rollback goes on to the end, so that the site is not "
+                      "left half-done" % name)
+
+    def restore(self):
+        for signum, handler in self.originals.items():
+            signal.signal(signum, handler)
 
 
 def rollback(config, argv=None):
+    # Everything a rollback uses, imported now: the rollback replaces the eggs under us.
+    from collective.recipe.zfssnap import processes  # noqa: F401
+    from collective.recipe.zfssnap import rollback as rollbackmod
+    from collective.recipe.zfssnap import supervisor  # noqa: F401
+
     def arguments(parser):
         parser.add_argument("snapshot", nargs="?",
                             help="name or label of one of this part's snapshots "
@@ -220,36 +162,38 @@ def rollback(config, argv=None):
                             "datasets")
         parser.add_argument("--diff", action="store_true",
                             help="summarise what changed since the snapshot (zfs diff)")
+        parser.add_argument("--forget", action="store_true",
+                            help="forget the record of an unfinished rollback (after showing "
+                            "it) instead of rolling back")
 
     def work(site, args):
+        if args.forget:
+            if args.snapshot:
+                raise Stop("--forget takes no snapshot", BAD_INPUT)
+            return rollbackmod.forget(site)
+        out = site.out
+
         def confirm():
             if not sys.stdin.isatty():
                 raise Stop("no terminal to ask for confirmation: pass --yes to roll back "
                            "(nothing was changed)", REFUSED)
-            return ask("Type yes to stop the site and roll back: ")
+            return out.ask("Type yes to stop the site and roll back: ")
 
-        # From the confirmation on, an interrupt would leave the site half-done.
-        originals = {s: signal.getsignal(s)
-                     for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
+        deferred = Deferred(out)
         try:
-            release.rollback(site, args.snapshot, yes=args.yes, dry_run=args.dry_run,
-                             force=args.force, diff=args.diff,
-                             confirm=confirm, committed=ignore_interrupts)
+            rollbackmod.rollback(site, args.snapshot, yes=args.yes, dry_run=args.dry_run,
+                                 force=args.force, diff=args.diff, confirm=confirm,
+                                 critical=deferred)
         finally:
-            for signum, handler in originals.items():
-                signal.signal(signum, handler)
+            deferred.restore()
 
     return run(config, "rollback", "Stop the site, roll its datasets back to a snapshot of "
                "this part, start it again.", arguments, work, argv)
 
 
-def ignore_interrupts():
-    # Ctrl-C, a lost ssh session or a stray kill must not end a rollback between two steps.
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
-
-
 def cleanup(config, argv=None):
+    from collective.recipe.zfssnap import cleanup as cleanupmod
+
     def arguments(parser):
         parser.add_argument("snapshots", nargs="*", metavar="SNAPSHOT",
                             help="names or labels of this part's snapshots to destroy "
@@ -260,7 +204,7 @@ def cleanup(config, argv=None):
     def work(site, args):
         if args.snapshots and args.older_than is not None:
             raise Stop("give snapshot names or --older-than, not both", BAD_INPUT)
-        release.cleanup(site, args.snapshots, args.older_than, dry_run=args.dry_run)
+        cleanupmod.cleanup(site, args.snapshots, args.older_than, dry_run=args.dry_run)
 
     return run(config, "cleanup", "Destroy this part's snapshots (never another tool's).",
                arguments, work, argv)

@@ -96,22 +96,49 @@ def holders_linux(devices, exclude=(), unreadable=None):
     return holders
 
 
-def holders_fstat(mountpoints, exclude=()):
-    """FreeBSD: `fstat -f MOUNTPOINT` lines are USER CMD PID FD MOUNT ..."""
+def parse_fstat(text, exclude=()):
+    """Holders from FreeBSD `fstat -f MOUNTPOINT` output: USER CMD PID FD MOUNT INUM ...
+
+    FD is a number, or wd (working directory), root, jail, text (the executable), tr (the
+    kernel trace file), mmap or ctty.
+    """
+    found = {}
+    for line in text.splitlines()[1:]:
+        words = line.split()
+        if len(words) < 5 or not words[2].isdigit() or int(words[2]) in exclude:
+            continue
+        pid = int(words[2])
+        fd = words[3].rstrip("*")
+        tie = {"wd": "cwd", "text": "exe", "root": "root", "jail": "root", "mmap": "mmap",
+               "tr": "ktrace", "ctty": "ctty"}.get(fd, "fd " + fd)
+        holder = found.setdefault(pid, Holder(pid, words[1], []))
+        if tie not in holder.ties:
+            holder.ties.append(tie)
+    return found
+
+
+def holders_fstat(mountpoints, exclude=(), unreadable=None):
+    """FreeBSD: `fstat -f MOUNTPOINT` for each mountpoint.
+
+    Without root, fstat shows only this user's processes: that is said through `unreadable`
+    (with -1, as the pids it could not see are unknown).
+    """
     found = {}
     for mountpoint in mountpoints:
-        proc = subprocess.run(["fstat", "-f", mountpoint], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
-        for line in proc.stdout.splitlines()[1:]:
-            words = line.split()
-            if len(words) < 4 or not words[2].isdigit() or int(words[2]) in exclude:
-                continue
-            pid = int(words[2])
-            tie = {"wd": "cwd", "text": "exe", "root": "root", "mmap": "mmap"}.get(
-                words[3], "fd " + words[3])
-            holder = found.setdefault(pid, Holder(pid, words[1], []))
-            if tie not in holder.ties:
-                holder.ties.append(tie)
+        try:
+            proc = subprocess.run(["fstat", "-f", mountpoint], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, errors="replace",
+                                  stdin=subprocess.DEVNULL)
+        except OSError as e:
+            raise OSError(e.errno, "fstat could not run: %s" % e.strerror)
+        if proc.returncode != 0:
+            raise OSError(0, "'fstat -f %s' failed: %s" % (mountpoint, proc.stderr.strip() or
+                                                         "exit %d" % proc.returncode))
+        for pid, holder in parse_fstat(proc.stdout, exclude).items():
+            mine = found.setdefault(pid, holder)
+            mine.ties += [t for t in holder.ties if t not in mine.ties]
+    if os.geteuid() != 0 and unreadable is not None:
+        unreadable.append(-1)
     return sorted(found.values(), key=lambda h: h.pid)
 
 
@@ -123,23 +150,35 @@ def holders(mountpoints, exclude=(), unreadable=None):
     """
     if os.path.isdir("/proc/self/fd"):
         return holders_linux(devices_of(mountpoints), set(exclude), unreadable)
-    return holders_fstat(mountpoints, set(exclude))
+    return holders_fstat(mountpoints, set(exclude), unreadable)
 
 
 def can_check():
     """None when this system can tell which processes hold files, else why not."""
     if os.path.isdir("/proc/self/fd"):
         return None
-    for directory in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep):
-        if os.access(os.path.join(directory, "fstat"), os.X_OK):
-            return None
-    return "neither /proc nor fstat(1) is available to find processes with open files"
+    path = os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+    for tool in ("fstat", "ps"):
+        if not any(os.access(os.path.join(d, tool), os.X_OK) for d in path):
+            return "neither /proc nor %s(1) is available to find processes with open files" % (
+                tool)
+    return None
 
 
-def with_descendants(pids):
-    """`pids` and every process below them (a program's own children hold files too)."""
+def parse_ps(text):
+    """{ppid: [pid]} from `ps -ax -o pid= -o ppid=` output."""
     children = {}
-    if os.path.isdir("/proc/self"):
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0].isdigit() and words[1].isdigit():
+            children.setdefault(int(words[1]), []).append(int(words[0]))
+    return children
+
+
+def process_tree():
+    """{ppid: [pid]} of every process: /proc on Linux, ps(1) elsewhere (FreeBSD)."""
+    children = {}
+    if os.path.isdir("/proc/self/fd"):
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -149,8 +188,23 @@ def with_descendants(pids):
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry))
+        return children
+    proc = subprocess.run(["ps", "-ax", "-o", "pid=", "-o", "ppid="], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise OSError(0, "'ps -ax -o pid= -o ppid=' failed (exit %d)" % proc.returncode)
+    return parse_ps(proc.stdout)
+
+
+def with_descendants(pids, children=None):
+    """`pids` and every process below them (a program's own children hold files too).
+
+    Pids 0 and 1 are never taken: "below" them is every process on the machine.
+    """
+    if children is None:
+        children = process_tree()
     found = set()
-    todo = list(pids)
+    todo = [p for p in pids if p and p > 1]
     while todo:
         pid = todo.pop()
         if pid not in found:

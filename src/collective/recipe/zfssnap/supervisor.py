@@ -1,15 +1,25 @@
-"""The supervisor adapter: the site's programs through its own bin/supervisorctl and supervisord.
+"""The supervisor adapter: the site's supervisord, asked directly over its XML-RPC interface.
 
-supervisorctl is driven as an argv list and its `status` table parsed; that is the interface a
-site operator uses too, and it carries the site's configuration file in its generated script.
+One connection to the socket named in the site's supervisord configuration (as supervisorctl
+finds it, credentials included) answers every question in milliseconds, where a supervisorctl
+process per question took a second under load. supervisord run by a systemd unit is stopped and
+started through systemctl: behind the unit's back, Restart= would start a second daemon, or none.
 """
+import configparser
+import http.client
 import os
+import re
+import socket
 import subprocess
 import time
+import xmlrpc.client
 
 
-STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN")
+STOPPED_STATES = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")
 RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF")
+# supervisor's Faults (xmlrpc.py): what a start or stop of a program in that state answers.
+ALREADY_STARTED, NOT_RUNNING, BAD_NAME = 60, 70, 10
+POLL = 0.1
 
 
 class SupervisorError(Exception):
@@ -18,29 +28,150 @@ class SupervisorError(Exception):
         self.message = message
 
 
-# What supervisorctl says when no supervisord listens: its socket file is missing, or nobody
-# accepts on it (a stale file). Anything else (authentication, permissions) is an error.
-NOT_RUNNING_MARKS = ("no such file", "refused connection")
+class NotRunning(SupervisorError):
+    """No supervisord answers on the configured socket."""
 
 
-def parse_status(output):
-    """{program: state} from `supervisorctl status` (group members as group:name)."""
-    states = {}
-    for line in output.splitlines():
-        words = line.split()
-        if len(words) >= 2 and words[1] in STATES:
-            states[words[0]] = words[1]
-    return states
+def read_client_config(path):
+    """(serverurl, username, password) from a supervisord configuration's [supervisorctl]."""
+    parser = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"), strict=False)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except (OSError, configparser.Error) as e:
+        raise SupervisorError("cannot read the supervisord configuration %s (%s): run "
+                              "bin/buildout, or set the part's supervisor-conf option"
+                              % (path, getattr(e, "strerror", None) or e))
+    here = os.path.dirname(os.path.abspath(path))
+
+    def value(name, default=None):
+        if not parser.has_option("supervisorctl", name):
+            return default
+        text = parser.get("supervisorctl", name)
+        # supervisor expands %(here)s and %(ENV_NAME)s in these values.
+        return re.sub(r"%\((here|ENV_\w+)\)s", lambda m: here if m.group(1) == "here" else
+                      os.environ.get(m.group(1)[4:], ""), text)
+
+    url = value("serverurl", "http://localhost:9001")
+    if url.startswith("unix://"):
+        url = "unix://" + os.path.abspath(os.path.join(here, url[7:]))
+    return url, value("username"), value("password")
 
 
-def parse_pids(output):
-    """{program: pid} of the running programs in `supervisorctl status` output."""
-    pids = {}
-    for line in output.splitlines():
-        words = line.replace(",", " ").split()
-        if len(words) >= 4 and words[1] in STATES and words[2] == "pid" and words[3].isdigit():
-            pids[words[0]] = int(words[3])
-    return pids
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class _Transport(xmlrpc.client.Transport):
+    """HTTP or a unix socket, with basic authentication, one connection kept open."""
+
+    def __init__(self, url, username, password, timeout):
+        super().__init__()
+        self.url = url
+        self.timeout = timeout
+        self.auth = None
+        if username is not None and password is not None:
+            import base64
+            self.auth = "Basic " + base64.b64encode(
+                ("%s:%s" % (username, password)).encode()).decode()
+
+    def make_connection(self, host):
+        if self._connection[1] is None:
+            if self.url.startswith("unix://"):
+                conn = _UnixConnection(self.url[7:], self.timeout)
+            else:
+                parsed = re.match(r"^https?://([^/:]+|\[[^]]+\])(?::(\d+))?", self.url)
+                if not parsed:
+                    raise SupervisorError("cannot use the supervisor server URL %s" % self.url)
+                conn = http.client.HTTPConnection(parsed.group(1).strip("[]"),
+                                                  int(parsed.group(2) or 80),
+                                                  timeout=self.timeout)
+            self._connection = (host, conn)
+        return self._connection[1]
+
+    def send_headers(self, connection, headers):
+        if self.auth:
+            headers = list(headers) + [("Authorization", self.auth)]
+        super().send_headers(connection, headers)
+
+
+class Process:
+    """A supervisor program: `name` as supervisorctl shows it (group:name within a group)."""
+
+    def __init__(self, info, config=None):
+        self.group = info["group"]
+        self.short = info["name"]
+        self.name = self.short if self.group == self.short else "%s:%s" % (self.group,
+                                                                            self.short)
+        self.state = info["statename"]
+        self.pid = info["pid"] if info.get("pid", 0) > 1 else None
+        self.logfile = info.get("stdout_logfile") or ""
+        config = config or {}
+        self.priority = (config.get("group_prio", 999), config.get("process_prio", 999))
+        self.autostart = config.get("autostart", True)
+
+    @property
+    def api_name(self):
+        return "%s:%s" % (self.group, self.short)
+
+    def __repr__(self):
+        return "<Process %s %s>" % (self.name, self.state)
+
+
+def run_command(argv, timeout, what):
+    """Run a command of the site's (supervisord, systemctl) in a session of its own."""
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              errors="replace", stdin=subprocess.DEVNULL, timeout=timeout,
+                              start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise SupervisorError("'%s' (%s) did not return within %d s" % (" ".join(argv), what,
+                                                                         timeout))
+    except OSError as e:
+        raise SupervisorError("'%s' (%s) could not run: %s" % (argv[0], what, e.strerror))
+    if proc.returncode != 0:
+        raise SupervisorError("'%s' (%s) failed: %s" % (" ".join(argv), what,
+                                                         proc.stdout.strip() or
+                                                         "exit %d" % proc.returncode))
+    return proc.stdout
+
+
+def parse_cgroup_unit(text):
+    """The systemd service of a /proc/PID/cgroup text ('0::/system.slice/site.service')."""
+    for line in text.splitlines():
+        path = line.split(":", 2)[-1]
+        for part in reversed(path.split("/")):
+            if part.endswith(".service"):
+                return part
+    return None
+
+
+def systemd_unit(pid):
+    """The systemd service whose main process is `pid`, or None (started by hand, no systemd).
+
+    The cgroup alone is not enough: a supervisord started by hand from another service's
+    shell lives in that service's cgroup, and stopping that unit would stop the wrong thing.
+    """
+    try:
+        with open("/proc/%d/cgroup" % pid) as f:
+            unit = parse_cgroup_unit(f.read())
+    except OSError:
+        return None
+    if not unit:
+        return None
+    try:
+        main = run_command(["systemctl", "show", "--property=MainPID", "--value", unit], 30,
+                           "the main process of " + unit).strip()
+    except SupervisorError:
+        return None
+    return unit if main == str(pid) else None
 
 
 def process_gone(pid):
@@ -59,138 +190,193 @@ def process_gone(pid):
 
 
 class Supervisor:
+    """The site's supervisord: its programs, its own process, and how it is started."""
 
-    def __init__(self, ctl, daemon=None, programs=(), timeout=60):
-        self.ctl = list(ctl)
+    def __init__(self, conf, daemon=None, unit=None, programs=(), timeout=60):
+        self.conf = conf
         self.daemon = list(daemon) if daemon else None
-        self.programs = list(programs)  # empty: every program
+        self.unit = unit or None          # the systemd service running supervisord, if known
+        self.programs = list(programs)    # empty: every program
         self.timeout = timeout
+        self._proxy = None
+        self.reload_config()
 
-    def ctl_run(self, *args, timeout=None):
-        argv = self.ctl + list(args)
+    def reload_config(self):
+        """Read the server URL again (a rollback may bring back another configuration)."""
+        self.url, self.username, self.password = read_client_config(self.conf)
+        self._proxy = None
+
+    # -- the connection ---------------------------------------------------------------------
+    def call(self, method, *args):
+        if self._proxy is None:
+            transport = _Transport(self.url, self.username, self.password, self.timeout + 10)
+            self._proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport,
+                                                    allow_none=True)
         try:
-            return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, errors="replace", stdin=subprocess.DEVNULL,
-                                  timeout=timeout or self.timeout)
-        except FileNotFoundError:
-            raise SupervisorError("'%s' was not found: run bin/buildout, or set the "
-                                  "supervisorctl option" % self.ctl[0])
-        except subprocess.TimeoutExpired:
-            raise SupervisorError("'%s' did not finish within %d s"
-                                  % (" ".join(argv), timeout or self.timeout))
-        except OSError as e:
-            raise SupervisorError("'%s' could not run: %s" % (self.ctl[0], e.strerror))
+            return getattr(self._proxy, method)(*args)
+        except xmlrpc.client.Fault:
+            raise
+        except xmlrpc.client.ProtocolError as e:
+            self._proxy = None
+            if e.errcode == 401:
+                raise SupervisorError("supervisord at %s refused the credentials of %s: check "
+                                      "its [supervisorctl] username and password"
+                                      % (self.url, self.conf))
+            raise SupervisorError("supervisord at %s answered %s %s" % (self.url, e.errcode,
+                                                                        e.errmsg))
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            self._proxy = None
+            raise NotRunning("no supervisord answers at %s (%s)" % (self.url, e.strerror))
+        except (OSError, http.client.HTTPException) as e:
+            self._proxy = None
+            raise SupervisorError("supervisord at %s did not answer: %s" % (self.url, e))
 
-    def status(self, pids=False):
-        """{program: state} ({program: pid} with pids=True), or None when no supervisord runs.
-
-        A supervisord that answers with an error (authentication, shutting down) is not "not
-        running": that raises SupervisorError, so that nothing runs on under a rollback.
-        """
-        proc = self.ctl_run("status")
-        states = parse_status(proc.stdout)
-        if not states and proc.returncode != 0:
-            if any(mark in proc.stdout for mark in NOT_RUNNING_MARKS):
-                return None
-            raise SupervisorError("'%s status' failed: %s" % (
-                " ".join(self.ctl), proc.stdout.strip() or "exit %d" % proc.returncode))
-        return parse_pids(proc.stdout) if pids else states
-
-    def answers(self):
+    def running(self):
+        """True when supervisord answers, False when none listens; other errors raise."""
         try:
-            return self.status()
-        except SupervisorError:
-            return None  # still starting: it refuses requests until it is up
+            state = self.call("supervisor.getState")
+        except NotRunning:
+            return False
+        except xmlrpc.client.Fault as e:
+            raise SupervisorError("supervisord at %s: %s" % (self.url, e.faultString))
+        return state.get("statename") in ("RUNNING", "RESTARTING")
 
-    def selected(self, states):
+    def pid(self):
+        pid = self.call("supervisor.getPID")
+        return pid if isinstance(pid, int) and pid > 1 else None
+
+    def processes(self):
+        """{name: Process} of every program supervisord knows, in supervisor's start order."""
+        infos = self.call("supervisor.getAllProcessInfo")
+        try:
+            configs = {(c["group"], c["name"]): c
+                       for c in self.call("supervisor.getAllConfigInfo")}
+        except xmlrpc.client.Fault:
+            configs = {}  # supervisor before 3.1: no priorities, name order
+        procs = [Process(i, configs.get((i["group"], i["name"]))) for i in infos]
+        procs.sort(key=lambda p: (p.priority, p.name))
+        return {p.name: p for p in procs}
+
+    def states(self):
+        return {n: p.state for n, p in self.processes().items()}
+
+    def selected(self, processes):
+        """The names among `processes` that the part's `programs` option selects."""
         if not self.programs:
-            return sorted(states)
-        # A group name selects its members, as supervisorctl does with "group:*".
-        chosen = []
-        for name in sorted(states):
-            group = name.split(":", 1)[0]
-            if name in self.programs or group in self.programs:
-                chosen.append(name)
-        return chosen
+            return list(processes)
+        return [n for n, p in processes.items()
+                if n in self.programs or p.group in self.programs or p.short in self.programs]
 
-    def daemon_pid(self):
-        proc = self.ctl_run("pid")
-        text = proc.stdout.strip()
-        return int(text) if proc.returncode == 0 and text.isdigit() else None
+    # -- programs ---------------------------------------------------------------------------
+    def _levels(self, names, processes, reverse=False):
+        """`names` grouped by priority: supervisor starts lower priorities first."""
+        levels = {}
+        for n in names:
+            levels.setdefault(processes[n].priority, []).append(n)
+        return [levels[k] for k in sorted(levels, reverse=reverse)]
 
-    def stop(self, names, every=False):
-        """Stop programs within the timeout; the names that had not stopped by then.
-
-        `every`: all programs run by supervisord are to stop; `stop all` stops them in
-        supervisor's order (reverse priority: web clients before their ZEO server).
-        """
-        if not names:
-            return []
-        # supervisorctl stop returns once the programs have stopped, which for one that
-        # ignores SIGTERM is supervisor's stopwaitsecs later: our timeout is the limit.
-        try:
-            self.ctl_run("stop", *(["all"] if every else names), timeout=self.timeout)
-        except SupervisorError:
-            pass
-        return self.wait(names, lambda state: state not in RUNNING_STATES + ("STOPPING",),
-                         timeout=1)
-
-    def settle(self, names, timeout):
-        """Wait until none of `names` is STOPPING any more (supervisor kills it in the end)."""
-        return self.wait(names, lambda state: state != "STOPPING", timeout=timeout)
-
-    def start(self, names):
-        """Start programs, wait until RUNNING; the names that did not get there."""
-        if not names:
-            return []
-        self.ctl_run("start", *names, timeout=self.timeout + 10)
-        return self.wait(names, lambda state: state == "RUNNING")
-
-    def wait(self, names, done, timeout=None):
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+    def _wait(self, names, done, deadline):
         while True:
-            try:
-                states = self.status() or {}
-            except SupervisorError:
-                states = {}
+            states = self.states()
             late = [n for n in names if not done(states.get(n, "UNKNOWN"))]
             if not late or time.monotonic() > deadline:
-                return late
-            time.sleep(0.5)
+                return late, states
+            time.sleep(POLL)
 
-    def shutdown(self, pids):
-        """Shut supervisord down and wait until the processes `pids` (it and its programs) exit.
+    def stop(self, names, deadline=None):
+        """Stop programs, higher priorities first (web clients before their ZEO server);
+        the names that had not stopped by the deadline."""
+        processes = self.processes()
+        names = [n for n in names if n in processes]
+        deadline = deadline or time.monotonic() + self.timeout
+        for level in self._levels(names, processes, reverse=True):
+            for name in level:
+                try:
+                    self.call("supervisor.stopProcess", processes[name].api_name, False)
+                except xmlrpc.client.Fault as e:
+                    if e.faultCode != NOT_RUNNING:
+                        raise SupervisorError("supervisord could not stop %s: %s"
+                                              % (name, e.faultString))
+            late, _ = self._wait(level, lambda s: s in STOPPED_STATES, deadline)
+            if late:
+                return late + [n for n in names if n not in level and
+                               self.states().get(n) not in STOPPED_STATES]
+        return []
 
-        While it shuts down supervisord refuses every request, so supervisorctl cannot tell
-        when it is gone: the processes themselves can.
-        """
-        self.ctl_run("shutdown", timeout=self.timeout + 10)
-        deadline = time.monotonic() + self.timeout
-        while not all(process_gone(pid) for pid in pids):
-            if time.monotonic() > deadline:
-                raise SupervisorError("supervisord did not shut down within %d s"
-                                      % self.timeout)
-            time.sleep(0.2)
+    def start(self, names, deadline=None):
+        """Start programs in supervisor's priority order, each level RUNNING before the next
+        starts (a ZEO server before its clients); the names that did not get to RUNNING."""
+        processes = self.processes()
+        missing = [n for n in names if n not in processes]
+        names = [n for n in names if n in processes]
+        deadline = deadline or time.monotonic() + self.timeout
+        failed = list(missing)
+        for level in self._levels(names, processes):
+            for name in level:
+                try:
+                    self.call("supervisor.startProcess", processes[name].api_name, False)
+                except xmlrpc.client.Fault as e:
+                    if e.faultCode != ALREADY_STARTED:
+                        failed.append(name)
+            late, states = self._wait([n for n in level if n not in failed],
+                                      lambda s: s not in ("STARTING", "BACKOFF"), deadline)
+            failed += [n for n in level if n not in failed and states.get(n) != "RUNNING"]
+        return failed
+
+    def wait_settled(self, names, deadline):
+        """Wait until none of `names` is starting or stopping any more."""
+        late, states = self._wait(names, lambda s: s not in ("STARTING", "BACKOFF", "STOPPING"),
+                                  deadline)
+        return states
+
+    # -- supervisord itself -----------------------------------------------------------------
+    def find_unit(self, pid):
+        if self.unit is None and pid:
+            self.unit = systemd_unit(pid)
+        return self.unit
+
+    def shutdown(self, pids, deadline):
+        """Shut supervisord down (through its unit when systemd runs it); the pids among `pids`
+        (it and its programs) still alive at the deadline."""
+        if self.unit:
+            run_command(["systemctl", "stop", self.unit], max(1, deadline - time.monotonic()),
+                        "stopping supervisord's unit")
+        else:
+            try:
+                self.call("supervisor.shutdown")
+            except NotRunning:
+                pass
+        while True:
+            alive = [p for p in pids if not process_gone(p)]
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(POLL)
 
     def start_daemon(self):
-        if not self.daemon:
-            raise SupervisorError("no supervisord command to start it again: set the "
+        """Start supervisord (its unit, or the supervisord command) and wait until it answers."""
+        if self.unit:
+            run_command(["systemctl", "start", self.unit], self.timeout,
+                        "starting supervisord's unit")
+        elif self.daemon:
+            run_command(self.daemon, self.timeout, "starting supervisord")
+        else:
+            raise SupervisorError("no supervisord command to start it again: set the part's "
                                   "supervisord option")
-        try:
-            proc = subprocess.run(self.daemon, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, errors="replace", stdin=subprocess.DEVNULL,
-                                  timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            raise SupervisorError("'%s' did not return within %d s"
-                                  % (" ".join(self.daemon), self.timeout))
-        except OSError as e:
-            raise SupervisorError("'%s' could not run: %s" % (self.daemon[0], e.strerror))
-        if proc.returncode != 0:
-            raise SupervisorError("'%s' failed: %s" % (" ".join(self.daemon),
-                                                        proc.stdout.strip()))
+        self.reload_config()
         deadline = time.monotonic() + self.timeout
-        while self.answers() is None:
+        while True:
+            try:
+                if self.running():
+                    return
+            except SupervisorError:
+                pass  # it refuses requests while it starts
             if time.monotonic() > deadline:
-                raise SupervisorError("supervisord did not answer within %d s after it was "
-                                      "started" % self.timeout)
-            time.sleep(0.5)
+                raise SupervisorError("supervisord did not answer at %s within %d s after it "
+                                      "was started" % (self.url, self.timeout))
+            time.sleep(POLL)
+
+    def start_hint(self):
+        """How the operator starts supervisord by hand."""
+        if self.unit:
+            return "systemctl start " + self.unit
+        return " ".join(self.daemon) if self.daemon else "supervisord"

@@ -10,9 +10,14 @@ import subprocess
 
 # ZFS's own rule for the part after '@' (zfs_component_namecheck): these characters only.
 SNAPSHOT_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\- ]+$")
+DATASET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\- ]*(/[A-Za-z0-9_.:\- ]+)*$")
 MAX_FULL_NAME = 255  # ZFS_MAX_DATASET_NAME_LEN - 1: "pool/fs@snap" must fit
+MAX_PROPERTY_VALUE = 8191  # ZAP_MAXVALUELEN - 1: a user property's value, in bytes
 # The property namespace of this tool's snapshots: `zfs get` reads them back.
 PROPERTY_PREFIX = "collective.recipe.zfssnap:"
+# One argument of an argv may be at most 128 KiB on Linux (MAX_ARG_STRLEN): comma lists of
+# snapshots for one `zfs destroy` stay well below it.
+MAX_LIST_ARGUMENT = 64 * 1024
 
 
 class ZfsError(Exception):
@@ -30,13 +35,17 @@ class ZfsError(Exception):
 
 
 class NotOnZfs(ZfsError):
-    """The path is not on a ZFS filesystem, or this machine has no zfs command."""
+    """The path is not on a ZFS filesystem."""
+
+
+class NoZfsCommand(ZfsError):
+    """The zfs command (or the first word of the zfs option) cannot be found or run."""
 
 
 def check_snapshot_name(dataset, name, what="a snapshot name", allow_space=True):
     """Return None when `dataset@name` is a valid ZFS snapshot name, else the reason.
 
-    With allow_space=False (labels, typed in shells) a space is refused too.
+    With allow_space=False (labels and prefixes, typed in shells) a space is refused too.
     """
     if not name:
         return "%s cannot be empty" % what
@@ -50,6 +59,24 @@ def check_snapshot_name(dataset, name, what="a snapshot name", allow_space=True)
     full = "%s@%s" % (dataset, name)
     if len(full.encode()) > MAX_FULL_NAME:
         return "'%s' is %d bytes long; ZFS allows %d" % (full, len(full.encode()), MAX_FULL_NAME)
+    return None
+
+
+def check_dataset_name(name):
+    """None when `name` is a valid ZFS filesystem name, else the reason."""
+    if not DATASET_NAME_RE.match(name):
+        return "%r is not a ZFS dataset name" % name
+    if len(name.encode()) > MAX_FULL_NAME:
+        return "%r is longer than ZFS allows (%d bytes)" % (name, MAX_FULL_NAME)
+    return None
+
+
+def check_property_value(name, value):
+    """None when ZFS can store `value` in the user property `name`, else the reason."""
+    size = len(value.encode())
+    if size > MAX_PROPERTY_VALUE:
+        return "the %s is %d bytes long; ZFS stores at most %d bytes in a property" % (
+            name, size, MAX_PROPERTY_VALUE)
     return None
 
 
@@ -83,21 +110,64 @@ def parse_table(output, columns):
     return rows
 
 
-class Snapshot:
-    """One snapshot as `zfs list -p -t snapshot` reports it."""
+def comma_batches(names, limit=MAX_LIST_ARGUMENT):
+    """`names` cut into lists whose comma-joined length stays within `limit` bytes."""
+    batch, size = [], 0
+    for name in names:
+        length = len(name.encode()) + 1
+        if batch and size + length > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(name)
+        size += length
+    if batch:
+        yield batch
 
-    def __init__(self, name, createtxg, creation, used, userrefs, clones="", properties=None):
+
+class Snapshot:
+    """One snapshot (or bookmark) as zfs reports it, with the properties set on it locally."""
+
+    def __init__(self, name, createtxg, creation="0", used="0", userrefs="0", clones="",
+                 properties=None):
         self.name = name
         self.dataset, self.short = re.split("[@#]", name, maxsplit=1)
         self.createtxg = int(createtxg)
-        self.creation = int(creation)
+        self.creation = int(creation) if creation.isdigit() else 0
         self.used = int(used) if used.isdigit() else 0
         self.userrefs = int(userrefs) if userrefs.isdigit() else 0
         self.clones = [c for c in clones.split(",") if c and c != "-"]
         self.properties = properties or {}
 
+    @property
+    def is_bookmark(self):
+        return "#" in self.name
+
     def __repr__(self):
         return "<Snapshot %s>" % self.name
+
+
+NATIVE = ("createtxg", "creation", "used", "userrefs", "clones")
+
+
+def parse_snapshot_properties(output, prefix=PROPERTY_PREFIX):
+    """Snapshots from `zfs get -H -p -o name,property,value,source` output.
+
+    Only properties of `prefix` whose source is "local" count: a value inherited from the
+    dataset (someone set it there) is not what this tool wrote on the snapshot.
+    """
+    rows = {}
+    for row in parse_table(output, ("name", "property", "value", "source")):
+        entry = rows.setdefault(row["name"], ({}, {}))
+        if row["property"] in NATIVE:
+            entry[0][row["property"]] = row["value"]
+        elif row["property"].startswith(prefix) and row["source"] == "local":
+            entry[1][row["property"][len(prefix):]] = row["value"]
+    snaps = []
+    for name, (native, props) in rows.items():
+        if "createtxg" not in native:
+            continue
+        snaps.append(Snapshot(name, properties=props, **native))
+    return snaps
 
 
 class Zfs:
@@ -113,15 +183,20 @@ class Zfs:
         if self.trace:
             self.trace(argv)
         try:
+            # A session of its own: a Ctrl-C meant for the script never kills zfs half-way.
             proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, errors="replace", env=self.env,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
         except FileNotFoundError:
-            raise NotOnZfs("the command '%s' was not found: this machine has no ZFS tools "
-                           "(or set the zfs option to their path)" % self.command[0], argv)
+            raise NoZfsCommand("the command '%s' was not found: this machine has no ZFS tools, "
+                               "or the part's zfs option names the wrong command"
+                               % self.command[0], argv)
         except PermissionError:
-            raise ZfsError("the command '%s' cannot be run (permission denied)"
-                           % self.command[0], argv)
+            raise NoZfsCommand("the command '%s' cannot be run (permission denied): fix its "
+                               "permissions or the part's zfs option" % self.command[0], argv)
+        except OSError as e:
+            raise NoZfsCommand("the command '%s' cannot be run (%s): fix the part's zfs option"
+                               % (self.command[0], e.strerror), argv)
         if check and proc.returncode != 0:
             stderr = proc.stderr.strip()
             raise ZfsError("'%s' failed: %s" % (" ".join(argv), stderr or "exit %d"
@@ -130,7 +205,7 @@ class Zfs:
 
     # -- datasets ---------------------------------------------------------------------------
     def dataset_at(self, path):
-        """(dataset, mountpoint) of the filesystem holding `path`."""
+        """(dataset, mountpoint property) of the filesystem holding `path`."""
         path = os.path.realpath(path)
         proc = self.run("list", "-H", "-o", "name,mountpoint", path, check=False)
         if proc.returncode != 0:
@@ -144,6 +219,12 @@ class Zfs:
     def exists(self, name):
         return self.run("list", "-H", "-o", "name", name, check=False).returncode == 0
 
+    def existing(self, names):
+        """Those of `names` (datasets or snapshots) that exist, in one zfs call."""
+        proc = self.run("list", "-H", "-o", "name", "-t", "all", *names, check=False)
+        found = set(proc.stdout.split("\n"))
+        return [n for n in names if n in found]
+
     def get(self, names, properties):
         """{name: {property: value}} for datasets or snapshots ('-' where unset)."""
         result = {}
@@ -155,53 +236,85 @@ class Zfs:
             result.setdefault(row["name"], {})[row["property"]] = row["value"]
         return result
 
-    def pool(self, dataset):
+    def descendants(self, datasets):
+        """`datasets` and their descendant filesystems and volumes, parents first."""
+        found = []
+        proc = self.run("list", "-H", "-r", "-t", "filesystem,volume", "-o", "name", *datasets)
+        for name in proc.stdout.split("\n"):
+            if name and name not in found:
+                found.append(name)
+        return found
+
+    @staticmethod
+    def pool(dataset):
         return dataset.split("/", 1)[0]
 
     # -- snapshots --------------------------------------------------------------------------
-    def snapshots(self, dataset, types="snapshot"):
-        """The snapshots of `dataset` (not of its children), oldest first by transaction group.
+    def snapshots(self, datasets, own_properties=()):
+        """{dataset: [Snapshot]} oldest first by transaction group, in one zfs call.
 
-        types="snapshot,bookmark" lists its bookmarks (DATASET#NAME) in the same call.
+        `own_properties` (names without the prefix) are read too, where set on the snapshot.
         """
-        proc = self.run("list", "-H", "-p", "-t", types, "-d", "1",
+        props = list(NATIVE) + [PROPERTY_PREFIX + p for p in own_properties]
+        proc = self.run("get", "-H", "-p", "-o", "name,property,value,source", "-t", "snapshot",
+                        "-d", "1", ",".join(props), *datasets)
+        result = {d: [] for d in datasets}
+        for snap in parse_snapshot_properties(proc.stdout):
+            if snap.dataset in result:
+                result[snap.dataset].append(snap)
+        for snaps in result.values():
+            snaps.sort(key=lambda s: s.createtxg)
+        return result
+
+    def newer(self, dataset, createtxg):
+        """Snapshots and bookmarks of `dataset` newer than the transaction group `createtxg`."""
+        proc = self.run("list", "-H", "-p", "-t", "snapshot,bookmark", "-d", "1",
                         "-o", "name,createtxg,creation,used,userrefs,clones", dataset)
         rows = parse_table(proc.stdout, ("name", "createtxg", "creation", "used", "userrefs",
                                          "clones"))
         snaps = [Snapshot(**row) for row in rows]
-        snaps.sort(key=lambda s: s.createtxg)
-        return snaps
+        return sorted((s for s in snaps if s.createtxg > createtxg), key=lambda s: s.createtxg)
 
-    def snapshot(self, names, properties=None, recursive=False):
-        """One `zfs snapshot` of all `names`: atomic when they share a pool."""
+    @staticmethod
+    def snapshot_argv(names, properties=None, recursive=False):
         args = ["snapshot"]
         if recursive:
             args.append("-r")
         for key, value in sorted((properties or {}).items()):
             args += ["-o", "%s=%s" % (key, value)]
-        self.run(*(args + list(names)))
+        return args + list(names)
+
+    def snapshot(self, names, properties=None, recursive=False):
+        """One `zfs snapshot` of all `names`: atomic (all or nothing) within one pool."""
+        self.run(*self.snapshot_argv(names, properties, recursive))
 
     def holds(self, snapshot):
         proc = self.run("holds", "-H", snapshot)
-        return [line.split("\t")[1] for line in proc.stdout.splitlines() if line.strip()]
+        return [line.split("\t")[1] for line in proc.stdout.splitlines() if "\t" in line]
+
+    @staticmethod
+    def rollback_argv(snapshot, destroy_newer=False):
+        return ["rollback"] + (["-r"] if destroy_newer else []) + [snapshot]
 
     def rollback(self, snapshot, destroy_newer=False):
-        args = ["rollback"]
-        if destroy_newer:
-            args.append("-r")
-        self.run(*(args + [snapshot]))
+        self.run(*self.rollback_argv(snapshot, destroy_newer))
 
-    def destroy_dry_run(self, dataset, shorts):
-        """Bytes `zfs destroy` of these snapshots of one dataset would free."""
-        proc = self.run("destroy", "-n", "-v", "-p", "%s@%s" % (dataset, ",".join(shorts)))
-        for line in proc.stdout.splitlines():
-            parts = line.split("\t")
-            if parts[0] == "reclaim" and len(parts) > 1 and parts[1].isdigit():
-                return int(parts[1])
-        return 0
+    def reclaimable(self, dataset, shorts):
+        """Bytes that destroying these snapshots of one dataset together would free.
 
-    def destroy(self, snapshot):
-        self.run("destroy", snapshot)
+        Space held jointly by several snapshots (each one's `used` is 0) counts too.
+        """
+        total = 0
+        for batch in comma_batches(shorts):
+            proc = self.run("destroy", "-n", "-v", "-p", "%s@%s" % (dataset, ",".join(batch)))
+            for line in proc.stdout.splitlines():
+                parts = line.split("\t")
+                if parts[0] == "reclaim" and len(parts) > 1 and parts[1].isdigit():
+                    total += int(parts[1])
+        return total
+
+    def destroy(self, name, recursive=False):
+        self.run(*(["destroy"] + (["-r"] if recursive else []) + [name]))
 
     def written_since(self, dataset, short):
         value = self.get([dataset], ["written@" + short])[dataset]["written@" + short]

@@ -4,25 +4,37 @@ Each layer gets pools of its own on fresh file vdevs in the guest's scratch disk
 sparse file on the host for every boot), and destroys them when it is torn down: nothing a layer
 does can leak into another layer or another run.
 """
+import ast
+import json
 import os
+import pty
+import select
+import signal
 import subprocess
+import time
+import urllib.request
 
 
 SCRATCH = os.environ.get("ZFSSNAP_LAB_SCRATCH", "/scratch")
 
 
-def sh(*argv, check=True):
+def sh(*argv, check=True, input=None):
     """Run a command of the test's own set-up (argv list); its output for the assertion."""
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          input=input)
     if check and proc.returncode != 0:
         raise AssertionError("%s failed (exit %d):\n%s" % (argv, proc.returncode, proc.stdout))
     return proc.stdout
 
 
 class GuestPool:
-    """Pool `tank` (mounted at /tank) on a fresh 2 GiB file vdev."""
+    """Pools `tank` and `data` (mounted at /tank and /data), each on a fresh file vdev.
 
-    pools = ("tank",)
+    Two pools, as production sites often have (the system's and a data pool): a snapshot set
+    over both is two `zfs snapshot` commands.
+    """
+
+    pools = ("tank", "data")
 
     @classmethod
     def setUp(cls):
@@ -55,6 +67,8 @@ PORT = 8080
 TEMPLATES = os.path.join(os.path.dirname(__file__), "site")
 BASELINE = "lab-baseline"  # another tool's snapshot: the state every test starts from
 GIT = ["git", "-c", "user.name=Lab", "-c", "user.email=lab@example.invalid"]
+EVENTS = "/run/site-events.log"
+SCRIPTS = ("snapshot", "rollback", "cleanup")
 
 
 def buildout_cfg(extra_buildout="", extra_zfssnap="", extra_supervisor=""):
@@ -65,12 +79,87 @@ def buildout_cfg(extra_buildout="", extra_zfssnap="", extra_supervisor=""):
                                extra_supervisor=extra_supervisor)
 
 
-def run_in_site(*argv, input=None, env=None):
+def run_in_site(*argv, input=None, env=None, user=None):
     """(exit code, stdout, stderr) of a command run in the site directory."""
+    if user:
+        argv = ("runuser", "-u", user, "--") + argv
     proc = subprocess.run(argv, cwd=SITE, input=input, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=env,
                           stdin=None if input is not None else subprocess.DEVNULL)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def bin_(script, *args, **kw):
+    return run_in_site(SITE + "/bin/" + script, *args, **kw)
+
+
+def on_terminal(argv, answer=None, prompt=b"Type yes", timeout=300):
+    """(exit code, what the terminal showed) of a command run on a pseudo-terminal; `answer`
+    is typed when `prompt` shows."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command, on the terminal pty.fork made
+        try:
+            os.chdir(SITE)
+            os.execv(argv[0], list(argv))
+        finally:
+            os._exit(127)
+    output = b""
+    answered = False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+        if answer is not None and not answered and prompt in output:
+            os.write(fd, answer.encode() + b"\n")
+            answered = True
+    else:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return (os.waitstatus_to_exitcode(status),
+            output.decode("utf-8", "replace").replace("\r\n", "\n"))
+
+
+def script_config(script="rollback"):
+    """The part's options as bin/SCRIPT has them (the dict the recipe wrote)."""
+    with open(os.path.join(SITE, "bin", script)) as f:
+        text = f.read()
+    call = text.rindex("(", 0, text.rindex("))"))
+    return ast.literal_eval(text[call + 1:text.rindex("))")])
+
+
+def configure(**changes):
+    """Change options in the generated scripts directly, as bin/buildout would write them.
+
+    What the recipe computes from buildout.cfg is tested through real bin/buildout runs; the
+    scripts' behaviour under other settings is tested faster by editing their plain-data
+    arguments (bin/ is on tank/site: the next reset() puts the original scripts back).
+    """
+    for script in SCRIPTS:
+        path = os.path.join(SITE, "bin", script)
+        with open(path) as f:
+            text = f.read()
+        end = text.rindex("))")
+        start = text.rindex("(", 0, end)
+        config = ast.literal_eval(text[start + 1:end])
+        config.update(changes)
+        with open(path, "w") as f:
+            f.write(text[:start + 1] + repr(config) + text[end:])
+
+
+def write_script(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+    return path
 
 
 def supervisorctl(*args):
@@ -78,12 +167,16 @@ def supervisorctl(*args):
 
 
 def program_states():
-    from collective.recipe.zfssnap.supervisor import parse_status
-    return parse_status(supervisorctl("status"))
+    states = {}
+    for line in supervisorctl("status").splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[1] in ("STOPPED", "STARTING", "RUNNING", "BACKOFF",
+                                            "STOPPING", "EXITED", "FATAL", "UNKNOWN"):
+            states[words[0]] = words[1]
+    return states
 
 
 def wait_for(predicate, timeout=90, what="a condition"):
-    import time
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -94,26 +187,29 @@ def wait_for(predicate, timeout=90, what="a condition"):
             return value
         if time.monotonic() > deadline:
             raise AssertionError("timed out after %d s waiting for %s" % (timeout, what))
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 def app(path="/state", method="GET"):
-    import json
-    import urllib.request
     req = urllib.request.Request("http://127.0.0.1:%d%s" % (PORT, path), method=method,
                                  data=b"" if method == "POST" else None)
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
 
-def start_site():
-    run_in_site(SITE + "/bin/supervisord")
-    wait_for(lambda: program_states() == {"app": "RUNNING", "worker": "RUNNING"},
-             what="app and worker RUNNING")
+RUNNING = {"app": "RUNNING", "worker": "RUNNING"}
+
+
+def start_site(user=None, expected=RUNNING):
+    if user:
+        run_in_site(SITE + "/bin/supervisord", user=user)
+    else:
+        run_in_site(SITE + "/bin/supervisord")
+    wait_for(lambda: program_states() == expected, what="%s RUNNING" % ", ".join(expected))
     return wait_for(app, what="the app to answer")
 
 
-def supervisord_pids():
+def processes_named(suffix):
     pids = []
     for entry in os.listdir("/proc"):
         try:
@@ -121,7 +217,25 @@ def supervisord_pids():
                 words = f.read().split(b"\0")
         except OSError:
             continue
-        if any(w.endswith(b"/bin/supervisord") for w in words[:2]):
+        if any(w.endswith(suffix) for w in words[:2]):
+            pids.append(int(entry))
+    return pids
+
+
+def supervisord_pids():
+    return processes_named(b"/bin/supervisord")
+
+
+def program_pids():
+    """Pids of the site's programs (SITE/*.py run by bin/py)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as f:
+                words = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(w.startswith(SITE.encode() + b"/") and w.endswith(b".py") for w in words[1:3]):
             pids.append(int(entry))
     return pids
 
@@ -129,9 +243,11 @@ def supervisord_pids():
 def stop_site():
     """Stop whatever supervisord runs (a test may have moved its socket), and its programs."""
     for pid in supervisord_pids():
-        os.kill(pid, 15)
+        os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not supervisord_pids(), what="supervisord to shut down")
-    subprocess.run(["pkill", "-f", SITE + "/(app|worker|stubborn).py"])
+    for pid in program_pids():
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not program_pids(), what="the programs to exit")
 
 
 def edit(path, old, new):
@@ -142,8 +258,8 @@ def edit(path, old, new):
         f.write(text.replace(old, new, 1))
 
 
-def rebuild():
-    rc, out, err = run_in_site("/opt/venv/bin/buildout")
+def rebuild(user=None):
+    rc, out, err = run_in_site("/opt/venv/bin/buildout", user=user)
     assert rc == 0, "bin/buildout failed:\n" + out + err
     return out + err
 
@@ -156,6 +272,19 @@ def last_tid_on_disk():
         return fs.lastTransaction().hex()
     finally:
         fs.close()
+
+
+def snapshots(dataset):
+    return sh("zfs", "list", "-H", "-t", "snapshot", "-d", "1", "-o", "name", "-s", "createtxg",
+              dataset).split()
+
+
+def events():
+    try:
+        with open(EVENTS) as f:
+            return [tuple(line.split()[:2]) for line in f]
+    except FileNotFoundError:
+        return []
 
 
 class Site(GuestPool):
@@ -196,9 +325,17 @@ class Site(GuestPool):
         stop_site()
 
     @staticmethod
-    def reset():
+    def reset(start=True):
         """Back to the baseline: stopped, rolled back by hand (not by the code under test)."""
         stop_site()
         for dataset in DATASETS:
             sh("zfs", "rollback", "-r", "%s@%s" % (dataset, BASELINE))
-        return start_site()
+        for path in (EVENTS,):
+            if os.path.exists(path):
+                os.remove(path)
+        # What the scripts keep outside the datasets: no test inherits another's record.
+        lock = script_config()["lock_file"]
+        for suffix in (".rollback.json",):
+            if os.path.exists(lock + suffix):
+                os.remove(lock + suffix)
+        return start_site() if start else None

@@ -10,6 +10,8 @@ from collective.recipe.zfssnap.tests.layers import GIT
 from collective.recipe.zfssnap.tests.layers import SITE
 from collective.recipe.zfssnap.tests.layers import Site
 from collective.recipe.zfssnap.tests.layers import app
+from collective.recipe.zfssnap.tests.layers import bin_
+from collective.recipe.zfssnap.tests.layers import snapshots
 from collective.recipe.zfssnap.tests.layers import edit
 from collective.recipe.zfssnap.tests.layers import rebuild
 from collective.recipe.zfssnap.tests.layers import start_site
@@ -21,15 +23,6 @@ from collective.recipe.zfssnap.tests.layers import program_states
 from collective.recipe.zfssnap.tests.layers import run_in_site
 from collective.recipe.zfssnap.tests.layers import sh
 from collective.recipe.zfssnap.tests.layers import wait_for
-
-
-def bin_(script, *args, **kw):
-    return run_in_site(SITE + "/bin/" + script, *args, **kw)
-
-
-def snapshots(dataset):
-    return sh("zfs", "list", "-H", "-t", "snapshot", "-d", "1", "-o", "name", "-s", "createtxg",
-              dataset).split()
 
 
 def tree(root):
@@ -325,7 +318,7 @@ class RefusalTest(unittest.TestCase):
         rc, out, err = bin_("rollback", "--yes", self.name)
         self.assertEqual(rc, 1, out + err)
         self.assertIn("stubborn did not stop within 3 s", err)
-        self.assertIn("rollback aborted, nothing rolled back; now running: app, stubborn, worker",
+        self.assertIn("rollback aborted, nothing rolled back; now running: app, worker, stubborn",
                       err)
         self.assertEqual(program_states(),
                          {"app": "RUNNING", "stubborn": "RUNNING", "worker": "RUNNING"})

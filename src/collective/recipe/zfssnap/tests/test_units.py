@@ -1,32 +1,21 @@
-"""Unit tests of the supervisor adapter's parsing and of the open-files scan (no ZFS needed)."""
+"""Unit tests of the process scan, the mount table, FreeBSD's tools' output (no ZFS needed)."""
 import os
 import subprocess
 import sys
 import tempfile
 import unittest
 
+from collective.recipe.zfssnap import mounts
 from collective.recipe.zfssnap import processes
-from collective.recipe.zfssnap import release
-from collective.recipe.zfssnap.supervisor import parse_pids
-from collective.recipe.zfssnap.supervisor import parse_status
+from collective.recipe.zfssnap.supervisor import parse_cgroup_unit
 
 
-STATUS = """\
-app                              RUNNING   pid 4242, uptime 0:01:02
-group:one                        STOPPED   Nov 26 07:30 AM
-worker                           FATAL     Exited too quickly (process log may have details)
-unix:///srv/site/var/supervisord.sock no such file
-"""
+HERE = os.path.dirname(__file__)
 
 
-class SupervisorParsingTest(unittest.TestCase):
-
-    def test_status(self):
-        self.assertEqual(parse_status(STATUS),
-                         {"app": "RUNNING", "group:one": "STOPPED", "worker": "FATAL"})
-
-    def test_pids(self):
-        self.assertEqual(parse_pids(STATUS), {"app": 4242})
+def recorded(name):
+    with open(os.path.join(HERE, "recorded", name)) as f:
+        return f.read()
 
 
 @unittest.skipUnless(os.path.isdir("/proc/self/fd") and os.path.isdir("/dev/shm"),
@@ -84,35 +73,69 @@ class OpenFilesTest(unittest.TestCase):
         self.assertEqual(processes.with_descendants([parent.pid]), {parent.pid, child})
 
 
-class QuiescedTest(unittest.TestCase):
-    """What the operator is told to run when the site is left stopped."""
 
-    class FakeSite:
-        config = {"supervisord": ["/srv/site/bin/supervisord"],
-                  "supervisorctl": ["/srv/site/bin/supervisorctl"]}
+class ProcessTreeTest(unittest.TestCase):
 
-    def test_start_commands(self):
-        q = release.Quiesced(running_before=["app", "worker"], daemon_down=True)
-        self.assertEqual(q.start_commands(self.FakeSite()), [
-            ["/srv/site/bin/supervisord"],
-            ["/srv/site/bin/supervisorctl", "start", "app", "worker"]])
-        q = release.Quiesced(programs=["app"])
-        self.assertEqual(q.start_commands(self.FakeSite()),
-                         [["/srv/site/bin/supervisorctl", "start", "app"]])
+    def test_pid_0_and_1_are_never_taken(self):
+        # A supervisorctl that printed a warning once made pid 0 "managed": every process is
+        # a descendant of 0 (and of 1), so nothing would have been checked.
+        children = {0: [1, 2], 1: [100, 200], 100: [101]}
+        self.assertEqual(processes.with_descendants([0], children), set())
+        self.assertEqual(processes.with_descendants([1, None], children), set())
+        self.assertEqual(processes.with_descendants([100], children), {100, 101})
 
-    def test_merge_what_an_earlier_failed_rollback_left_stopped(self):
-        earlier = release.Quiesced(daemon_down=True, running_before=["worker", "app"])
-        # supervisord runs again (started by hand) and this run only stopped programs.
-        q = release.Quiesced(programs=["app"])
-        q.merge(earlier, daemon_running=True)
-        self.assertEqual(q.programs, ["app", "worker"])
-        self.assertFalse(q.daemon_down)
-        # This run shut supervisord down: all are started after its restart.
-        q = release.Quiesced(daemon_down=True, running_before=["app"])
-        q.merge(release.Quiesced(programs=["zeo"]), daemon_running=True)
-        self.assertEqual(q.running_before, ["app", "zeo"])
-        # supervisord is still down from the earlier run: start it and what ran.
-        q = release.Quiesced()
-        q.merge(earlier, daemon_running=False)
-        self.assertTrue(q.daemon_down)
-        self.assertEqual(q.running_before, ["worker", "app"])
+    def test_freebsd_ps(self):
+        tree = processes.parse_ps(recorded("freebsd-ps.txt"))
+        self.assertEqual(processes.with_descendants([1822], tree), {1822, 1823, 1825, 1826})
+
+    def test_freebsd_fstat(self):
+        found = processes.parse_fstat(recorded("freebsd-fstat.txt"), exclude={1822})
+        self.assertEqual(sorted(found), [1823, 1825, 1910])
+        self.assertEqual(found[1823].ties, ["cwd", "fd 3", "fd 4"])
+        self.assertEqual(found[1825].ties, ["cwd", "fd 5"])
+        self.assertEqual(found[1910].ties, ["cwd"])
+        self.assertTrue(found[1910].cwd_only)
+        self.assertEqual(found[1823].command, "python3.11")
+
+
+class MountTableTest(unittest.TestCase):
+
+    def test_linux_mountinfo(self):
+        table = mounts.parse_mountinfo(recorded("linux-mountinfo.txt"))
+        self.assertEqual([(m.dataset, m.mountpoint) for m in table], [
+            ("tank", "/tank"), ("data", "/data"),
+            ("tank/site", "/srv/site"),
+            ("tank/site-filestorage", "/srv/site/var/filestorage"),
+            ("data/site blobs", "/srv/site/var/blob storage"),
+            ("tank/legacy", "/srv/legacy"),
+        ])
+        self.assertEqual(mounts.where("tank/legacy", table), "/srv/legacy")
+        self.assertIsNone(mounts.where("tank/other", table))
+        self.assertEqual([m.dataset for m in mounts.below(["/srv/site"], table)],
+                         ["data/site blobs", "tank/site-filestorage"])
+
+    def test_freebsd_mount_p(self):
+        table = mounts.parse_fstab(recorded("freebsd-mount-p.txt"))
+        self.assertEqual([(m.dataset, m.mountpoint) for m in table], [
+            ("zroot/ROOT/default", "/"), ("zroot/tmp", "/tmp"), ("zroot/usr/home", "/usr/home"),
+            ("zroot/srv/site", "/srv/site"), ("data/site-fs", "/srv/site/var/filestorage")])
+
+    def test_holding_is_the_innermost_mount(self):
+        table = [mounts.Mount("tank", "/tank"), mounts.Mount("tank/site", "/tank/site")]
+        self.assertEqual(mounts.holding("/tank/site/var", table).dataset, "tank/site")
+        self.assertEqual(mounts.holding("/tank/other", table).dataset, "tank")
+        self.assertEqual(mounts.holding("/tank", table).dataset, "tank")
+        self.assertIsNone(mounts.holding("/srv", table))
+        self.assertFalse(mounts.is_inside("/tank/site2", "/tank/site"))
+
+
+class CgroupTest(unittest.TestCase):
+
+    def test_unit_from_cgroup(self):
+        self.assertEqual(parse_cgroup_unit("0::/system.slice/site-supervisord.service\n"),
+                         "site-supervisord.service")
+        self.assertIsNone(parse_cgroup_unit("0::/user.slice/user-1000.slice/session-3.scope\n"))
+        self.assertEqual(parse_cgroup_unit(
+            "12:pids:/system.slice/plone.service\n1:name=systemd:/system.slice/plone.service\n"),
+            "plone.service")
+        self.assertIsNone(parse_cgroup_unit("0::/\n"))

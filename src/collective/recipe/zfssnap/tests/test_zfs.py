@@ -2,6 +2,7 @@
 
 What zfs really does with these arguments is tested in the OpenZFS guest.
 """
+import os
 import subprocess
 import unittest
 
@@ -70,21 +71,38 @@ class SizeTest(unittest.TestCase):
         self.assertEqual(zfs.format_size(10 << 30), "10.0G")
 
 
+def recorded(name):
+    with open(os.path.join(os.path.dirname(__file__), "recorded", name)) as f:
+        return f.read()
+
+
 class AdapterTest(unittest.TestCase):
 
-    def test_snapshots_sorted_by_txg_not_creation_time(self):
+    def test_snapshots_sorted_by_txg_with_local_properties_only(self):
+        # Recorded on OpenZFS: @hourly was taken after someone set the part property on the
+        # dataset itself, so the snapshot inherits it: it is not this tool's.
+        z = RecordingZfs((0, recorded("zfs-get-snapshots.txt"), ""))
+        snaps = z.snapshots(["tank/site"], ("part", "label"))["tank/site"]
+        self.assertEqual([s.short for s in snaps], ["zfssnap-1", "hourly"])
+        self.assertEqual(snaps[1].userrefs, 1)
+        self.assertEqual(snaps[1].clones, ["tank/clone"])
+        self.assertEqual(snaps[1].properties, {})
+        self.assertEqual(snaps[0].properties, {"part": "zfssnap"})
+        self.assertEqual(snaps[0].clones, [])
+        self.assertEqual((snaps[0].createtxg, snaps[0].creation), (15, 1795705794))
+        self.assertEqual(z.calls[0], [
+            "sudo", "-n", "zfs", "get", "-H", "-p", "-o", "name,property,value,source",
+            "-t", "snapshot", "-d", "1", "createtxg,creation,used,userrefs,clones,"
+            "collective.recipe.zfssnap:part,collective.recipe.zfssnap:label", "tank/site"])
+
+    def test_newer_lists_snapshots_and_bookmarks_after_a_txg(self):
         out = ("tank/site@b\t120\t1700000000\t4096\t0\t-\n"
+               "tank/site#mark\t130\t1700000000\t-\t-\t-\n"
                "tank/site@a\t100\t1700000000\t0\t1\ttank/clone\n")
         z = RecordingZfs((0, out, ""))
-        snaps = z.snapshots("tank/site")
-        self.assertEqual([s.short for s in snaps], ["a", "b"])
-        self.assertEqual(snaps[0].userrefs, 1)
-        self.assertEqual(snaps[0].clones, ["tank/clone"])
-        self.assertEqual(snaps[1].used, 4096)
-        self.assertEqual(z.calls[0], ["sudo", "-n", "zfs", "list", "-H", "-p", "-t", "snapshot",
-                                      "-d", "1", "-o",
-                                      "name,createtxg,creation,used,userrefs,clones",
-                                      "tank/site"])
+        newer = z.newer("tank/site", 100)
+        self.assertEqual([s.name for s in newer], ["tank/site@b", "tank/site#mark"])
+        self.assertTrue(newer[1].is_bookmark)
 
     def test_one_snapshot_command_with_properties(self):
         z = RecordingZfs((0, "", ""))
@@ -100,11 +118,16 @@ class AdapterTest(unittest.TestCase):
         z = RecordingZfs((0, "tank/site\t/srv/site\n", ""))
         self.assertEqual(z.dataset_at("/srv/site"), ("tank/site", "/srv/site"))
 
-    def test_destroy_dry_run_reads_reclaim(self):
+    def test_reclaimable_reads_reclaim_and_batches_long_lists(self):
         out = "destroy\ttank/site@a\ndestroy\ttank/site@b\nreclaim\t8192\n"
         z = RecordingZfs((0, out, ""))
-        self.assertEqual(z.destroy_dry_run("tank/site", ["a", "b"]), 8192)
+        self.assertEqual(z.reclaimable("tank/site", ["a", "b"]), 8192)
         self.assertEqual(z.calls[0][3:], ["destroy", "-n", "-v", "-p", "tank/site@a,b"])
+        names = ["zfssnap-20261126T000000Z-%04d" % i for i in range(3000)]
+        batches = list(zfs.comma_batches(names))
+        self.assertEqual(sum(batches, []), names)
+        self.assertGreater(len(batches), 1)
+        self.assertTrue(all(len(",".join(b)) <= zfs.MAX_LIST_ARGUMENT for b in batches))
 
     def test_permission_denied_is_recognised(self):
         z = RecordingZfs((1, "", "cannot create snapshot 'tank/site@x': permission denied"))
@@ -114,9 +137,24 @@ class AdapterTest(unittest.TestCase):
 
     def test_missing_command(self):
         z = zfs.Zfs(["/nonexistent/zfs"])
-        with self.assertRaises(zfs.NotOnZfs) as caught:
+        with self.assertRaises(zfs.NoZfsCommand) as caught:
             z.dataset_at("/")
         self.assertIn("/nonexistent/zfs", caught.exception.message)
 
     def test_parse_table_rejects_garbage(self):
         self.assertRaises(zfs.ZfsError, zfs.parse_table, "a\tb\tc\n", ("x", "y"))
+
+
+class NamesAndValuesTest(unittest.TestCase):
+
+    def test_property_values_fit_zfs(self):
+        self.assertIsNone(zfs.check_property_value("message", "x" * 8191))
+        self.assertEqual(zfs.check_property_value("message", "é" * 4096),
+                         "the message is 8192 bytes long; ZFS stores at most 8191 bytes in a "
+                         "property")
+
+    def test_dataset_names(self):
+        for name in ("tank", "tank/site", "data/site-fs.1", "tank/a b"):
+            self.assertIsNone(zfs.check_dataset_name(name), name)
+        for name in ("", "/tank", "tank/", "tank//x", "tank@s", "tank/x%y", "-tank"):
+            self.assertIsNotNone(zfs.check_dataset_name(name), name)

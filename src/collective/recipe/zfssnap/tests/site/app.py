@@ -9,6 +9,7 @@ of their own, as a production site's would.
 import http.server
 import json
 import os
+import signal
 import sys
 import urllib.parse
 
@@ -80,5 +81,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def event(what):
+    # Outside the datasets: the tests read the order in which programs started and stopped.
+    with open("/run/site-events.log", "a") as f:
+        f.write("%s app %d\n" % (what, os.getpid()))
+
+
+def stop(signum, frame):
+    event("stop")
+    sys.exit(0)
+
+
 if __name__ == "__main__":
-    http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    server = http.server.HTTPServer(("127.0.0.1", port), Handler)
+    signal.signal(signal.SIGTERM, stop)
+    event("start")
+    server.serve_forever()

@@ -1,0 +1,86 @@
+"""bin/cleanup: destroy the part's own snapshot sets once a release is good.
+
+One `zfs destroy DATASET@a,b,c` per dataset (batched only where the list would be too long for
+one argument), the primary dataset last: its snapshots are how a set is found again, so a
+cleanup that fails half-way leaves nothing behind that the next one cannot see.
+"""
+import time
+
+from collective.recipe.zfssnap import state
+from collective.recipe.zfssnap import zfs as zfsmod
+from collective.recipe.zfssnap.site import Stop
+from collective.recipe.zfssnap.site import find_in
+
+
+def protected_target(site):
+    """The snapshot an unfinished rollback is rolling back to: never destroyed under it."""
+    try:
+        data = state.Record(site.config["lock_file"] + ".rollback.json").load()
+    except state.StateError:
+        return None
+    return data["target"] if data else None
+
+
+def cleanup(site, names=(), older_than=None, dry_run=False):
+    out = site.out
+    sets = site.snapshot_sets()
+    keep = site.config.get("keep", 0)
+    if names:
+        chosen = []
+        for name in names:
+            found = find_in(site, sets, name)
+            if found not in chosen:
+                chosen.append(found)
+    else:
+        chosen = sets[:-keep] if keep else list(sets)
+        if older_than is not None:
+            limit = time.time() - older_than
+            chosen = [s for s in chosen if s.created < limit]
+    skipped = [s for s in chosen if s.held or s.cloned]
+    for s in skipped:
+        out.warn("skipped %s: %s" % (s.short, "; ".join(
+            ["held: " + ", ".join(s.held)] * bool(s.held) +
+            ["cloned: " + ", ".join(s.cloned)] * bool(s.cloned))))
+    target = protected_target(site)
+    for s in chosen:
+        if s.short == target:
+            out.warn("skipped %s: an unfinished rollback goes back to it (see %s)"
+                     % (s.short, site.scripts["rollback"]))
+            skipped.append(s)
+    chosen = [s for s in chosen if s not in skipped]
+    out.data.update(destroyed=[s.short for s in chosen], skipped=[s.short for s in skipped])
+    if not chosen:
+        out.say("Nothing to clean up.")
+        out.data["freed"] = 0
+        return
+    by_dataset = {}
+    for dataset in site.datasets[1:] + site.datasets[:1]:
+        shorts = [s.members[dataset].short for s in chosen if dataset in s.members]
+        if shorts:
+            by_dataset[dataset] = shorts
+    try:
+        freed = sum(site.zfs.reclaimable(d, shorts) for d, shorts in by_dataset.items())
+    except zfsmod.ZfsError as e:
+        raise Stop(site.permission_message(e, "destroy,mount"))
+    out.data["freed"] = freed
+    batches = ["%s@%s" % (d, ",".join(batch)) for d, shorts in by_dataset.items()
+               for batch in zfsmod.comma_batches(shorts)]
+    if dry_run:
+        for name in batches:
+            out.command(site.zfs.command + ["destroy", name])
+        out.say("Would destroy %s, freeing %s." % (", ".join(s.short for s in chosen),
+                                                 zfsmod.format_size(freed)))
+        return
+    destroyed = []
+    for name in batches:
+        out.action("destroy " + name)
+        try:
+            site.zfs.destroy(name)
+        except zfsmod.ZfsError as e:
+            raise Stop("destroying %s failed: %s; destroyed before it: %s" % (
+                name, site.permission_message(e, "destroy,mount"),
+                ", ".join(destroyed) or "nothing"))
+        destroyed.append(name)
+        out.log("destroy " + name)
+    out.say("Destroyed %s, freed %s." % (", ".join(s.short for s in chosen),
+                                         zfsmod.format_size(freed)))

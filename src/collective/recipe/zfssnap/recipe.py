@@ -1,0 +1,340 @@
+"""The buildout side: a [zfssnap] part's options, and the scripts generated from them.
+
+Defaults are computed in __init__ so that they land in .installed.cfg (buildout copies a part's
+options before it calls install()). The scripts get the options as plain data (repr of a dict):
+they never read buildout.cfg, which a rollback may replace under them.
+"""
+import difflib
+import hashlib
+import logging
+import os
+import re
+import shlex
+
+import zc.buildout
+import zc.buildout.easy_install
+import zc.recipe.egg
+
+from collective.recipe.zfssnap import mounts as mountsmod
+from collective.recipe.zfssnap import zfs as zfsmod
+
+
+SUPERVISOR_RECIPE = "collective.recipe.supervisor"
+HOOKS = ("before-snapshot", "after-snapshot", "before-rollback", "after-rollback")
+SCRIPTS = ("snapshot", "rollback", "cleanup")
+TRUE = ("true", "yes", "on", "1")
+FALSE = ("false", "no", "off", "0", "")
+OPTIONS = set(HOOKS) | {s + "-script" for s in SCRIPTS} | {
+    "dataset", "exclude-datasets", "extra-datasets", "hook-timeout", "keep", "lock-file",
+    "log-file", "prefix", "programs", "recipe", "recursive", "stop-timeout", "supervisor-conf",
+    "supervisorctl", "supervisord", "supervisord-unit", "warn-size", "zfs"}
+
+
+def is_inside(path, directory):
+    return mountsmod.is_inside(os.path.realpath(path), os.path.realpath(directory))
+
+
+class Recipe:
+
+    def __init__(self, buildout, name, options):
+        self.buildout = buildout
+        self.name = name
+        self.options = options
+        self.log = logging.getLogger(name)
+        self.check_option_names()
+        self.directory = os.path.realpath(buildout["buildout"]["directory"])
+        self.bin = buildout["buildout"]["bin-directory"]
+        options.setdefault("zfs", "zfs")
+        self.zfs = zfsmod.Zfs(self.split("zfs"))
+        self.table = mountsmod.zfs_mounts()
+        self.found_dataset = "dataset" not in options
+        if self.found_dataset:
+            options["dataset"] = self.find_dataset()
+        for option, default in (("extra-datasets", ""), ("exclude-datasets", ""),
+                                ("recursive", "false"), ("prefix", name), ("keep", "0"),
+                                ("warn-size", "10G"), ("programs", ""), ("stop-timeout", "60"),
+                                ("hook-timeout", "600"), ("supervisord-unit", "")):
+            options.setdefault(option, default)
+        for hook in HOOKS:
+            options.setdefault(hook, "")
+        for script in SCRIPTS:
+            default = script if name == "zfssnap" else "%s-%s" % (name, script)
+            options.setdefault(script + "-script", default)
+        self.find_supervisor()
+        self.mountpoints = {}  # dataset -> where it is mounted (when it is)
+        self.dataset_list, self.excluded = self.datasets()
+        state = os.path.join(os.path.expanduser("~"), ".local", "state",
+                             "collective.recipe.zfssnap")
+        if any(is_inside(state, m) for m in self.mountpoints.values()):
+            # The site user's home is often the buildout itself: the lock, the log and the
+            # rollback's record must survive a rollback. One directory per user (0700).
+            state = "/var/tmp/collective.recipe.zfssnap-%d" % os.geteuid()
+        slug = "%s-%s-%s" % (os.path.basename(self.directory) or "root", name,
+                             hashlib.sha1(self.directory.encode()).hexdigest()[:8])
+        options.setdefault("lock-file", os.path.join(state, slug + ".lock"))
+        options.setdefault("log-file", os.path.join(state, slug + ".log"))
+        self.config = self.compute_config()
+
+    # -- option helpers ---------------------------------------------------------------------
+    def error(self, option, message):
+        return zc.buildout.UserError("[%s] %s: %s" % (self.name, option, message))
+
+    def check_option_names(self):
+        """A misspelt option (extra-dataset) would silently leave datasets out: refuse it."""
+        for key in self.options.keys():
+            if key in OPTIONS or key.startswith(("_", "<")):
+                continue
+            close = difflib.get_close_matches(key, sorted(OPTIONS), n=1)
+            raise self.error(key, "unknown option%s (the options are listed in the README)"
+                             % ("; did you mean %s?" % close[0] if close else ""))
+
+    def split(self, option):
+        try:
+            argv = shlex.split(self.options[option])
+        except ValueError as e:
+            raise self.error(option, "cannot split %r into words (%s)" % (self.options[option], e))
+        if not argv:
+            raise self.error(option, "must not be empty")
+        return argv
+
+    def boolean(self, option):
+        value = self.options[option].strip().lower()
+        if value in TRUE:
+            return True
+        if value in FALSE:
+            return False
+        raise self.error(option, "must be true or false, not %r" % self.options[option])
+
+    def number(self, option, minimum):
+        value = self.options[option].strip()
+        if not value.isdigit() or int(value) < minimum:
+            raise self.error(option, "must be a whole number of at least %d, not %r"
+                             % (minimum, self.options[option]))
+        return int(value)
+
+    # -- datasets ---------------------------------------------------------------------------
+    def dataset_at(self, option, path, what=""):
+        """The dataset mounted at `path` (a mountpoint, not a directory inside a dataset)."""
+        path = os.path.realpath(path)
+        mount = mountsmod.holding(path, self.table)
+        if mount is not None:
+            dataset, mountpoint = mount.dataset, mount.mountpoint
+        else:
+            # No mount table (or not mounted there): ask zfs, which also knows mountpoints.
+            try:
+                dataset, mountpoint = self.zfs.dataset_at(path)
+            except zfsmod.NotOnZfs:
+                raise
+            except zfsmod.NoZfsCommand as e:
+                raise zfsmod.NotOnZfs(e.message)
+            except zfsmod.ZfsError as e:
+                raise self.error(option, e.message)
+            if mountpoint in ("legacy", "none", "-"):
+                raise self.error(option, "%s%s is on the dataset %s, whose mountpoint is %s, "
+                                 "and the kernel's mount table does not say where it is "
+                                 "mounted: mount it, or name the dataset in this option"
+                                 % (what, path, dataset, mountpoint))
+        if os.path.realpath(mountpoint) != path:
+            raise self.error(
+                option,
+                "%s%s is a subdirectory of the dataset %s (mounted at %s), and rolling that back "
+                "would roll back more than this buildout: make the directory a dataset of its "
+                "own, or name the dataset to use in this option"
+                % (what, path, dataset, mountpoint))
+        return dataset
+
+    def find_dataset(self):
+        """The dataset mounted at the buildout directory; '' on a machine without ZFS."""
+        try:
+            return self.dataset_at("dataset", self.directory, "the buildout directory ")
+        except zfsmod.NotOnZfs:
+            # A developer's laptop without ZFS still installs; the scripts say what is missing.
+            return ""
+
+    def mountpoint_of(self, dataset):
+        """Where a dataset is mounted now ('' when it is not): the kernel's table, then zfs."""
+        where = mountsmod.where(dataset, self.table)
+        if where:
+            return where
+        try:
+            values = self.zfs.get([dataset], ["mountpoint", "mounted"])[dataset]
+        except (zfsmod.ZfsError, KeyError):
+            return ""
+        if values.get("mounted") == "yes" and values.get("mountpoint", "").startswith("/"):
+            return values["mountpoint"]
+        return ""
+
+    def named(self, option):
+        """The datasets an option lists: names, or mountpoints (directories)."""
+        names = []
+        for line in self.options[option].split("\n"):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                try:
+                    name = self.dataset_at(option, line)
+                except zfsmod.NotOnZfs as e:
+                    raise self.error(option, e.message)
+                self.mountpoints[name] = os.path.realpath(line)
+            else:
+                name = line
+                problem = zfsmod.check_dataset_name(name)
+                if problem:
+                    raise self.error(option, problem)
+            if name in names:
+                raise self.error(option, "%s is listed twice" % name)
+            names.append(name)
+        return names
+
+    def datasets(self):
+        primary = self.options["dataset"].strip()
+        if not primary:
+            return [], []
+        problem = zfsmod.check_dataset_name(primary)
+        if problem:
+            raise self.error("dataset", problem)
+        result = [primary]
+        self.mountpoints[primary] = self.directory if self.found_dataset else \
+            self.mountpoint_of(primary)
+        for name in self.named("extra-datasets"):
+            if name in result:
+                raise self.error("extra-datasets", "%s is listed twice (the buildout's own "
+                                 "dataset is always included)" % name)
+            result.append(name)
+        excluded = self.named("exclude-datasets")
+        for name in result:
+            self.mountpoints.setdefault(name, self.mountpoint_of(name))
+            if name in excluded:
+                raise self.error("exclude-datasets", "%s is also one the part snapshots" % name)
+        recursive = self.boolean("recursive")
+        # Datasets mounted inside the buildout (or inside another of the part's datasets) are
+        # part of the site: left out silently, a rollback would roll back the code and not
+        # the Data.fs. Included, and said so; exclude-datasets leaves one out deliberately.
+        tops = [m for m in self.mountpoints.values() if m]
+        for mount in mountsmod.below(tops, self.table):
+            name = mount.dataset
+            if name in result or name in excluded or (recursive and any(
+                    name.startswith(d + "/") for d in result)):
+                continue
+            self.log.info("also snapshots %s, mounted at %s inside the part's datasets "
+                          "(exclude-datasets leaves it out)", name, mount.mountpoint)
+            result.append(name)
+            self.mountpoints[name] = mount.mountpoint
+        pools = sorted({zfsmod.Zfs.pool(d) for d in result})
+        if len(pools) > 1:
+            self.log.info("the datasets are on %d pools (%s): bin/snapshot takes one snapshot "
+                          "per pool, each atomic", len(pools), ", ".join(pools))
+        for name in excluded:
+            self.mountpoints.setdefault(name, self.mountpoint_of(name))
+        return result, excluded
+
+    # -- supervisor -------------------------------------------------------------------------
+    def find_supervisor(self):
+        """Default supervisor settings: the buildout's collective.recipe.supervisor part."""
+        self.supervisor_files = []
+        part = None
+        for candidate in self.buildout["buildout"].get("parts", "").split():
+            if candidate == self.name or candidate not in self.buildout:
+                continue
+            recipe = self.buildout[candidate].get("recipe", "")
+            if recipe.split(":")[0].strip() == SUPERVISOR_RECIPE:
+                part = candidate
+                break
+        if part:
+            section = self.buildout[part]
+            self.options.setdefault("supervisorctl", os.path.join(self.bin, part + "ctl"))
+            self.options.setdefault("supervisord", os.path.join(self.bin, part + "d"))
+            self.options.setdefault("supervisor-conf", section.get("supervisord-conf") or
+                                    os.path.join(self.buildout["buildout"]["parts-directory"],
+                                                 part, "supervisord.conf"))
+            var = os.path.join(self.buildout["buildout"]["directory"], "var")
+            self.supervisor_files = [
+                section.get("pidfile") or os.path.join(var, "supervisord.pid"),
+                section.get("logfile") or os.path.join(var, "log", "supervisord.log")]
+            if section.get("http-socket", "inet") == "unix" and section.get("file"):
+                self.supervisor_files.append(section["file"])
+        else:
+            self.options.setdefault("supervisorctl", "none")
+            self.options.setdefault("supervisord", "none")
+            self.options.setdefault("supervisor-conf", "")
+
+    def command_or_none(self, option):
+        value = self.options[option].strip()
+        return None if value.lower() in ("none", "") else self.split(option)
+
+    # -- scripts ----------------------------------------------------------------------------
+    def compute_config(self):
+        options = self.options
+        prefix = options["prefix"].strip()
+        # Names are pasted into shells (the printed hints): no spaces, like labels.
+        problem = zfsmod.check_snapshot_name("x", prefix, what="a prefix", allow_space=False)
+        if problem:
+            raise self.error("prefix", problem)
+        try:
+            warn_size = zfsmod.parse_size(options["warn-size"]) if options["warn-size"].strip() \
+                else 0
+        except ValueError as e:
+            raise self.error("warn-size", str(e))
+        scripts = {}
+        for script in SCRIPTS:
+            value = options[script + "-script"].strip()
+            if not re.match(r"^[\w.-]+$", value) or value in (".", ".."):
+                raise self.error(script + "-script", "%r is not a script name" % value)
+            if value in scripts.values():
+                raise self.error(script + "-script", "%r is also the name of another of the "
+                                 "part's scripts: give each its own" % value)
+            scripts[script] = value
+        unit = options["supervisord-unit"].strip()
+        if unit and not re.match(r"^[\w:.@-]+$", unit):
+            raise self.error("supervisord-unit", "%r is not a systemd unit name" % unit)
+        conf = options["supervisor-conf"].strip()
+        if conf and not os.path.isabs(conf):
+            raise self.error("supervisor-conf", "must be an absolute path")
+        for option in ("lock-file", "log-file"):
+            path = options[option]
+            if not os.path.isabs(path):
+                raise self.error(option, "must be an absolute path")
+            inside = [d for d, m in self.mountpoints.items() if m and is_inside(path, m)]
+            if inside:
+                raise self.error(option, "%s is on the dataset %s, which a rollback replaces: "
+                                 "put it outside the part's datasets" % (path, inside[0]))
+        return {
+            "part": self.name,
+            "directory": self.directory,
+            "datasets": self.dataset_list,
+            "excluded": self.excluded,
+            "mounts": {d: m for d, m in self.mountpoints.items() if m},
+            "recursive": self.boolean("recursive"),
+            "zfs": self.split("zfs"),
+            "prefix": prefix,
+            "keep": self.number("keep", 0),
+            "warn_size": warn_size,
+            "supervisor_conf": conf or None,
+            "supervisorctl": self.command_or_none("supervisorctl"),
+            "supervisord": self.command_or_none("supervisord"),
+            "supervisord_unit": unit or None,
+            "supervisord_files": self.supervisor_files,
+            "programs": options["programs"].split(),
+            "stop_timeout": self.number("stop-timeout", 1),
+            "hook_timeout": self.number("hook-timeout", 1),
+            "hooks": {hook: self.split(hook) for hook in HOOKS if options[hook].strip()},
+            "lock_file": options["lock-file"],
+            "log_file": options["log-file"],
+            "scripts": {k: os.path.join(self.bin, v) for k, v in scripts.items()},
+        }
+
+    def install(self):
+        egg = zc.recipe.egg.Egg(self.buildout, self.options["recipe"],
+                                {"eggs": "collective.recipe.zfssnap"})
+        requirements, ws = egg.working_set(["collective.recipe.zfssnap"])
+        config = dict(self.config)
+        config["version"] = next((d.version for d in ws
+                                  if d.project_name == "collective.recipe.zfssnap"), "")
+        entries = [(os.path.basename(config["scripts"][s]), "collective.recipe.zfssnap.main", s)
+                   for s in SCRIPTS]
+        return zc.buildout.easy_install.scripts(
+            entries, ws, self.buildout["buildout"]["executable"], self.bin,
+            arguments=repr(config))
+
+    update = install

@@ -1,0 +1,513 @@
+"""bin/rollback: stop what runs on the datasets, roll every dataset back, start what ran before.
+
+Every step that changes something is checked before and reported after. What ran before and how
+far the rollback got are recorded outside the datasets before anything is stopped, and after
+every step, so that a rollback killed or failed at any point is finished by running it again.
+"""
+import os
+import time
+
+from collective.recipe.zfssnap import processes
+from collective.recipe.zfssnap import state
+from collective.recipe.zfssnap import zfs as zfsmod
+from collective.recipe.zfssnap.site import BAD_INPUT
+from collective.recipe.zfssnap.site import FAILED
+from collective.recipe.zfssnap.site import INCOMPLETE
+from collective.recipe.zfssnap.site import REFUSED
+from collective.recipe.zfssnap.site import Stop
+from collective.recipe.zfssnap.site import current_user
+from collective.recipe.zfssnap.supervisor import RUNNING_STATES
+from collective.recipe.zfssnap.supervisor import Supervisor
+from collective.recipe.zfssnap.supervisor import SupervisorError
+
+
+STAGES = ("stopping", "stopped", "rolling back", "rolled back")
+
+
+def supervisor_of(site):
+    config = site.config
+    if not config.get("supervisor_conf"):
+        return None
+    return Supervisor(config["supervisor_conf"], config.get("supervisord"),
+                      config.get("supervisord_unit"), config.get("programs", ()),
+                      config.get("stop_timeout", 60))
+
+
+def record_of(site):
+    return state.Record(site.config["lock_file"] + ".rollback.json")
+
+
+# -- the plan -------------------------------------------------------------------------------
+def plan_rollback(site, target, written=True):
+    """Everything the rollback of the datasets will do, checked before anything is changed."""
+    missing = [d for d in site.datasets if d not in target.members]
+    if missing:
+        raise Stop("the snapshot %s is missing on %s: rolling back only some of the datasets "
+                   "would leave the site inconsistent; refusing"
+                   % (target.short, ", ".join(missing)), REFUSED)
+    recorded = target.recorded_datasets
+    if recorded and sorted(recorded) != sorted(site.datasets):
+        raise Stop("the snapshot %s was taken of %s, but this part now has %s: a rollback of "
+                   "some of them would leave the site inconsistent; refusing" % (
+                       target.short, ", ".join(recorded), ", ".join(site.datasets)), REFUSED)
+    plan = {"target": target, "datasets": []}
+    blockers = []
+    for dataset in site.datasets:
+        snap = target.members[dataset]
+        newer = site.zfs.newer(dataset, snap.createtxg)
+        for s in newer:
+            if s.userrefs:
+                blockers.append("%s is held (%s)" % (s.name, ", ".join(site.zfs.holds(s.name))))
+            if s.clones:
+                blockers.append("%s has clones (%s)" % (s.name, ", ".join(s.clones)))
+        plan["datasets"].append({
+            "dataset": dataset, "snapshot": snap.name, "newer": [s.name for s in newer],
+            "written": site.zfs.written_since(dataset, target.short) if written else None})
+    if blockers:
+        raise Stop("refusing to roll back: newer snapshots must be destroyed by the rollback "
+                   "but ZFS would stop half-way on these: %s; release the holds (zfs release) "
+                   "or promote/destroy the clones first; nothing was changed"
+                   % "; ".join(blockers), REFUSED)
+    return plan
+
+
+def rollback_argv(site, entry):
+    return site.zfs.command + site.zfs.rollback_argv(entry["snapshot"], bool(entry["newer"]))
+
+
+def same_plan(a, b):
+    return [(e["dataset"], e["newer"]) for e in a["datasets"]] == \
+        [(e["dataset"], e["newer"]) for e in b["datasets"]]
+
+
+def show_plan(site, plan, diff=False, always=False):
+    out = site.out
+    say = out.plan if always else out.say
+    target = plan["target"]
+    say("Rollback of %s to %s (label: %s, created %s, git %s)" % (
+        ", ".join(site.datasets), target.short, target.label or "-",
+        target.properties.get("created", "?"),
+        target.properties.get("git-describe") or target.properties.get("git-revision", "-")))
+    for entry in plan["datasets"]:
+        say("  %s: undoes %s written since the snapshot" % (
+            entry["dataset"], zfsmod.format_size(entry["written"] or 0)))
+        for name in entry["newer"]:
+            say("    destroys the newer %s" % name)
+        if diff:
+            summary = diff_summary(site, entry["snapshot"])
+            entry["diff"] = summary
+            say("    changes since: %s" % summary)
+    out.data["plan"] = [dict(e) for e in plan["datasets"]]
+    out.data["target"] = target.as_dict()
+
+
+def diff_summary(site, snapshot):
+    proc = site.zfs.run("diff", "-H", snapshot, check=False)
+    if proc.returncode != 0:
+        return "unavailable (%s)" % (proc.stderr.strip() or "zfs diff failed")
+    counts = {}
+    for line in proc.stdout.splitlines():
+        kind = line.split("\t", 1)[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    names = {"+": "added", "-": "removed", "M": "modified", "R": "renamed"}
+    return ", ".join("%d %s" % (counts[k], names[k]) for k in "+-MR" if k in counts) or \
+        "no changes"
+
+
+def describe_record(data):
+    """One paragraph on an unfinished rollback, for the operator, before it is acted on."""
+    done = data.get("rolled_back", [])
+    pending = [d for d in data.get("datasets", []) if d not in done]
+    return ("An unfinished rollback to %s is recorded: started %s by %s (pid %s), stopped at "
+            "'%s'; %s; datasets rolled back: %s; not yet: %s; to run again afterwards: %s." % (
+                data["target"], data.get("started", "?"), data.get("by", "?"),
+                data.get("pid", "?"), data.get("stage", "?"),
+                "supervisord was shut down" if data.get("daemon_down") else
+                "supervisord ran" if data.get("daemon_was_running") else
+                "supervisord did not run",
+                ", ".join(done) or "none", ", ".join(pending) or "none",
+                ", ".join(data.get("running_before", [])) or "nothing"))
+
+
+# -- open files -----------------------------------------------------------------------------
+def check_open_files(site, mountpoints, exclude, force, before_stop=False):
+    """Refuse (Stop) while processes other than `exclude` hold files on the datasets."""
+    unreadable = []
+    try:
+        holders = processes.holders(mountpoints, exclude=exclude | {os.getpid()},
+                                    unreadable=unreadable)
+    except OSError as e:
+        raise Stop("cannot tell which processes have files on the datasets (%s); nothing was "
+                   "rolled back" % e.strerror, REFUSED)
+    blocking = [h for h in holders if not h.cwd_only]
+    if before_stop:
+        for h in holders:
+            if h.cwd_only:
+                site.out.note("%s has its working directory on the datasets (not a blocker)"
+                              % h.describe())
+        if unreadable:
+            site.out.warn("could not see the open files of %s of other users: run as root to "
+                          "check them all" % ("the processes" if -1 in unreadable else
+                                              "%d processes" % len(unreadable)))
+    site.out.data["open_files"] = [h.describe() for h in blocking]
+    if blocking and not force:
+        raise Stop("refusing to roll back: processes %s have files on the datasets: %s; stop "
+                   "them (or pass --force), then try again" % (
+                       "outside supervisor" if before_stop else "still",
+                       "; ".join(h.describe() for h in blocking)), REFUSED)
+    if not before_stop:
+        for h in blocking:
+            site.out.warn("rolling back under %s (--force)" % h.describe())
+
+
+def supervisord_on_datasets(site, holders, devices, daemon_pid):
+    if daemon_pid and any(h.pid == daemon_pid and not h.cwd_only for h in holders):
+        return True
+    for path in site.config.get("supervisord_files", ()):
+        try:
+            if os.stat(os.path.dirname(path)).st_dev in devices:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+# -- the run --------------------------------------------------------------------------------
+class Run:
+    """One bin/rollback: the site, its supervisor, and the record of what it did."""
+
+    def __init__(self, site, force=False):
+        self.site = site
+        self.out = site.out
+        self.sup = supervisor_of(site)
+        self.record = record_of(site)
+        self.force = force
+        self.data = None  # the record's content while the rollback is unfinished
+        self.stopped_at = None
+
+    def save(self, **changes):
+        self.data.update(changes)
+        try:
+            self.record.save(self.data)
+        except (state.StateError, OSError) as e:
+            # Refusing here would leave the site stopped: go on, and say it.
+            self.out.warn("could not record the rollback's progress in %s (%s): if it is "
+                          "interrupted, start the site by hand" % (
+                              self.record.path, getattr(e, "message", None) or e))
+
+    # -- stop -------------------------------------------------------------------------------
+    def survey(self, pending):
+        """What runs now (and, from an unfinished run, ran before): the record to start from."""
+        sup = self.sup
+        running = sup.running() if sup else False
+        if sup and not running:
+            self.out.say("supervisord is not running%s." % (
+                "" if pending else ": no programs to stop"))
+        procs = sup.processes() if running else {}
+        daemon_pid = sup.pid() if running else None
+        data = {"target": None, "datasets": list(self.site.datasets), "rolled_back": [],
+                "started": state.utc_stamp(), "by": "%s@%s" % (current_user(), os.uname()[1]),
+                "pid": os.getpid(), "stage": "stopping", "daemon_was_running": running,
+                "daemon_down": False, "unit": None,
+                "running_before": [n for n, p in procs.items() if p.state in RUNNING_STATES]}
+        if pending:
+            data["daemon_was_running"] = running or pending.get("daemon_was_running", False)
+            data["unit"] = pending.get("unit")
+            data["running_before"] += [n for n in pending.get("running_before", [])
+                                       if n not in data["running_before"]]
+        return procs, daemon_pid, data
+
+    def stop(self, mountpoints, procs, daemon_pid):
+        """Stop what runs on the datasets; a program that will not stop aborts (Stop) with
+        everything started again."""
+        sup = self.sup
+        if not procs and daemon_pid is None:
+            return
+        devices = processes.devices_of(mountpoints)
+        holders = processes.holders(mountpoints, exclude={os.getpid()})
+        shutdown = supervisord_on_datasets(self.site, holders, devices, daemon_pid)
+        if shutdown:
+            sup.find_unit(daemon_pid)
+            if not sup.unit and not sup.daemon:
+                raise Stop("supervisord has its files on the datasets, so the rollback must shut "
+                           "it down, but the supervisord option is none and it could not be "
+                           "started again: set the option (bin/supervisord); nothing was "
+                           "changed", REFUSED)
+            self.save(unit=sup.unit)
+            self.out.action("shutdown supervisord (its files are on the datasets%s), stopping "
+                            "%s" % (", through systemctl: unit " + sup.unit if sup.unit else "",
+                                    ", ".join(self.data["running_before"]) or "no program"))
+            self.stopped_at = time.monotonic()
+            pids = [daemon_pid] + [p.pid for p in procs.values() if p.pid]
+            alive = sup.shutdown(pids, time.monotonic() + sup.timeout)
+            self.save(daemon_down=True)
+            self.out.log("stop supervisord")
+            if alive:
+                stuck = [n for n, p in procs.items() if p.pid in alive] or ["supervisord"]
+                # supervisor kills them after their stopwaitsecs: wait, then start again.
+                alive = sup.shutdown(alive, time.monotonic() + sup.timeout + 60)
+                if alive:
+                    raise Stop("%s did not stop (pids %s still run after supervisord was shut "
+                               "down): nothing was rolled back; stop them, then run %s again"
+                               % (", ".join(stuck), " ".join(map(str, alive)),
+                                  self.site.scripts["rollback"]), FAILED)
+                self.abort("%s did not stop within %d s" % (", ".join(stuck), sup.timeout))
+            return
+        names = [n for n in sup.selected(procs) if procs[n].state in RUNNING_STATES]
+        self.save(running_before=[n for n in self.data["running_before"]
+                                  if n in names or n not in procs])
+        if not names:
+            self.out.action("stop nothing (no selected program runs)")
+            return
+        self.out.action("stop %s" % ", ".join(names))
+        self.stopped_at = time.monotonic()
+        late = sup.stop(names)
+        self.out.log("stop %s" % ",".join(n for n in names if n not in late))
+        if late:
+            # Wait for them to stop after all (supervisor kills them after stopwaitsecs), so
+            # that every program is started again from a known state.
+            sup.wait_settled(late, time.monotonic() + sup.timeout + 60)
+            self.abort("%s did not stop within %d s" % (", ".join(late), sup.timeout))
+
+    def abort(self, reason, code=FAILED):
+        """Nothing was rolled back: start again what was stopped, and Stop with `reason`."""
+        self.out.log("rollback aborted before any dataset was rolled back: %s" % reason)
+        try:
+            late = self.start()
+        except SupervisorError as e:
+            raise Stop("%s; nothing was rolled back, and starting the site again failed: %s; "
+                       "start it with: %s" % (reason, e.message, self.start_hint()), FAILED)
+        self.record.clear()
+        raise Stop("%s: rollback aborted, nothing rolled back; %s" % (
+            reason, "now running: " + (", ".join(self.data["running_before"]) or "nothing")
+            if not late else "NOT running now: %s (start with %s)" % (
+                ", ".join(late), self.start_hint())), code)
+
+    # -- start ------------------------------------------------------------------------------
+    def start(self):
+        """Start what ran before: supervisord if it was shut down, then exactly the programs
+        that ran. The programs that did not get to RUNNING."""
+        sup = self.sup
+        if sup is None or not self.data["daemon_was_running"]:
+            return []
+        wanted = self.data["running_before"]
+        deadline = time.monotonic() + sup.timeout
+        if self.data["daemon_down"] or not sup.running():
+            self.out.action("start supervisord" + (" (systemctl start %s)" % sup.unit
+                                                   if sup.unit else ""))
+            sup.start_daemon()
+            self.save(daemon_down=False)
+            self.out.log("start supervisord")
+            procs = sup.processes()
+            # supervisord starts its autostart programs: put each back as it was before.
+            extra = [n for n, p in procs.items() if p.state in RUNNING_STATES + ("STOPPING",)
+                     and n not in wanted]
+            if extra:
+                self.out.action("stop %s (did not run before the rollback)" % ", ".join(extra))
+                sup.stop(extra)
+        procs = sup.processes()
+        missing = [n for n in wanted if n in procs and procs[n].state not in RUNNING_STATES]
+        if missing:
+            self.out.action("start %s" % ", ".join(missing))
+        failed = sup.start(missing, deadline) if missing else []
+        states = sup.states()
+        unknown = [n for n in wanted if n not in states]
+        late = [n for n in wanted if n not in failed and states.get(n) != "RUNNING"]
+        if late:
+            sup.wait_settled(late, deadline)
+            states = sup.states()
+            late = [n for n in late if states.get(n) != "RUNNING"]
+        self.out.log("start %s" % ",".join(n for n in wanted if states.get(n) == "RUNNING"))
+        return failed + [n for n in late if n not in failed] + [
+            n for n in unknown if n not in failed]
+
+    def start_hint(self):
+        if self.sup is None:
+            return "nothing to start"
+        hints = []
+        if not self.sup.running():
+            hints.append(self.sup.start_hint())
+        ctl = self.site.config.get("supervisorctl")
+        if self.data and self.data["running_before"]:
+            hints.append("%s start %s" % (" ".join(ctl) if ctl else "supervisorctl",
+                                          " ".join(self.data["running_before"])))
+        return "; ".join(hints) or "nothing to start"
+
+    def finish_start(self, target):
+        """Start what ran before; Stop when some program did not get to RUNNING (the record
+        stays, so that running the rollback again starts them without rolling back again)."""
+        try:
+            late = self.start()
+        except SupervisorError as e:
+            raise Stop("rolled back every dataset to %s, but starting the site failed: %s; fix "
+                       "it, then run %s again (it starts what ran before without rolling back "
+                       "again), or start it with: %s" % (target, e.message,
+                                                          self.site.scripts["rollback"],
+                                                          self.start_hint()), FAILED)
+        if late:
+            logs = self.site.config.get("supervisorctl")
+            raise Stop("rolled back every dataset to %s, but %s did not get to RUNNING: look at "
+                       "%s (%s tail %s), fix it, then run %s again: it starts what ran before "
+                       "without rolling back again" % (
+                           target, ", ".join(late), "its log" if len(late) == 1 else
+                           "their logs", " ".join(logs) if logs else "supervisorctl", late[0],
+                           self.site.scripts["rollback"]), FAILED)
+        self.record.clear()
+
+    # -- the datasets -----------------------------------------------------------------------
+    def roll_back(self, plan, commands):
+        done = []
+        try:
+            for entry, argv in zip(plan["datasets"], commands):
+                self.out.action(" ".join(argv))
+                self.site.zfs.rollback(entry["snapshot"], destroy_newer=bool(entry["newer"]))
+                done.append(entry["dataset"])
+                self.save(rolled_back=list(done))
+                self.out.log("rollback %s%s" % (entry["snapshot"], " (destroyed %s)" % ",".join(
+                    entry["newer"]) if entry["newer"] else ""))
+        except zfsmod.ZfsError as e:
+            raise self.failed_midway(plan, done, self.site.permission_message(
+                e, "rollback,destroy,mount"))
+
+    def failed_midway(self, plan, done, reason):
+        """The Stop for a rollback that failed after the site was stopped."""
+        out = self.out
+        pending = [e["dataset"] for e in plan["datasets"] if e["dataset"] not in done]
+        out.data.update(rolled_back=done, not_rolled_back=pending)
+        if not done:
+            try:
+                self.abort(reason)
+            except Stop as stop:
+                return stop
+        out.log("rollback FAILED after %s: %s" % (",".join(done), reason))
+        target = plan["target"].short
+        return Stop(
+            "the rollback failed half-way (%s): %s %s at the snapshot %s; %s NOT; nothing was "
+            "started again: fix the cause and run %s %s again (it rolls back the rest and starts "
+            "what ran before), or roll the rest back by hand (zfs rollback -r) and start the "
+            "site (%s)" % (reason, ", ".join(done), "are" if len(done) > 1 else "is", target,
+                           ", ".join(pending), self.site.scripts["rollback"], target,
+                           self.start_hint()), INCOMPLETE)
+
+
+def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=False,
+             confirm=None, critical=None):
+    out = site.out
+    run = Run(site, force)
+    pending = run.record.load()
+    if pending:
+        out.plan(describe_record(pending))
+        if wanted is not None and wanted not in (pending["target"],) and \
+                site.find_set(wanted).short != pending["target"]:
+            raise Stop("an unfinished rollback to %s is recorded (above): finish it with %s %s, "
+                       "or forget it with %s --forget; nothing was changed" % (
+                           pending["target"], site.scripts["rollback"], pending["target"],
+                           site.scripts["rollback"]), REFUSED)
+        wanted = pending["target"]
+    target = site.find_set(wanted)
+    mountpoints = site.check_layout("roll back")
+    if pending and pending.get("stage") == "rolled back":
+        return resume_start(run, pending, target, yes, dry_run, confirm, critical)
+    plan = plan_rollback(site, target)
+    commands = [rollback_argv(site, e) for e in plan["datasets"]]
+    show_plan(site, plan, diff=diff, always=not yes and not dry_run)
+    if dry_run:
+        for argv in commands:
+            out.command(argv)
+        return plan
+    problem = processes.can_check()
+    if problem:
+        raise Stop("cannot roll back safely: %s" % problem, REFUSED)
+    if not yes and (confirm is None or not confirm()):
+        raise Stop("not confirmed: nothing was changed", REFUSED)
+    if critical:
+        critical()
+    procs, daemon_pid, run.data = run.survey(pending)
+    run.data.update(target=target.short)
+    managed = processes.with_descendants([daemon_pid or 0] + [p.pid for p in procs.values()
+                                                              if p.pid])
+    # Before anything is stopped: processes outside supervisor would block anyway.
+    check_open_files(site, mountpoints, managed, force, before_stop=True)
+    site.hook("before-rollback")
+    run.save()
+    try:
+        run.stop(mountpoints, procs, daemon_pid)
+    except SupervisorError as e:
+        raise run.failed_midway(plan, [], e.message)
+    run.save(stage="stopped")
+    try:
+        fresh = plan_rollback(site, target, written=False)
+        if not same_plan(plan, fresh):
+            raise Stop("the snapshots changed while the site was being stopped (a new snapshot, "
+                       "hold or clone): run %s again to see the new plan"
+                       % site.scripts["rollback"], REFUSED)
+        check_open_files(site, mountpoints, set(), force)
+    except Stop as e:
+        raise run.failed_midway(plan, [], e.message) if e.code != REFUSED else \
+            refused_after_stop(run, plan, e)
+    except zfsmod.ZfsError as e:
+        raise run.failed_midway(plan, [], e.message)
+    run.save(stage="rolling back")
+    run.roll_back(plan, commands)
+    run.save(stage="rolled back")
+    out.data["rolled_back"] = [e["dataset"] for e in plan["datasets"]]
+    run.finish_start(target.short)
+    report(run, target.short)
+    return plan
+
+
+def refused_after_stop(run, plan, error):
+    stop = run.failed_midway(plan, [], error.message)
+    stop.code = REFUSED
+    return stop
+
+
+def resume_start(run, pending, target, yes, dry_run, confirm, critical):
+    """The datasets were rolled back by an unfinished run: start what ran before, only."""
+    out = run.out
+    run.data = dict(pending)
+    out.plan("Every dataset was rolled back to %s; this run starts what ran before: %s." % (
+        target.short, ", ".join(pending.get("running_before", [])) or "nothing"))
+    if dry_run:
+        return None
+    if not yes and (confirm is None or not confirm()):
+        raise Stop("not confirmed: nothing was changed", REFUSED)
+    if critical:
+        critical()
+    run.stopped_at = None
+    run.finish_start(target.short)
+    report(run, target.short)
+    return None
+
+
+def report(run, target):
+    out = run.out
+    hook_error = None
+    try:
+        run.site.hook("after-rollback")
+    except Stop as e:
+        hook_error = e.message
+    if run.stopped_at is not None:
+        down = time.monotonic() - run.stopped_at
+        out.data["downtime_seconds"] = round(down, 2)
+        out.say("Rolled back to %s; the site was down for %.1f s." % (target, down))
+    else:
+        out.say("Rolled back to %s." % target)
+    if hook_error:
+        raise Stop("rolled back, but " + hook_error, FAILED)
+
+
+def forget(site):
+    """bin/rollback --forget: drop the record of an unfinished rollback (after showing it)."""
+    record = record_of(site)
+    data = record.load()
+    if not data:
+        site.out.say("No unfinished rollback is recorded.")
+        return
+    site.out.say(describe_record(data))
+    record.clear()
+    site.out.log("forgot the unfinished rollback to %s" % data["target"])
+    site.out.say("Forgotten: start what should run by hand.")
+
+
+__all__ = ["rollback", "forget", "BAD_INPUT"]

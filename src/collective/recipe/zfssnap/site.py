@@ -1,0 +1,235 @@
+"""The part's view of the site: its datasets as they are mounted now, its snapshot sets, hooks.
+
+A "snapshot set" is one snapshot name taken over all the part's datasets (one `zfs snapshot`
+per pool). The part recognises its own sets by the user properties it set on them (its part
+name and buildout directory); it never destroys or rolls back to anything else.
+"""
+import os
+import pwd
+import signal
+import subprocess
+
+from collective.recipe.zfssnap import mounts as mountsmod
+from collective.recipe.zfssnap import zfs as zfsmod
+
+
+P = zfsmod.PROPERTY_PREFIX
+PROPERTIES = ("part", "buildout", "created", "label", "message", "git-revision", "git-describe",
+              "git-dirty", "user", "host", "version", "datasets", "made-by")
+
+# Exit codes, documented in README.rst.
+OK, FAILED, BAD_INPUT, REFUSED, INCOMPLETE = 0, 1, 2, 3, 4
+
+
+class Stop(Exception):
+    """Ends a script with one sentence for the user and an exit code."""
+
+    def __init__(self, message, code=FAILED):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def current_user():
+    """The effective user: the one zfs checks permissions for (not $USER, which su keeps)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+class SnapshotSet:
+    """One snapshot name across the part's datasets; `members` maps dataset -> Snapshot."""
+
+    def __init__(self, short, properties):
+        self.short = short
+        self.properties = properties
+        self.members = {}
+        self.order = 0  # the primary dataset's transaction group: sets sort by it
+
+    @property
+    def label(self):
+        return self.properties.get("label", "")
+
+    @property
+    def created(self):
+        return min(s.creation for s in self.members.values())
+
+    @property
+    def used(self):
+        return sum(s.used for s in self.members.values())
+
+    @property
+    def held(self):
+        return [s.name for s in self.members.values() if s.userrefs]
+
+    @property
+    def cloned(self):
+        return [s.name for s in self.members.values() if s.clones]
+
+    @property
+    def recorded_datasets(self):
+        return [d for d in self.properties.get("datasets", "").split(",") if d]
+
+    def as_dict(self):
+        return {"name": self.short, "label": self.label, "created": self.properties.get("created"),
+                "message": self.properties.get("message", ""),
+                "git_revision": self.properties.get("git-revision", ""),
+                "git_describe": self.properties.get("git-describe", ""),
+                "used": self.used, "held": self.held,
+                "datasets": sorted(self.members)}
+
+
+class Site:
+    """A part's configuration (from the generated script) and the ZFS adapter built from it."""
+
+    def __init__(self, config, out):
+        self.config = config
+        self.out = out
+        self.part = config["part"]
+        self.directory = config["directory"]
+        self.configured = list(config["datasets"])
+        if not self.configured:
+            raise Stop("the buildout directory %s is not on ZFS (no dataset was found when "
+                       "bin/buildout ran): put it on a dataset of its own and run bin/buildout "
+                       "again, or set the dataset option" % self.directory, BAD_INPUT)
+        self.zfs = zfsmod.Zfs(config["zfs"])
+        self.zfs.trace = out.trace
+        self._datasets = None
+        self.scripts = config["scripts"]
+
+    @property
+    def datasets(self):
+        """Every dataset the part covers: with `recursive`, the children found now too."""
+        if self._datasets is None:
+            if self.config.get("recursive"):
+                self._datasets = self.zfs.descendants(self.configured)
+            else:
+                self._datasets = list(self.configured)
+        return self._datasets
+
+    @property
+    def primary(self):
+        return self.configured[0]
+
+    # -- the layout on disk -----------------------------------------------------------------
+    def check_layout(self, action):
+        """Refuse when the datasets are not mounted as when bin/buildout ran: a dataset moved,
+        renamed or unmounted, or a new one mounted inside the buildout, would be rolled back
+        wrongly or not at all. Returns the mountpoints of the part's datasets."""
+        table = mountsmod.zfs_mounts()
+        recorded = self.config.get("mounts", {})
+        problems = []
+        for dataset, mountpoint in sorted(recorded.items()):
+            now = mountsmod.where(dataset, table)
+            holder = mountsmod.holding(mountpoint, table) if os.path.exists(mountpoint) else None
+            if now is None:
+                problems.append("%s is not mounted (it was at %s)" % (dataset, mountpoint))
+            elif now != mountpoint:
+                problems.append("%s is mounted at %s, not at %s" % (dataset, now, mountpoint))
+            elif holder is not None and holder.dataset != dataset:
+                problems.append("%s is mounted over %s at %s" % (holder.dataset, dataset,
+                                                                  mountpoint))
+        covered = set(self.datasets) | set(self.config.get("excluded", ()))
+        tops = [m for m in recorded.values()]
+        for m in mountsmod.below(tops, table):
+            if m.dataset not in covered:
+                problems.append("%s is mounted at %s, inside the part's datasets, and the part "
+                                "does not cover it" % (m.dataset, m.mountpoint))
+        if problems:
+            raise Stop("refusing to %s: the datasets are not mounted as when bin/buildout ran: "
+                       "%s; mount them as they were, or run bin/buildout again so that the part "
+                       "covers what is there now (exclude-datasets leaves one out); nothing was "
+                       "changed" % (action, "; ".join(problems)), REFUSED)
+        return [mountsmod.where(d, table) for d in self.datasets
+                if mountsmod.where(d, table)]
+
+    # -- reading ----------------------------------------------------------------------------
+    def is_own(self, snapshot):
+        # Only properties set on the snapshot itself count (zfs.py reads "local" ones only).
+        return (snapshot.properties.get("part") == self.part
+                and snapshot.properties.get("buildout") == self.directory)
+
+    def snapshot_sets(self):
+        """This part's snapshot sets, oldest first (by the primary's transaction group)."""
+        found = self.zfs.snapshots(self.datasets, PROPERTIES)
+        sets = {}
+        for snap in found[self.primary]:
+            if self.is_own(snap):
+                sets[snap.short] = SnapshotSet(snap.short, snap.properties)
+                sets[snap.short].members[self.primary] = snap
+                sets[snap.short].order = snap.createtxg
+        for dataset in self.datasets:
+            if dataset == self.primary:
+                continue
+            for snap in found[dataset]:
+                if snap.short in sets and self.is_own(snap):
+                    sets[snap.short].members[dataset] = snap
+        return sorted(sets.values(), key=lambda s: s.order)
+
+    def find_set(self, wanted, sets=None):
+        """The set named `wanted` (its name, dataset@name, or its label); newest if None."""
+        sets = self.snapshot_sets() if sets is None else sets
+        if not sets:
+            raise Stop("this part (%s) has no snapshots of %s: there is nothing to roll back to"
+                       % (self.part, self.primary), REFUSED)
+        if wanted is None:
+            return sets[-1]
+        return find_in(self, sets, wanted)
+
+    # -- doing ------------------------------------------------------------------------------
+    def hook(self, name):
+        argv = self.config.get("hooks", {}).get(name)
+        if not argv:
+            return
+        timeout = self.config.get("hook_timeout", 600)
+        self.out.action("hook %s: %s" % (name, " ".join(argv)))
+        try:
+            # A session of its own: it can be killed as a whole when it hangs.
+            proc = subprocess.Popen(argv, cwd=self.directory, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        except OSError as e:
+            raise Stop("the %s hook '%s' could not run: %s" % (name, argv[0], e.strerror))
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            proc.wait()
+            raise Stop("the %s hook '%s' did not finish within %d s and was killed: fix it, or "
+                       "raise hook-timeout" % (name, " ".join(argv), timeout))
+        if rc != 0:
+            raise Stop("the %s hook '%s' failed (exit %d): fix it, or empty the %s option"
+                       % (name, " ".join(argv), rc, name))
+
+    def permission_message(self, error, permissions):
+        if not error.permission_denied:
+            return error.message
+        user = current_user()
+        return ("zfs said permission denied: give %s the ZFS permissions with 'zfs allow %s "
+                "%s %s' (and the same on %s), or set the part's zfs option to run zfs through "
+                "sudo (zfs = sudo -n zfs)" % (user, user, permissions, self.primary,
+                                              ", ".join(self.datasets[1:]) or "its children"))
+
+
+def find_in(site, sets, wanted):
+    """The set among `sets` named `wanted`: its name, DATASET@name, or its (unique) label."""
+    short = wanted
+    if "@" in wanted:
+        dataset, short = wanted.split("@", 1)
+        if dataset not in site.datasets:
+            raise Stop("%s is not one of this part's datasets (%s)"
+                       % (dataset, ", ".join(site.datasets)), BAD_INPUT)
+    by_name = [s for s in sets if s.short == short]
+    if by_name:
+        return by_name[0]
+    by_label = [s for s in sets if s.label == wanted]
+    if len(by_label) == 1:
+        return by_label[0]
+    if len(by_label) > 1:
+        raise Stop("the label '%s' is on %d snapshots (%s): name the one you mean"
+                   % (wanted, len(by_label), ", ".join(s.short for s in by_label)), BAD_INPUT)
+    raise Stop("no snapshot of this part is named or labelled '%s' (see %s --list); "
+               "nothing was changed" % (wanted, site.scripts["snapshot"]), BAD_INPUT)

@@ -1,0 +1,200 @@
+"""bin/snapshot: one snapshot set of the part's datasets before a release, and --list.
+
+ZFS takes the snapshots of one `zfs snapshot` command in one transaction group, all or
+nothing, but only within a pool: datasets on several pools get one command per pool, and when
+a later pool's fails the ones already taken are destroyed again, so that no half set remains.
+"""
+import datetime
+import os
+import socket
+import subprocess
+import time
+
+from collective.recipe.zfssnap import zfs as zfsmod
+from collective.recipe.zfssnap.site import BAD_INPUT
+from collective.recipe.zfssnap.site import P
+from collective.recipe.zfssnap.site import Stop
+from collective.recipe.zfssnap.site import current_user
+
+
+def git_info(directory):
+    """Revision, `git describe` and dirtiness of the buildout checkout ({} when not one).
+
+    Read-only: no optional locks (git status would otherwise refresh the index), and the
+    directory is marked safe for these calls only, since root running the scripts of a
+    buildout owned by the site user is what git calls "dubious ownership".
+    """
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0", LC_ALL="C")
+
+    def git(*args):
+        try:
+            proc = subprocess.run(["git", "-c", "safe.directory=" + directory, "-C", directory]
+                                  + list(args), stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True, errors="replace",
+                                  stdin=subprocess.DEVNULL, timeout=30, env=env)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    revision = git("rev-parse", "--verify", "-q", "HEAD")
+    if not revision:
+        return {}
+    describe = git("describe", "--tags", "--always", "--dirty=+dirty") or ""
+    dirty = describe.endswith("+dirty")
+    return {"git-revision": revision, "git-describe": describe[:-6] if dirty else describe,
+            "git-dirty": "yes" if dirty else "no"}
+
+
+def snapshot_name(site, label, now):
+    short = "%s-%s" % (site.config["prefix"], now.strftime("%Y%m%dT%H%M%SZ"))
+    return short + "-" + label if label else short
+
+
+def by_pool(names):
+    """[(pool, [names])], in the order the pools first appear (the buildout's pool first)."""
+    pools = {}
+    for name in names:
+        pools.setdefault(zfsmod.Zfs.pool(name), []).append(name)
+    return list(pools.items())
+
+
+def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
+    out = site.out
+    if label is not None:
+        # ZFS allows spaces, but a label is typed in shells: letters, digits, _ - . : only.
+        problem = zfsmod.check_snapshot_name(site.primary, label, what="a label",
+                                             allow_space=False)
+        if problem:
+            raise Stop("cannot use the label '%s': %s" % (label, problem), BAD_INPUT)
+    if message is not None and not message.isprintable():
+        raise Stop("the message must be one line of printable characters", BAD_INPUT)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    short = snapshot_name(site, label, now)
+    datasets = site.datasets
+    for dataset in datasets:
+        problem = zfsmod.check_snapshot_name(dataset, short)
+        if problem:
+            raise Stop("cannot use the snapshot name '%s': %s" % (short, problem), BAD_INPUT)
+    properties = {"part": site.part, "buildout": site.directory,
+                  "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "label": label or "",
+                  "message": message or "", "user": current_user(),
+                  "host": socket.gethostname(), "version": site.config.get("version", ""),
+                  "datasets": ",".join(datasets), "made-by": made_by or ""}
+    properties.update(git_info(site.directory))
+    # Every value is checked before anything runs (hooks included): zfs would stop half-way.
+    for key, value in properties.items():
+        problem = zfsmod.check_property_value(key if key != "datasets" else
+                                              "list of datasets (%d)" % len(datasets), value)
+        if problem:
+            raise Stop("cannot take the snapshot: %s; %s" % (problem, "shorten it" if key in (
+                "message", "label") else "snapshot fewer datasets per part"), BAD_INPUT)
+    props = {P + k: v for k, v in properties.items() if v != ""}
+    recursive = bool(site.config.get("recursive"))
+    groups = by_pool("%s@%s" % (d, short) for d in site.configured)
+    out.data.update(snapshot=short, datasets=datasets, properties=properties)
+    if dry_run:
+        for pool, names in groups:
+            out.command(site.zfs.command + site.zfs.snapshot_argv(names, props, recursive))
+        return short
+    site.check_layout("take a snapshot")
+    existing = site.zfs.existing(["%s@%s" % (d, short) for d in datasets])
+    if existing:
+        raise Stop("the snapshot %s exists already: wait a second, or give another label"
+                   % existing[0], BAD_INPUT)
+    site.hook("before-snapshot")
+    taken = []
+    started = time.monotonic()
+    for pool, names in groups:
+        try:
+            site.zfs.snapshot(names, props, recursive)
+        except zfsmod.ZfsError as e:
+            raise Stop(undo_partial(site, taken, pool, site.permission_message(
+                e, "snapshot,userprop"), recursive))
+        taken.append((pool, names))
+    gap = time.monotonic() - started
+    out.log("snapshot %s" % " ".join(n for _, names in groups for n in names))
+    scripts = site.scripts
+    out.say("Snapshot %s taken of %s." % (short, ", ".join(datasets)))
+    if len(groups) > 1:
+        out.note("the datasets are on %d pools (%s): one snapshot per pool, all taken within "
+                 "%.2f s; each pool's is atomic" % (len(groups), ", ".join(
+                     p for p, _ in groups), gap))
+    out.say("Roll back to it:  %s %s" % (scripts["rollback"], short))
+    out.say("Clean it up:      %s %s" % (scripts["cleanup"], short))
+    try:
+        warn_about_growth(site, short)
+    except zfsmod.ZfsError as e:
+        out.warn("the snapshot was taken, but its space could not be read: " + e.message)
+    site.hook("after-snapshot")
+    return short
+
+
+def undo_partial(site, taken, failed_pool, reason, recursive):
+    """The message for a snapshot that failed on one pool after others were taken, which are
+    destroyed again here: a half set would roll back some datasets and not others."""
+    if not taken:
+        return "the snapshot failed: %s; no snapshot was taken" % reason
+    destroyed, left = [], []
+    for pool, names in taken:
+        for name in names:
+            try:
+                site.zfs.destroy(name, recursive=recursive)
+                destroyed.append(name)
+            except zfsmod.ZfsError as e:
+                left.append((name, e.message))
+    site.out.log("snapshot failed on pool %s; destroyed again: %s" % (
+        failed_pool, " ".join(destroyed) or "-"))
+    if left:
+        return ("the snapshot failed on pool %s: %s; destroying the ones already taken on the "
+                "other pools failed too, so a half set is left: %s; destroy them by hand "
+                "(zfs destroy%s NAME)" % (failed_pool, reason, "; ".join(
+                    "%s (%s)" % item for item in left), " -r" if recursive else ""))
+    return ("the snapshot failed on pool %s: %s; the snapshots already taken on the other "
+            "pools (%s) were destroyed again: no snapshot was taken" % (
+                failed_pool, reason, ", ".join(destroyed)))
+
+
+def warn_about_growth(site, newest):
+    sets = site.snapshot_sets()
+    older = [s for s in sets if s.short != newest]
+    keep = site.config.get("keep", 0)
+    scripts = site.scripts
+    if len(older) > keep:
+        site.out.warn("%d older snapshot(s) of this part are kept beyond keep = %d (%s): they "
+                      "grow as the data changes; run %s when the release is good"
+                      % (len(older), keep, ", ".join(s.short for s in older),
+                         scripts["cleanup"]))
+    limit = site.config.get("warn_size")
+    if not limit or not sets:
+        return
+    # What destroying them all would free: space shared by several snapshots is in no one's
+    # `used`, but it is held all the same. All snapshots of the datasets (any tool's) hold at
+    # least that much: when they hold less than the limit, the exact figure is not needed.
+    values = site.zfs.get(site.datasets, ["usedbysnapshots"])
+    if sum(int(v["usedbysnapshots"]) for v in values.values()
+           if v["usedbysnapshots"].isdigit()) <= limit:
+        return
+    # Held and cloned ones cannot be destroyed (zfs destroy -n refuses the whole list).
+    free = [s for s in sets if not s.held and not s.cloned]
+    held = sum(site.zfs.reclaimable(d, shorts) for d in site.datasets
+               for shorts in [[s.short for s in free if d in s.members]] if shorts)
+    if held > limit:
+        site.out.warn("this part's snapshots hold %s, more than warn-size = %s: run %s"
+                      % (zfsmod.format_size(held), zfsmod.format_size(limit),
+                         scripts["cleanup"]))
+
+
+def list_snapshots(site):
+    sets = site.snapshot_sets()
+    site.out.data["snapshots"] = [s.as_dict() for s in sets]
+    if not sets:
+        site.out.say("This part has no snapshots of %s." % site.primary)
+        return
+    rows = [("NAME", "CREATED", "LABEL", "GIT", "USED", "HELD")]
+    for s in sets:
+        rows.append((s.short, s.properties.get("created", "?"), s.label or "-",
+                     (s.properties.get("git-describe") or s.properties.get("git-revision", "-")
+                      )[:20] or "-", zfsmod.format_size(s.used), "held" if s.held else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        site.out.say("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
