@@ -19,9 +19,11 @@ from collective.recipe.zfssnap.site import current_user
 from collective.recipe.zfssnap.supervisor import RUNNING_STATES
 from collective.recipe.zfssnap.supervisor import Supervisor
 from collective.recipe.zfssnap.supervisor import SupervisorError
+from collective.recipe.zfssnap.supervisor import wait_gone
 
 
-STAGES = ("stopping", "stopped", "rolling back", "rolled back")
+class Aborted(Stop):
+    """The rollback stopped before any dataset was rolled back; the site runs again."""
 
 
 def supervisor_of(site):
@@ -245,7 +247,7 @@ class Run:
             if alive:
                 stuck = [n for n, p in procs.items() if p.pid in alive] or ["supervisord"]
                 # supervisor kills them after their stopwaitsecs: wait, then start again.
-                alive = sup.shutdown(alive, time.monotonic() + sup.timeout + 60)
+                alive = wait_gone(alive, time.monotonic() + sup.timeout + 60)
                 if alive:
                     raise Stop("%s did not stop (pids %s still run after supervisord was shut "
                                "down): nothing was rolled back; stop them, then run %s again"
@@ -269,19 +271,20 @@ class Run:
             sup.wait_settled(late, time.monotonic() + sup.timeout + 60)
             self.abort("%s did not stop within %d s" % (", ".join(late), sup.timeout))
 
-    def abort(self, reason, code=FAILED):
+    def abort(self, reason, code=FAILED, advice=""):
         """Nothing was rolled back: start again what was stopped, and Stop with `reason`."""
         self.out.log("rollback aborted before any dataset was rolled back: %s" % reason)
         try:
             late = self.start()
         except SupervisorError as e:
-            raise Stop("%s; nothing was rolled back, and starting the site again failed: %s; "
-                       "start it with: %s" % (reason, e.message, self.start_hint()), FAILED)
+            raise Aborted("%s; nothing was rolled back, and starting the site again failed: "
+                          "%s; start it with: %s" % (reason, e.message, self.start_hint()),
+                          FAILED)
         self.record.clear()
-        raise Stop("%s: rollback aborted, nothing rolled back; %s" % (
+        raise Aborted("%s: rollback aborted, nothing rolled back; %s%s" % (
             reason, "now running: " + (", ".join(self.data["running_before"]) or "nothing")
             if not late else "NOT running now: %s (start with %s)" % (
-                ", ".join(late), self.start_hint())), code)
+                ", ".join(late), self.start_hint()), "; " + advice if advice else ""), code)
 
     # -- start ------------------------------------------------------------------------------
     def start(self):
@@ -369,14 +372,14 @@ class Run:
             raise self.failed_midway(plan, done, self.site.permission_message(
                 e, "rollback,destroy,mount"))
 
-    def failed_midway(self, plan, done, reason):
+    def failed_midway(self, plan, done, reason, code=FAILED, advice=""):
         """The Stop for a rollback that failed after the site was stopped."""
         out = self.out
         pending = [e["dataset"] for e in plan["datasets"] if e["dataset"] not in done]
         out.data.update(rolled_back=done, not_rolled_back=pending)
         if not done:
             try:
-                self.abort(reason)
+                self.abort(reason, code, advice)
             except Stop as stop:
                 return stop
         out.log("rollback FAILED after %s: %s" % (",".join(done), reason))
@@ -438,13 +441,15 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
     try:
         fresh = plan_rollback(site, target, written=False)
         if not same_plan(plan, fresh):
-            raise Stop("the snapshots changed while the site was being stopped (a new snapshot, "
-                       "hold or clone): run %s again to see the new plan"
-                       % site.scripts["rollback"], REFUSED)
+            raise run.failed_midway(plan, [], "the snapshots changed while the site was being "
+                                    "stopped (a new snapshot, hold or clone)", REFUSED,
+                                    "run %s again to see the new plan"
+                                    % site.scripts["rollback"])
         check_open_files(site, mountpoints, set(), force)
+    except Aborted:
+        raise
     except Stop as e:
-        raise run.failed_midway(plan, [], e.message) if e.code != REFUSED else \
-            refused_after_stop(run, plan, e)
+        raise run.failed_midway(plan, [], e.message, e.code)
     except zfsmod.ZfsError as e:
         raise run.failed_midway(plan, [], e.message)
     run.save(stage="rolling back")
@@ -454,12 +459,6 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
     run.finish_start(target.short)
     report(run, target.short)
     return plan
-
-
-def refused_after_stop(run, plan, error):
-    stop = run.failed_midway(plan, [], error.message)
-    stop.code = REFUSED
-    return stop
 
 
 def resume_start(run, pending, target, yes, dry_run, confirm, critical):

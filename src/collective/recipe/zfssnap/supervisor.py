@@ -32,6 +32,14 @@ class NotRunning(SupervisorError):
     """No supervisord answers on the configured socket."""
 
 
+class Fault(SupervisorError):
+    """supervisord answered a request with a fault (its code: supervisor's xmlrpc.Faults)."""
+
+    def __init__(self, method, fault):
+        super().__init__("supervisord refused %s: %s" % (method, fault.faultString))
+        self.code = fault.faultCode
+
+
 def read_client_config(path):
     """(serverurl, username, password) from a supervisord configuration's [supervisorctl]."""
     parser = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"), strict=False)
@@ -189,6 +197,15 @@ def process_gone(pid):
         return False
 
 
+def wait_gone(pids, deadline):
+    """Wait until the processes `pids` have exited; those still alive at the deadline."""
+    while True:
+        alive = [p for p in pids if not process_gone(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(POLL)
+
+
 class Supervisor:
     """The site's supervisord: its programs, its own process, and how it is started."""
 
@@ -214,8 +231,8 @@ class Supervisor:
                                                     allow_none=True)
         try:
             return getattr(self._proxy, method)(*args)
-        except xmlrpc.client.Fault:
-            raise
+        except xmlrpc.client.Fault as e:
+            raise Fault(method, e)
         except xmlrpc.client.ProtocolError as e:
             self._proxy = None
             if e.errcode == 401:
@@ -237,8 +254,6 @@ class Supervisor:
             state = self.call("supervisor.getState")
         except NotRunning:
             return False
-        except xmlrpc.client.Fault as e:
-            raise SupervisorError("supervisord at %s: %s" % (self.url, e.faultString))
         return state.get("statename") in ("RUNNING", "RESTARTING")
 
     def pid(self):
@@ -251,8 +266,8 @@ class Supervisor:
         try:
             configs = {(c["group"], c["name"]): c
                        for c in self.call("supervisor.getAllConfigInfo")}
-        except xmlrpc.client.Fault:
-            configs = {}  # supervisor before 3.1: no priorities, name order
+        except Fault:
+            configs = {}  # an old supervisor without getAllConfigInfo: no priorities
         procs = [Process(i, configs.get((i["group"], i["name"]))) for i in infos]
         procs.sort(key=lambda p: (p.priority, p.name))
         return {p.name: p for p in procs}
@@ -293,10 +308,9 @@ class Supervisor:
             for name in level:
                 try:
                     self.call("supervisor.stopProcess", processes[name].api_name, False)
-                except xmlrpc.client.Fault as e:
-                    if e.faultCode != NOT_RUNNING:
-                        raise SupervisorError("supervisord could not stop %s: %s"
-                                              % (name, e.faultString))
+                except Fault as e:
+                    if e.code != NOT_RUNNING:
+                        raise
             late, _ = self._wait(level, lambda s: s in STOPPED_STATES, deadline)
             if late:
                 return late + [n for n in names if n not in level and
@@ -315,8 +329,8 @@ class Supervisor:
             for name in level:
                 try:
                     self.call("supervisor.startProcess", processes[name].api_name, False)
-                except xmlrpc.client.Fault as e:
-                    if e.faultCode != ALREADY_STARTED:
+                except Fault as e:
+                    if e.code != ALREADY_STARTED:
                         failed.append(name)
             late, states = self._wait([n for n in level if n not in failed],
                                       lambda s: s not in ("STARTING", "BACKOFF"), deadline)
@@ -346,11 +360,7 @@ class Supervisor:
                 self.call("supervisor.shutdown")
             except NotRunning:
                 pass
-        while True:
-            alive = [p for p in pids if not process_gone(p)]
-            if not alive or time.monotonic() > deadline:
-                return alive
-            time.sleep(POLL)
+        return wait_gone(pids, deadline)
 
     def start_daemon(self):
         """Start supervisord (its unit, or the supervisord command) and wait until it answers."""
