@@ -212,6 +212,7 @@ class Run:
                 "pid": os.getpid(), "stage": "stopping", "daemon_was_running": running,
                 "daemon_down": False, "unit": None,
                 "running_before": [n for n, p in procs.items() if p.state in RUNNING_STATES]}
+        self.pending_names = list(pending.get("running_before", [])) if pending else []
         if pending:
             data["daemon_was_running"] = running or pending.get("daemon_was_running", False)
             data["unit"] = pending.get("unit")
@@ -256,8 +257,8 @@ class Run:
                 self.abort("%s did not stop within %d s" % (", ".join(stuck), sup.timeout))
             return
         names = [n for n in sup.selected(procs) if procs[n].state in RUNNING_STATES]
-        self.save(running_before=[n for n in self.data["running_before"]
-                                  if n in names or n not in procs])
+        # What runs after: what this run stops, and what an unfinished run had stopped.
+        self.save(running_before=names + [n for n in self.pending_names if n not in names])
         if not names:
             self.out.action("stop nothing (no selected program runs)")
             return

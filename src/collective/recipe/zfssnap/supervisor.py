@@ -249,12 +249,24 @@ class Supervisor:
             raise SupervisorError("supervisord at %s did not answer: %s" % (self.url, e))
 
     def running(self):
-        """True when supervisord answers, False when none listens; other errors raise."""
-        try:
-            state = self.call("supervisor.getState")
-        except NotRunning:
-            return False
-        return state.get("statename") in ("RUNNING", "RESTARTING")
+        """True when supervisord answers, False when none listens; other errors raise.
+
+        One that is shutting down (a killed run asked it to) is waited for: until it is gone,
+        its programs may still hold files.
+        """
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                state = self.call("supervisor.getState").get("statename")
+            except NotRunning:
+                return False
+            if state != "SHUTDOWN":
+                return True
+            if time.monotonic() > deadline:
+                raise SupervisorError("supervisord at %s is still shutting down after %d s: "
+                                      "wait until it has, then try again" % (self.url,
+                                                                             self.timeout))
+            time.sleep(POLL)
 
     def pid(self):
         pid = self.call("supervisor.getPID")

@@ -1,0 +1,145 @@
+"""The scripts' own files (lock, log, rollback record) in shared directories, and signals.
+
+No ZFS needed. Tests that hand files to another user need root (CI runs as root).
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import unittest
+
+from collective.recipe.zfssnap import state
+from collective.recipe.zfssnap.main import Deferred
+from collective.recipe.zfssnap.output import Output
+
+
+NOBODY = 65534
+
+
+class StateFilesTest(unittest.TestCase):
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="zfssnap-state-")
+        os.chmod(self.tmp, 0o1777)  # like /var/tmp: shared and sticky
+        self.dir = os.path.join(self.tmp, "collective.recipe.zfssnap-%d" % os.geteuid())
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp)
+
+    def test_directory_is_made_private(self):
+        lock = state.Lock(os.path.join(self.dir, "site.lock"))
+        lock.close()
+        self.assertEqual(os.stat(self.dir).st_mode & 0o777, 0o700)
+        self.assertEqual(os.stat(os.path.join(self.dir, "site.lock")).st_mode & 0o777, 0o600)
+
+    def test_second_lock_is_refused(self):
+        first = state.Lock(os.path.join(self.dir, "site.lock"))
+        try:
+            with self.assertRaises(state.StateError) as caught:
+                state.Lock(os.path.join(self.dir, "site.lock"))
+            self.assertIn("another snapshot, rollback or cleanup of this buildout is running",
+                          caught.exception.message)
+        finally:
+            first.close()
+
+    def test_symlink_is_never_followed(self):
+        os.makedirs(self.dir, mode=0o700)
+        target = os.path.join(self.tmp, "victim")
+        with open(target, "w") as f:
+            f.write("precious\n")
+        os.symlink(target, os.path.join(self.dir, "site.log"))
+        with self.assertRaises(state.StateError) as caught:
+            state.open_log(os.path.join(self.dir, "site.log"))
+        self.assertIn("is a symlink: refusing to follow it", caught.exception.message)
+        with open(target) as f:
+            self.assertEqual(f.read(), "precious\n")
+
+    def test_symlinked_directory_is_refused(self):
+        elsewhere = os.path.join(self.tmp, "elsewhere")
+        os.mkdir(elsewhere, 0o700)
+        os.symlink(elsewhere, self.dir)
+        with self.assertRaises(state.StateError) as caught:
+            state.Lock(os.path.join(self.dir, "site.lock"))
+        self.assertIn("is not a directory but a symlink", caught.exception.message)
+
+    def test_hard_link_is_refused(self):
+        os.makedirs(self.dir, mode=0o700)
+        target = os.path.join(self.tmp, "victim")
+        with open(target, "w") as f:
+            f.write("precious\n")
+        os.link(target, os.path.join(self.dir, "site.log"))
+        with self.assertRaises(state.StateError) as caught:
+            state.open_log(os.path.join(self.dir, "site.log"))
+        self.assertIn("2 links", caught.exception.message)
+
+    def test_world_writable_directory_is_refused(self):
+        os.makedirs(self.dir)
+        os.chmod(self.dir, 0o777)
+        with self.assertRaises(state.StateError) as caught:
+            state.Lock(os.path.join(self.dir, "site.lock"))
+        self.assertIn("is writable by other users", caught.exception.message)
+
+    @unittest.skipUnless(os.geteuid() == 0, "hands a directory to another user: needs root")
+    def test_directory_of_another_user_is_refused(self):
+        os.makedirs(self.dir, mode=0o700)
+        os.chown(self.dir, NOBODY, NOBODY)
+        with self.assertRaises(state.StateError) as caught:
+            state.Lock(os.path.join(self.dir, "site.lock"))
+        self.assertIn("belongs to uid %d, not to this user" % NOBODY, caught.exception.message)
+
+    @unittest.skipUnless(os.geteuid() == 0, "hands a file to another user: needs root")
+    def test_root_uses_the_files_of_the_buildouts_owner_only(self):
+        buildout = os.path.join(self.tmp, "buildout")
+        os.mkdir(buildout)
+        os.chown(buildout, NOBODY, NOBODY)
+        os.makedirs(self.dir, mode=0o700)
+        os.chown(self.dir, NOBODY, NOBODY)
+        try:
+            state.trust_owner_of(buildout)
+            state.Lock(os.path.join(self.dir, "site.lock")).close()
+        finally:
+            state.TRUSTED_UIDS.clear()
+
+    def test_record_is_written_atomically_and_read_back(self):
+        record = state.Record(os.path.join(self.dir, "site.lock.rollback.json"))
+        self.assertIsNone(record.load())
+        record.save({"target": "zfssnap-1", "stage": "stopping"})
+        record.save({"target": "zfssnap-1", "stage": "stopped"})
+        self.assertEqual(record.load(), {"target": "zfssnap-1", "stage": "stopped"})
+        self.assertEqual(sorted(os.listdir(self.dir)), ["site.lock.rollback.json"])
+        record.clear()
+        self.assertIsNone(record.load())
+
+    def test_unreadable_record_is_an_error_not_nothing(self):
+        os.makedirs(self.dir, mode=0o700)
+        path = os.path.join(self.dir, "site.lock.rollback.json")
+        with open(path, "w") as f:
+            f.write("{half a record")
+        with self.assertRaises(state.StateError) as caught:
+            state.Record(path).load()
+        self.assertIn("cannot be read", caught.exception.message)
+
+
+class DeferredSignalsTest(unittest.TestCase):
+    """From the confirmation on, bin/rollback notes interrupts instead of dying of them; what
+    it starts (hooks, supervisord) must still die of them."""
+
+    def test_signals_are_noted_and_children_get_the_default(self):
+        out = Output("rollback", verbosity=0)
+        deferred = Deferred(out)
+        deferred()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGHUP)
+            child = subprocess.run([sys.executable, "-c", "import signal; print("
+                                    "signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "
+                                    "signal.getsignal(signal.SIGHUP) is signal.SIG_DFL)"],
+                                   stdout=subprocess.PIPE, text=True)
+        finally:
+            deferred.restore()
+        self.assertEqual(deferred.received, ["SIGTERM", "SIGHUP"])
+        self.assertEqual(child.stdout.split(), ["True", "True"])
+        self.assertEqual(len(out.warnings), 2)
+        self.assertIs(signal.getsignal(signal.SIGTERM), signal.SIG_DFL)
