@@ -175,10 +175,10 @@ def parse_ps(text):
     return children
 
 
-def process_tree():
+def process_tree(proc=None):
     """{ppid: [pid]} of every process: /proc on Linux, ps(1) elsewhere (FreeBSD)."""
     children = {}
-    if os.path.isdir("/proc/self/fd"):
+    if proc if proc is not None else os.path.isdir("/proc/self/fd"):
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -189,11 +189,11 @@ def process_tree():
                 continue
             children.setdefault(ppid, []).append(int(entry))
         return children
-    proc = subprocess.run(["ps", "-ax", "-o", "pid=", "-o", "ppid="], stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, text=True, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise OSError(0, "'ps -ax -o pid= -o ppid=' failed (exit %d)" % proc.returncode)
-    return parse_ps(proc.stdout)
+    ps = subprocess.run(["ps", "-ax", "-o", "pid=", "-o", "ppid="], stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL, text=True, stdin=subprocess.DEVNULL)
+    if ps.returncode != 0:
+        raise OSError(0, "'ps -ax -o pid= -o ppid=' failed (exit %d)" % ps.returncode)
+    return parse_ps(ps.stdout)
 
 
 def with_descendants(pids, children=None):

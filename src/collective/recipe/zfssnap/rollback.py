@@ -398,6 +398,7 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
              confirm=None, critical=None):
     out = site.out
     run = Run(site, force)
+    mountpoints = site.check_layout("roll back")
     pending = run.record.load()
     if pending:
         out.plan(describe_record(pending))
@@ -409,7 +410,6 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
                            site.scripts["rollback"]), REFUSED)
         wanted = pending["target"]
     target = site.find_set(wanted)
-    mountpoints = site.check_layout("roll back")
     if pending and pending.get("stage") == "rolled back":
         return resume_start(run, pending, target, yes, dry_run, confirm, critical)
     plan = plan_rollback(site, target)

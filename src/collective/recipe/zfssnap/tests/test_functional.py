@@ -468,7 +468,7 @@ class ProgramsTest(unittest.TestCase):
         self.assertEqual(rc, 3, out + err)
         self.assertIn("> stop app, jobs:batch", out)
         self.assertIn("refusing to roll back: processes still have files on the datasets", err)
-        self.assertIn("worker.py /srv/site worker", err)
+        self.assertIn("/srv/site/worker.py /srv/site): cwd, fd 3", err)
         self.assertIn("rollback aborted, nothing rolled back; now running: app, jobs:batch", err)
         self.assertEqual(program_states(), ALL_RUNNING)
 

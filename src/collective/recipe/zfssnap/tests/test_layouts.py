@@ -7,6 +7,7 @@ import subprocess
 import unittest
 
 from collective.recipe.zfssnap.tests.layers import DATASETS
+from collective.recipe.zfssnap.tests.layers import EVENTS
 from collective.recipe.zfssnap.tests.layers import GIT
 from collective.recipe.zfssnap.tests.layers import SCRATCH
 from collective.recipe.zfssnap.tests.layers import SITE
@@ -235,6 +236,8 @@ class SiteUserTest(unittest.TestCase):
         Site.reset(start=False)
         for mountpoint in DATASETS.values():
             sh("chown", "-R", "%s:%s" % (SITEOP, SITEOP), mountpoint)
+        open(EVENTS, "w").close()  # the programs, run as the site user, write there
+        sh("chown", SITEOP, EVENTS)
         self.state = "/var/tmp/zfssnap-test-%s" % SITEOP
         sh("rm", "-rf", self.state)
 

@@ -98,6 +98,51 @@ class ProcessTreeTest(unittest.TestCase):
         self.assertEqual(found[1823].command, "python3.11")
 
 
+class FreeBSDToolsTest(unittest.TestCase):
+    """The FreeBSD code paths run against stand-ins of fstat and ps that print the recorded
+    output (or fail), found on PATH as the real ones would be."""
+
+    def setUp(self):
+        self.bin = tempfile.mkdtemp(prefix="zfssnap-freebsd-")
+        self.path = os.environ["PATH"]
+        os.environ["PATH"] = self.bin + os.pathsep + self.path
+
+    def tearDown(self):
+        os.environ["PATH"] = self.path
+        for name in os.listdir(self.bin):
+            os.remove(os.path.join(self.bin, name))
+        os.rmdir(self.bin)
+
+    def tool(self, name, output, rc=0, stderr=""):
+        path = os.path.join(self.bin, name)
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\ncat %s\necho '%s' >&2\nexit %d\n" % (
+                os.path.join(HERE, "recorded", output), stderr, rc))
+        os.chmod(path, 0o755)
+
+    def test_fstat_and_ps(self):
+        self.tool("fstat", "freebsd-fstat.txt")
+        self.tool("ps", "freebsd-ps.txt")
+        managed = processes.with_descendants([1822], processes.process_tree(proc=False))
+        found = processes.holders_fstat(["/srv/site"], exclude=managed)
+        self.assertEqual([h.pid for h in found], [1910])
+        self.assertTrue(found[0].cwd_only)
+
+    def test_a_failing_fstat_is_an_error_not_no_holders(self):
+        self.tool("fstat", "freebsd-fstat.txt", rc=1, stderr="fstat: kvm_openfiles: denied")
+        with self.assertRaises(OSError) as caught:
+            processes.holders_fstat(["/srv/site"])
+        self.assertIn("'fstat -f /srv/site' failed: fstat: kvm_openfiles: denied",
+                      caught.exception.strerror)
+
+    @unittest.skipIf(os.geteuid() == 0, "only a non-root user sees fewer processes")
+    def test_non_root_is_told_it_sees_only_its_own(self):
+        self.tool("fstat", "freebsd-fstat.txt")
+        unreadable = []
+        processes.holders_fstat(["/srv/site"], unreadable=unreadable)
+        self.assertEqual(unreadable, [-1])
+
+
 class MountTableTest(unittest.TestCase):
 
     def test_linux_mountinfo(self):

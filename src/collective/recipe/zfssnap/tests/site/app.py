@@ -13,7 +13,19 @@ import signal
 import sys
 import urllib.parse
 
-import transaction
+# The port first: a program that cannot start fails within supervisor's startsecs.
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[2])), None)
+
+
+def event(what):
+    # Outside the datasets: the tests read the order in which programs started and stopped.
+    with open("/run/site-events.log", "a") as f:
+        f.write("%s app %d\n" % (what, os.getpid()))
+
+
+event("start")
+
+import transaction  # noqa: E402
 import ZODB
 import ZODB.blob
 import ZODB.FileStorage
@@ -81,19 +93,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def event(what):
-    # Outside the datasets: the tests read the order in which programs started and stopped.
-    with open("/run/site-events.log", "a") as f:
-        f.write("%s app %d\n" % (what, os.getpid()))
-
-
 def stop(signum, frame):
     event("stop")
     sys.exit(0)
 
 
 if __name__ == "__main__":
-    server = http.server.HTTPServer(("127.0.0.1", port), Handler)
+    server.RequestHandlerClass = Handler
     signal.signal(signal.SIGTERM, stop)
-    event("start")
     server.serve_forever()
