@@ -343,7 +343,7 @@ cd /tmp
 {command}
 """
 GUEST_TEST_COMMAND = ("exec /opt/venv/bin/zope-testrunner --test-path \"$site\" "
-                      "--package collective.recipe.zfssnap --layer zfssnap.tests.layers {args}")
+                      "--package collective.recipe.zfssnap --layer zfssnap.tests.layers -vvv {args}")
 GUEST_DEMO_COMMAND = "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.demo"
 GUEST_BENCH_COMMAND = ("BENCH_DATAFS_MB={megabytes} "
                        "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.bench")

@@ -324,14 +324,15 @@ class SpaceTest(unittest.TestCase):
             sh("zfs", "inherit", prefix + "part", "tank/site")
             sh("zfs", "inherit", prefix + "buildout", "tank/site")
 
-    def test_pool_at_its_quota(self):
+    def test_site_at_its_quota(self):
         rc, out, err = bin_("snapshot", "pre")
         self.assertEqual(rc, 0, out + err)
         name = out.split()[1]
         with open(SITE + "/var/release-data", "wb") as f:
             f.write(os.urandom(4 << 20))
-        used = int(sh("zfs", "get", "-H", "-p", "-o", "value", "used", "tank").strip())
-        sh("zfs", "set", "quota=%d" % (used + (2 << 20)), "tank")
+        # The buildout's dataset full: its quota (snapshots included) reached.
+        used = int(sh("zfs", "get", "-H", "-p", "-o", "value", "used", "tank/site").strip())
+        sh("zfs", "set", "quota=%d" % (used + (2 << 20)), "tank/site")
         try:
             with self.assertRaises(OSError):  # the pool is full for writers
                 with open(SITE + "/var/more", "wb") as f:
@@ -347,7 +348,7 @@ class SpaceTest(unittest.TestCase):
             self.assertEqual(rc, 0, out + err)
             self.assertEqual(snapshots("tank/site"), ["tank/site@lab-baseline"])
         finally:
-            sh("zfs", "set", "quota=none", "tank")
+            sh("zfs", "set", "quota=none", "tank/site")
             if os.path.exists(SITE + "/var/more"):
                 os.remove(SITE + "/var/more")
         self.assertEqual(program_states(), RUNNING)

@@ -55,7 +55,7 @@ password = {password}
 [program:client]
 command = {python} %(here)s/program.py %(here)s/events client
 priority = 30
-startsecs = 0
+startsecs = 1
 
 [program:zeo]
 command = {python} %(here)s/program.py %(here)s/events zeo
