@@ -1,16 +1,23 @@
-# make test       every test: the fast suite, then the OpenZFS guest suite on 2.1 and 2.3
-# make test-fast  unit tests and doctests, no guest (seconds)
+# make test       every test: the fast suite (with its buildout and Python matrix and the package
+#                 checks), then the OpenZFS guest suite on 2.1 and 2.3
+# make test-fast  unit tests, doctests, package checks and the documentation build, no guest
 # make test-lab   the guest suite only; ZFS=2.1 or ZFS=2.3 for one series
+# make docs       the documentation (Sphinx) in docs/_build/html
 # make demo       the release workflow, typed on a throwaway site in the guest
-# make bench      times snapshot, rollback and cleanup against a repozo restore (guest)
+# make bench      snapshot, rollback and cleanup against collective.recipe.backup and by hand
 # make lab-smoke  boots the guest and runs the ZFS smoke test only
 PYTHON ?= python3
 ZFS_SERIES ?= 2.1 2.3
 ZFS ?=
 LAB = $(PYTHON) tests/lab/lab.py
 BUILDOUT_VERSION = 6.0.1
+# The fast suite also runs with the latest zc.buildout 5 (what Plone 6.2 pins) and with the
+# oldest and newest Python the package supports, where this machine has them.
+MATRIX = tests/matrix.sh
+MATRIX_RUNS ?= buildout-5.2.0 python-3.10 python-3.13
 
-.PHONY: test test-fast test-lab lab-images demo bench lab-smoke clean
+.PHONY: test test-fast test-matrix check-package docs test-lab lab-images demo bench \
+	lab-smoke clean
 
 test: test-fast test-lab
 
@@ -23,6 +30,19 @@ bin/test: .venv/bin/buildout buildout.cfg setup.py
 
 test-fast: bin/test
 	bin/test
+	$(MAKE) test-matrix check-package docs
+
+test-matrix:
+	for run in $(MATRIX_RUNS); do $(MATRIX) $$run || exit $$?; done
+
+.venv-tools/bin/pip:
+	tests/bootstrap-venv.sh $(PYTHON) .venv-tools -r tests/tools.txt
+
+check-package: .venv-tools/bin/pip
+	tests/check-package.sh .venv-tools
+
+docs: .venv-tools/bin/pip
+	.venv-tools/bin/sphinx-build -q -W --keep-going -b html docs docs/_build/html
 
 lab-images:
 	for v in $(if $(ZFS),$(ZFS),$(ZFS_SERIES)); do $(LAB) build --zfs $$v || exit $$?; done
@@ -33,11 +53,12 @@ test-lab:
 demo:
 	$(LAB) demo --zfs $(if $(ZFS),$(ZFS),2.1)
 
-bench:
-	$(LAB) bench --zfs $(if $(ZFS),$(ZFS),2.1)
+bench: .venv-tools/bin/pip
+	$(LAB) bench --zfs $(if $(ZFS),$(ZFS),2.1) --out docs/bench --plot-python .venv-tools/bin/python
 
 lab-smoke:
 	$(LAB) test --zfs $(if $(ZFS),$(ZFS),2.1) -- -t test_smoke
 
 clean:
-	rm -rf .venv bin develop-eggs eggs parts .installed.cfg src/*.egg-info
+	rm -rf .venv .venv-tools .matrix bin develop-eggs eggs parts .installed.cfg src/*.egg-info \
+		docs/_build build dist

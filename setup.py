@@ -28,10 +28,24 @@ setup(
         "Operating System :: POSIX :: BSD :: FreeBSD",
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
         "Topic :: System :: Archiving :: Backup",
         "Topic :: System :: Filesystems",
     ],
     keywords="buildout recipe zfs snapshot rollback release plone zope supervisor",
+    author="The collective.recipe.zfssnap developers",
+    author_email="zfssnap-developers@example.org",
+    url="https://github.com/collective/collective.recipe.zfssnap",
+    project_urls={
+        "Documentation": "https://collectiverecipezfssnap.readthedocs.io/",
+        "Source": "https://github.com/collective/collective.recipe.zfssnap",
+        "Issues": "https://github.com/collective/collective.recipe.zfssnap/issues",
+        "Changelog": "https://github.com/collective/collective.recipe.zfssnap/blob/main/"
+                     "CHANGES.rst",
+    },
     license="GPL-2.0-only",
     python_requires=">=3.10",
     package_dir={"": "src"},
@@ -39,8 +53,8 @@ setup(
     include_package_data=True,
     zip_safe=False,
     install_requires=[
-        "setuptools",
-        "zc.buildout>=6,<7",
+        # 5 is the floor: what Plone 6.2 sites pin; see the README on 4.x.
+        "zc.buildout>=5",
         "zc.recipe.egg",
     ],
     extras_require={

@@ -330,7 +330,9 @@ class SpaceTest(unittest.TestCase):
         name = out.split()[1]
         with open(SITE + "/var/release-data", "wb") as f:
             f.write(os.urandom(4 << 20))
-        # The buildout's dataset full: its quota (snapshots included) reached.
+        # The buildout's dataset full: its quota (snapshots included) reached. `used` counts
+        # what was written only once the transaction group is synced.
+        sh("zpool", "sync", "tank")
         used = int(sh("zfs", "get", "-H", "-p", "-o", "value", "used", "tank/site").strip())
         sh("zfs", "set", "quota=%d" % (used + (2 << 20)), "tank/site")
         try:

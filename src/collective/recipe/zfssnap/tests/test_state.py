@@ -127,7 +127,7 @@ class DeferredSignalsTest(unittest.TestCase):
     it starts (hooks, supervisord) must still die of them."""
 
     def test_signals_are_noted_and_children_get_the_default(self):
-        out = Output("rollback", verbosity=0)
+        out = Output("rollback", json_mode=True)
         deferred = Deferred(out)
         deferred()
         try:

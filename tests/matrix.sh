@@ -1,0 +1,51 @@
+#!/bin/bash
+# matrix.sh RUN: the fast suite in a buildout of its own under .matrix/RUN, with another
+# zc.buildout or another Python than the development buildout's.
+#   buildout-5.2.0   zc.buildout 5.2.0 (with the zc.recipe.* releases made for it)
+#   python-3.10      the development buildout's zc.buildout on Python 3.10 (skipped, and said
+#                    so, when this machine has no such Python)
+set -eu
+run=$1
+top=$(cd "$(dirname "$0")/.." && pwd)
+dir=$top/.matrix/$run
+python=python3
+buildout=6.0.1
+pins=()
+case "$run" in
+    buildout-5.*)
+        buildout=${run#buildout-}
+        pins=(versions:zc.recipe.egg=4.0.0 versions:zc.recipe.testrunner=4.2.post1) ;;
+    buildout-6.*)
+        buildout=${run#buildout-} ;;
+    python-*)
+        version=${run#python-}
+        python=
+        # On PATH, or one of pyenv's installed versions (its shims hide the others).
+        for candidate in "python$version" \
+                "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/"python$version"; do
+            if "$candidate" -c 'import venv, ensurepip' > /dev/null 2>&1; then
+                python=$candidate
+                break
+            fi
+        done
+        if [ -z "$python" ]; then
+            echo "matrix: $run skipped: this machine has no python$version"
+            exit 0
+        fi
+        # The development pins' newest releases have dropped the oldest Pythons: let
+        # buildout pick what supports this one.
+        pins=(versions:zope.interface= versions:zope.testrunner= versions:zope.testing=
+              versions:zope.exceptions=) ;;
+    *) echo "matrix.sh: unknown run '$run'" >&2; exit 2 ;;
+esac
+echo "matrix: $run ($("$python" --version), zc.buildout $buildout)"
+if [ ! -x "$dir/venv/bin/buildout" ]; then
+    "$top/tests/bootstrap-venv.sh" "$python" "$dir/venv" "zc.buildout==$buildout"
+fi
+cd "$top"
+"$dir/venv/bin/buildout" -q -c buildout.cfg \
+    "buildout:bin-directory=$dir/bin" "buildout:parts-directory=$dir/parts" \
+    "buildout:develop-eggs-directory=$dir/develop-eggs" "buildout:eggs-directory=$dir/eggs" \
+    "buildout:installed=$dir/.installed.cfg" "versions:zc.buildout=$buildout" "${pins[@]}" \
+    2> >(grep -v -e 'UserWarning: Module' -e 'ws.add(_d' >&2)
+exec "$dir/bin/test"
