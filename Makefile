@@ -14,7 +14,7 @@ BUILDOUT_VERSION = 6.0.1
 # The fast suite also runs with the latest zc.buildout 5 (what Plone 6.2 pins) and with the
 # oldest and newest Python the package supports, where this machine has them.
 MATRIX = tests/matrix.sh
-MATRIX_RUNS ?= buildout-5.2.0 python-3.10 python-3.13
+MATRIX_RUNS ?= buildout-5.2.0 python-3.10 python-3.12 python-3.13
 
 .PHONY: test test-fast test-matrix check-package docs test-lab lab-images demo bench \
 	lab-smoke clean

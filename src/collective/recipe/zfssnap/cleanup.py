@@ -58,29 +58,32 @@ def cleanup(site, names=(), older_than=None, dry_run=False):
         shorts = [s.members[dataset].short for s in chosen if dataset in s.members]
         if shorts:
             by_dataset[dataset] = shorts
-    try:
-        freed = sum(site.zfs.reclaimable(d, shorts) for d, shorts in by_dataset.items())
-    except zfsmod.ZfsError as e:
-        raise Stop(site.permission_message(e, "destroy,mount"))
-    out.data["freed"] = freed
     batches = ["%s@%s" % (d, ",".join(batch)) for d, shorts in by_dataset.items()
                for batch in zfsmod.comma_batches(shorts)]
     if dry_run:
+        try:
+            freed = sum(site.zfs.reclaimable(d, shorts) for d, shorts in by_dataset.items())
+        except zfsmod.ZfsError as e:
+            raise Stop(site.permission_message(e, "destroy,mount"))
+        out.data["freed"] = freed
         for name in batches:
             out.command(site.zfs.command + ["destroy", name])
         out.say("Would destroy %s, freeing %s." % (", ".join(s.short for s in chosen),
                                                  zfsmod.format_size(freed)))
         return
     destroyed = []
+    freed = 0
     for name in batches:
         out.action("destroy " + name)
         try:
-            site.zfs.destroy(name)
+            freed += site.zfs.destroy(name)
         except zfsmod.ZfsError as e:
+            out.data["freed"] = freed
             raise Stop("destroying %s failed: %s; destroyed before it: %s" % (
                 name, site.permission_message(e, "destroy,mount"),
                 ", ".join(destroyed) or "nothing"))
         destroyed.append(name)
         out.log("destroy " + name)
+    out.data["freed"] = freed
     out.say("Destroyed %s, freed %s." % (", ".join(s.short for s in chosen),
                                          zfsmod.format_size(freed)))

@@ -54,9 +54,11 @@ def plan_rollback(site, target, written=True):
                        target.short, ", ".join(recorded), ", ".join(site.datasets)), REFUSED)
     plan = {"target": target, "datasets": []}
     blockers = []
+    all_newer = site.zfs.newer(site.datasets, {d: target.members[d].createtxg
+                                               for d in site.datasets})
     for dataset in site.datasets:
         snap = target.members[dataset]
-        newer = site.zfs.newer(dataset, snap.createtxg)
+        newer = all_newer[dataset]
         for s in newer:
             if s.userrefs:
                 blockers.append("%s is held (%s)" % (s.name, ", ".join(site.zfs.holds(s.name))))

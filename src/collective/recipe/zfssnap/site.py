@@ -97,6 +97,7 @@ class Site:
         self.zfs.trace = out.trace
         self._datasets = None
         self.scripts = config["scripts"]
+        self.snapshot_space = {}  # dataset -> what all its snapshots hold (any tool's)
 
     @property
     def datasets(self):
@@ -152,7 +153,7 @@ class Site:
 
     def snapshot_sets(self):
         """This part's snapshot sets, oldest first (by the primary's transaction group)."""
-        found = self.zfs.snapshots(self.datasets, PROPERTIES)
+        found, self.snapshot_space = self.zfs.snapshots(self.datasets, PROPERTIES)
         sets = {}
         for snap in found[self.primary]:
             if self.is_own(snap):

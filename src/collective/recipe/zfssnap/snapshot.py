@@ -12,6 +12,7 @@ import time
 
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.site import BAD_INPUT
+from collective.recipe.zfssnap.site import FAILED
 from collective.recipe.zfssnap.site import P
 from collective.recipe.zfssnap.site import Stop
 from collective.recipe.zfssnap.site import current_user
@@ -36,12 +37,23 @@ def git_info(directory):
             return None
         return proc.stdout.strip() if proc.returncode == 0 else None
 
-    revision = git("rev-parse", "--verify", "-q", "HEAD")
-    if not revision:
-        return {}
-    describe = git("describe", "--tags", "--always", "--dirty=+dirty") or ""
-    dirty = describe.endswith("+dirty")
-    return {"git-revision": revision, "git-describe": describe[:-6] if dirty else describe,
+    # One call: TAG-N-gREVISION (or REVISION without tags), +dirty when the tree has changes.
+    described = git("describe", "--tags", "--always", "--long", "--abbrev=40",
+                    "--dirty=+dirty")
+    return parse_describe(described) if described else {}
+
+
+def parse_describe(text):
+    """The git properties from `git describe --tags --always --long --abbrev=40 --dirty`."""
+    dirty = text.endswith("+dirty")
+    text = text[:-6] if dirty else text
+    parts = text.rsplit("-", 2)
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].startswith("g"):
+        tag, distance, revision = parts[0], int(parts[1]), parts[2][1:]
+        describe = tag if distance == 0 else "%s-%d-g%s" % (tag, distance, revision[:7])
+    else:
+        revision = describe = text
+    return {"git-revision": revision, "git-describe": describe,
             "git-dirty": "yes" if dirty else "no"}
 
 
@@ -97,10 +109,6 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
             out.command(site.zfs.command + site.zfs.snapshot_argv(names, props, recursive))
         return short
     site.check_layout("take a snapshot")
-    existing = site.zfs.existing(["%s@%s" % (d, short) for d in datasets])
-    if existing:
-        raise Stop("the snapshot %s exists already: wait a second, or give another label"
-                   % existing[0], BAD_INPUT)
     site.hook("before-snapshot")
     taken = []
     started = time.monotonic()
@@ -108,8 +116,12 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
         try:
             site.zfs.snapshot(names, props, recursive)
         except zfsmod.ZfsError as e:
-            raise Stop(undo_partial(site, taken, pool, site.permission_message(
-                e, "snapshot,userprop"), recursive))
+            # A name taken already (two snapshots in one second) is the one foreseeable case.
+            exists = "dataset already exists" in e.stderr
+            raise Stop(undo_partial(site, taken, pool, "a snapshot named %s exists already: "
+                                    "wait a second, or give another label" % short if exists
+                                    else site.permission_message(e, "snapshot,userprop"),
+                                    recursive), BAD_INPUT if exists else FAILED)
         taken.append((pool, names))
     gap = time.monotonic() - started
     out.log("snapshot %s" % " ".join(n for _, names in groups for n in names))
@@ -170,9 +182,7 @@ def warn_about_growth(site, newest):
     # What destroying them all would free: space shared by several snapshots is in no one's
     # `used`, but it is held all the same. All snapshots of the datasets (any tool's) hold at
     # least that much: when they hold less than the limit, the exact figure is not needed.
-    values = site.zfs.get(site.datasets, ["usedbysnapshots"])
-    if sum(int(v["usedbysnapshots"]) for v in values.values()
-           if v["usedbysnapshots"].isdigit()) <= limit:
+    if sum(site.snapshot_space.values()) <= limit:
         return
     # Held and cloned ones cannot be destroyed (zfs destroy -n refuses the whole list).
     free = [s for s in sets if not s.held and not s.cloned]

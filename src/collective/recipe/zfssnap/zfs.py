@@ -164,8 +164,8 @@ def parse_snapshot_properties(output, prefix=PROPERTY_PREFIX):
             entry[1][row["property"][len(prefix):]] = row["value"]
     snaps = []
     for name, (native, props) in rows.items():
-        if "createtxg" not in native:
-            continue
+        if "createtxg" not in native or "@" not in name:
+            continue  # the datasets themselves
         snaps.append(Snapshot(name, properties=props, **native))
     return snaps
 
@@ -219,12 +219,6 @@ class Zfs:
     def exists(self, name):
         return self.run("list", "-H", "-o", "name", name, check=False).returncode == 0
 
-    def existing(self, names):
-        """Those of `names` (datasets or snapshots) that exist, in one zfs call."""
-        proc = self.run("list", "-H", "-o", "name", "-t", "all", *names, check=False)
-        found = set(proc.stdout.split("\n"))
-        return [n for n in names if n in found]
-
     def get(self, names, properties):
         """{name: {property: value}} for datasets or snapshots ('-' where unset)."""
         result = {}
@@ -251,29 +245,41 @@ class Zfs:
 
     # -- snapshots --------------------------------------------------------------------------
     def snapshots(self, datasets, own_properties=()):
-        """{dataset: [Snapshot]} oldest first by transaction group, in one zfs call.
+        """({dataset: [Snapshot]}, {dataset: space all its snapshots hold}) in one zfs call;
+        the snapshots oldest first by transaction group.
 
         `own_properties` (names without the prefix) are read too, where set on the snapshot.
         """
-        props = list(NATIVE) + [PROPERTY_PREFIX + p for p in own_properties]
-        proc = self.run("get", "-H", "-p", "-o", "name,property,value,source", "-t", "snapshot",
-                        "-d", "1", ",".join(props), *datasets)
+        props = list(NATIVE) + ["usedbysnapshots"] + [PROPERTY_PREFIX + p
+                                                      for p in own_properties]
+        proc = self.run("get", "-H", "-p", "-o", "name,property,value,source", "-t",
+                        "filesystem,volume,snapshot", "-d", "1", ",".join(props), *datasets)
         result = {d: [] for d in datasets}
+        held = {}
+        for line in proc.stdout.split("\n"):
+            fields = line.split("\t")
+            if len(fields) == 4 and fields[1] == "usedbysnapshots" and fields[0] in result:
+                held[fields[0]] = int(fields[2]) if fields[2].isdigit() else 0
         for snap in parse_snapshot_properties(proc.stdout):
             if snap.dataset in result:
                 result[snap.dataset].append(snap)
         for snaps in result.values():
             snaps.sort(key=lambda s: s.createtxg)
-        return result
+        return result, held
 
-    def newer(self, dataset, createtxg):
-        """Snapshots and bookmarks of `dataset` newer than the transaction group `createtxg`."""
+    def newer(self, datasets, createtxgs):
+        """{dataset: [snapshots and bookmarks newer than createtxgs[dataset]]}, in one call."""
         proc = self.run("list", "-H", "-p", "-t", "snapshot,bookmark", "-d", "1",
-                        "-o", "name,createtxg,creation,used,userrefs,clones", dataset)
+                        "-o", "name,createtxg,creation,used,userrefs,clones", *datasets)
         rows = parse_table(proc.stdout, ("name", "createtxg", "creation", "used", "userrefs",
                                          "clones"))
-        snaps = [Snapshot(**row) for row in rows]
-        return sorted((s for s in snaps if s.createtxg > createtxg), key=lambda s: s.createtxg)
+        result = {d: [] for d in datasets}
+        for snap in (Snapshot(**row) for row in rows):
+            if snap.dataset in result and snap.createtxg > createtxgs[snap.dataset]:
+                result[snap.dataset].append(snap)
+        for snaps in result.values():
+            snaps.sort(key=lambda s: s.createtxg)
+        return result
 
     @staticmethod
     def snapshot_argv(names, properties=None, recursive=False):
@@ -314,7 +320,14 @@ class Zfs:
         return total
 
     def destroy(self, name, recursive=False):
-        self.run(*(["destroy"] + (["-r"] if recursive else []) + [name]))
+        """Destroy `name` (DATASET@a,b,c: several snapshots of one dataset); the bytes freed,
+        as zfs reports them (-v -p), or 0."""
+        proc = self.run(*(["destroy", "-v", "-p"] + (["-r"] if recursive else []) + [name]))
+        for line in proc.stdout.splitlines():
+            parts = line.split("\t")
+            if parts[0] == "reclaim" and len(parts) > 1 and parts[1].isdigit():
+                return int(parts[1])
+        return 0
 
     def written_since(self, dataset, short):
         value = self.get([dataset], ["written@" + short])[dataset]["written@" + short]

@@ -287,7 +287,7 @@ class SiteUserTest(unittest.TestCase):
 
     def test_site_user_with_zfs_allow(self):
         for dataset in DATASETS:
-            sh("zfs", "allow", SITEOP, "snapshot,userprop,hold,release,rollback,destroy,mount",
+            sh("zfs", "allow", SITEOP, "snapshot,userprop,rollback,destroy,mount",
                dataset)
         self.workflow_as_siteop()
 

@@ -81,8 +81,12 @@ class AdapterTest(unittest.TestCase):
     def test_snapshots_sorted_by_txg_with_local_properties_only(self):
         # Recorded on OpenZFS: @hourly was taken after someone set the part property on the
         # dataset itself, so the snapshot inherits it: it is not this tool's.
-        z = RecordingZfs((0, recorded("zfs-get-snapshots.txt"), ""))
-        snaps = z.snapshots(["tank/site"], ("part", "label"))["tank/site"]
+        z = RecordingZfs((0, recorded("zfs-get-snapshots.txt") +
+                          "tank/site\tusedbysnapshots\t8192\t-\n"
+                          "tank/site\tcreatetxg\t1\t-\n", ""))
+        found, space = z.snapshots(["tank/site"], ("part", "label"))
+        self.assertEqual(space, {"tank/site": 8192})
+        snaps = found["tank/site"]
         self.assertEqual([s.short for s in snaps], ["zfssnap-1", "hourly"])
         self.assertEqual(snaps[1].userrefs, 1)
         self.assertEqual(snaps[1].clones, ["tank/clone"])
@@ -92,15 +96,16 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual((snaps[0].createtxg, snaps[0].creation), (15, 1795705794))
         self.assertEqual(z.calls[0], [
             "sudo", "-n", "zfs", "get", "-H", "-p", "-o", "name,property,value,source",
-            "-t", "snapshot", "-d", "1", "createtxg,creation,used,userrefs,clones,"
-            "collective.recipe.zfssnap:part,collective.recipe.zfssnap:label", "tank/site"])
+            "-t", "filesystem,volume,snapshot", "-d", "1", "createtxg,creation,used,userrefs,"
+            "clones,usedbysnapshots,collective.recipe.zfssnap:part,"
+            "collective.recipe.zfssnap:label", "tank/site"])
 
     def test_newer_lists_snapshots_and_bookmarks_after_a_txg(self):
         out = ("tank/site@b\t120\t1700000000\t4096\t0\t-\n"
                "tank/site#mark\t130\t1700000000\t-\t-\t-\n"
                "tank/site@a\t100\t1700000000\t0\t1\ttank/clone\n")
         z = RecordingZfs((0, out, ""))
-        newer = z.newer("tank/site", 100)
+        newer = z.newer(["tank/site"], {"tank/site": 100})["tank/site"]
         self.assertEqual([s.name for s in newer], ["tank/site@b", "tank/site#mark"])
         self.assertTrue(newer[1].is_bookmark)
 
@@ -143,6 +148,19 @@ class AdapterTest(unittest.TestCase):
 
     def test_parse_table_rejects_garbage(self):
         self.assertRaises(zfs.ZfsError, zfs.parse_table, "a\tb\tc\n", ("x", "y"))
+
+
+class DescribeTest(unittest.TestCase):
+
+    def test_one_git_call_says_revision_describe_and_dirtiness(self):
+        from collective.recipe.zfssnap.snapshot import parse_describe
+        rev = "0123456789abcdef0123456789abcdef01234567"
+        self.assertEqual(parse_describe("1.0-0-g" + rev), {
+            "git-revision": rev, "git-describe": "1.0", "git-dirty": "no"})
+        self.assertEqual(parse_describe("release-2.0-3-g%s+dirty" % rev), {
+            "git-revision": rev, "git-describe": "release-2.0-3-g0123456", "git-dirty": "yes"})
+        self.assertEqual(parse_describe(rev + "+dirty"), {
+            "git-revision": rev, "git-describe": rev, "git-dirty": "yes"})
 
 
 class NamesAndValuesTest(unittest.TestCase):
