@@ -37,6 +37,7 @@ HOST_TOOLS = {  # command: Debian package
 }
 # What the guest's python installs, offline: made on the host with pip for CPython 3.11.
 WHEELHOUSE_REQUIREMENTS = os.path.join(HERE, "wheelhouse.txt")
+WHEELHOUSE_EXTRA = (os.path.join(HERE, "wheelhouse-buildout5.txt"),)
 # The package's sources, built into the wheel the guest installs.
 PACKAGE_FILES = ("setup.py", "setup.cfg", "MANIFEST.in", "README.rst", "CHANGES.rst", "src")
 KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] ")
@@ -149,16 +150,21 @@ def ensure_image(series):
 
 def ensure_wheelhouse():
     """Wheels of everything the guest installs (it has no network), cached by requirements."""
-    out = os.path.join(cache_dir(), "wheelhouse-" + digest(WHEELHOUSE_REQUIREMENTS))
+    out = os.path.join(cache_dir(), "wheelhouse-" + digest(WHEELHOUSE_REQUIREMENTS,
+                                                           *WHEELHOUSE_EXTRA))
     if os.path.exists(os.path.join(out, ".complete")):
         return out
     say("making the guest's wheelhouse in " + out)
     partial = out + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
-    rc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-                         "-w", partial, "-r", WHEELHOUSE_REQUIREMENTS]).returncode
-    if rc != 0:
-        raise LabError("pip could not make the guest's wheelhouse (exit %d): see above" % rc)
+    # One pip run per file: their pins are each consistent, not with each other.
+    for requirements in (WHEELHOUSE_REQUIREMENTS,) + WHEELHOUSE_EXTRA:
+        rc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q",
+                             "--disable-pip-version-check", "-w", partial, "-r",
+                             requirements]).returncode
+        if rc != 0:
+            raise LabError("pip could not make the guest's wheelhouse from %s (exit %d): see "
+                           "above" % (os.path.basename(requirements), rc))
     # pip and setuptools are installed in the guest from here too: keep them as wheels.
     open(os.path.join(partial, ".complete"), "w").close()
     shutil.rmtree(out, ignore_errors=True)
@@ -188,7 +194,7 @@ class Guest:
     """One boot of the guest: fresh disks, a share directory, a command; then it powers off."""
 
     def __init__(self, series, script, timeout, disks=1, disk_size="16G", memory=3072,
-                 init="shell", venv=None):
+                 init="shell", venv=None, collect=None):
         self.series = series
         self.script = script
         self.timeout = timeout
@@ -197,6 +203,7 @@ class Guest:
         self.memory = memory
         self.init = init
         self.venv = venv  # the cached venv disk (made on first use), or None
+        self.collect = collect  # (file names in the share, directory): copied out after
 
     def run(self, out=sys.stdout):
         image = ensure_image(self.series)
@@ -215,6 +222,12 @@ class Guest:
                         "make" if self.venv else "none")
             argv = self.qemu_argv(image, tmp, share, wheels)
             rc = self.boot(argv, share, out)
+            if self.collect:
+                names, dest = self.collect
+                os.makedirs(dest, exist_ok=True)
+                for name in names:
+                    if os.path.exists(os.path.join(share, name)):
+                        shutil.copy(os.path.join(share, name), dest)
             if self.venv and os.path.exists(os.path.join(share, "venv-made")):
                 os.rename(self.venv + ".partial", self.venv)
                 say("cached the guest's venv in " + self.venv)
@@ -345,7 +358,8 @@ cd /tmp
 GUEST_TEST_COMMAND = ("exec /opt/venv/bin/zope-testrunner --test-path \"$site\" "
                       "--package collective.recipe.zfssnap --layer zfssnap.tests.layers -vvv {args}")
 GUEST_DEMO_COMMAND = "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.demo"
-GUEST_BENCH_COMMAND = ("BENCH_DATAFS_MB={megabytes} "
+GUEST_BENCH_COMMAND = ("BENCH_SIZES={sizes} BENCH_RUNS={runs} BENCH_SETS={sets} "
+                       "BENCH_OUT=/mnt/share/bench.csv "
                        "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.bench")
 
 
@@ -357,13 +371,22 @@ def main(argv=None):
         p.add_argument("--zfs", choices=SERIES, default=DEFAULT_SERIES,
                        help="OpenZFS series of the guest (default %(default)s)")
         if name != "build":
-            p.add_argument("--timeout", type=int, default=2400,
+            p.add_argument("--timeout", type=int, default=10800 if name == "bench" else 2400,
                            help="kill the guest after this many seconds (default %(default)s)")
         if name == "shell-script":
             p.add_argument("file")
         if name == "bench":
-            p.add_argument("--datafs-mb", type=int, default=1000,
-                           help="size of the site's Data.fs (default %(default)s MB)")
+            p.add_argument("--sizes", default="10,100,1024",
+                           help="MiB of Data.fs and blobs, in turn (default %(default)s)")
+            p.add_argument("--runs", type=int, default=3, help="runs of each measurement "
+                           "(default %(default)s)")
+            p.add_argument("--sets", type=int, default=500, help="snapshot sets for the "
+                           "--list and cleanup measurements (default %(default)s)")
+            p.add_argument("--out", default=os.path.join(CHECKOUT, "docs", "bench"),
+                           help="where bench.csv, bench.rst and bench.png go (default "
+                           "%(default)s)")
+            p.add_argument("--plot-python", default=sys.executable,
+                           help="a Python with matplotlib, for the plot (default: this one)")
         if name != "build":
             p.add_argument("--init", choices=("shell", "systemd"), default=None,
                            help="PID 1 of the guest: a shell script, or systemd (default: "
@@ -386,8 +409,10 @@ def main(argv=None):
         elif args.command == "demo":
             script = GUEST_VENV_SCRIPT.format(series=args.zfs, command=GUEST_DEMO_COMMAND)
         elif args.command == "bench":
+            if not re.match(r"^\d+(,\d+)*$", args.sizes):
+                raise LabError("--sizes takes MiB separated by commas, not %r" % args.sizes)
             script = GUEST_VENV_SCRIPT.format(series=args.zfs, command=GUEST_BENCH_COMMAND.format(
-                megabytes=args.datafs_mb))
+                sizes=args.sizes, runs=args.runs, sets=args.sets))
         else:
             command = GUEST_TEST_COMMAND.format(args=" ".join(shlex.quote(a) for a in rest))
             script = GUEST_VENV_SCRIPT.format(series=args.zfs, command=command)
@@ -398,7 +423,14 @@ def main(argv=None):
                 WHEELHOUSE_REQUIREMENTS, os.path.join(CHECKOUT, "setup.py"),
                 extra=os.path.basename(ensure_image(args.zfs)))))
             os.makedirs(os.path.dirname(venv), exist_ok=True)
-        return Guest(args.zfs, script, args.timeout, init=init, venv=venv).run()
+        collect = (["bench.csv"], args.out) if args.command == "bench" else None
+        rc = Guest(args.zfs, script, args.timeout, init=init, venv=venv,
+                   collect=collect).run()
+        if args.command == "bench" and rc == 0:
+            rc = subprocess.run([args.plot_python, os.path.join(HERE, "report_bench.py"),
+                                 os.path.join(args.out, "bench.csv"), args.out,
+                                 "OpenZFS " + args.zfs]).returncode
+        return rc
     except LabError as e:
         say(str(e))
         return EXIT_LAB_BROKEN

@@ -1,100 +1,272 @@
-"""The benchmark (make bench): how long a release's safety net costs, against repozo.
+"""The benchmark (make bench): what the release safety net costs, side by side in one run.
 
-Runs in the lab guest on the test site with a Data.fs grown to BENCH_DATAFS_MB (default 1000)
-megabytes: times bin/snapshot, bin/rollback (wall clock and the downtime it reports) and
-bin/cleanup, and, for the same Data.fs, a repozo full backup and the restore a rollback
-replaces. Figures from an emulated guest (TCG): compare the ratios, not the absolutes.
+Runs in the lab guest on the test site (buildout, supervisor, a ZODB app on three datasets, and a
+collective.recipe.backup part), with its Data.fs and blobs grown to each size in turn. For each
+size and run it times:
+
+- the floor: Python's start-up and the raw zfs commands each script must run;
+- bin/snapshot against collective.recipe.backup's bin/snapshotbackup (blobs included);
+- bin/rollback --yes against the manual sequence (supervisorctl shutdown, zfs rollback of each
+  dataset, bin/supervisord) and against bin/snapshotrestore with the same stop and start: the
+  time from the command until the site answers with the old data, and the time it was down
+  (from its last answer before to its first answer after, as a client polling it sees it);
+- bin/cleanup, and bin/snapshot --list and bin/cleanup with SETS snapshot sets.
+
+Writes one CSV row per measurement (size_mib, run, measure, seconds) to BENCH_OUT; the host
+(lab.py bench) turns it into the table and the plot. Figures from an emulated guest (TCG):
+compare ratios, not absolutes.
 """
+import concurrent.futures
+import csv
+import http.client
+import json
 import os
-import re
 import subprocess
 import sys
+import threading
 import time
 
-import transaction
-import ZODB
-import ZODB.FileStorage
-from persistent.mapping import PersistentMapping
-
 from collective.recipe.zfssnap.tests import layers
+from collective.recipe.zfssnap.tests.layers import DATASETS
 from collective.recipe.zfssnap.tests.layers import SITE
 
 
-def timed(argv, **kw):
+PYTHON = "/opt/venv/bin/python3"  # the site's Python: what its bin/ scripts run on
+P = "collective.recipe.zfssnap:"
+
+
+def say(text):
+    print("bench: " + text, flush=True)
+
+
+def timed(argv, input=None):
     started = time.monotonic()
     proc = subprocess.run(argv, cwd=SITE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, **kw)
+                          text=True, input=input,
+                          stdin=None if input is not None else subprocess.DEVNULL)
     elapsed = time.monotonic() - started
     if proc.returncode != 0:
-        sys.exit("bench: %s failed (exit %d):\n%s" % (argv, proc.returncode, proc.stdout))
-    return elapsed, proc.stdout
+        raise RuntimeError("%s failed (exit %d):\n%s" % (argv, proc.returncode, proc.stdout))
+    return elapsed
 
 
-def grow_datafs(megabytes):
-    """Append transactions of 1 MB each to the site's Data.fs (the site is stopped)."""
+def zfs_all(verb, suffix, *flags):
+    """One raw zfs command per dataset (what an operator types); their total time."""
+    return sum(timed(["zfs", verb] + list(flags) + ["%s%s" % (d, suffix)]) for d in DATASETS)
+
+
+class Poller:
+    """Asks the site for its state every 20 ms, as a client would, and keeps the answers."""
+
+    def __init__(self):
+        self.samples = []  # (monotonic time, counter or None when it did not answer)
+        self.running = True
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+        self.thread.start()
+
+    def poll(self):
+        while self.running:
+            now = time.monotonic()
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", layers.PORT, timeout=1)
+                conn.request("GET", "/state")
+                counter = json.loads(conn.getresponse().read())["counter"]
+                conn.close()
+            except (OSError, ValueError, http.client.HTTPException):
+                counter = None
+            self.samples.append((now, counter))
+            time.sleep(0.02)
+
+    def outage(self, started, counter, timeout=600):
+        """(seconds from `started` until the site answers with `counter`, seconds it was
+        down): waits for that answer."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            after = [(t, c) for t, c in self.samples if t >= started]
+            down = [i for i, (t, c) in enumerate(after) if c is None]
+            if down:
+                back = [t for t, c in after[down[0]:] if c == counter]
+                if back:
+                    before = [t for t, c in self.samples if t < after[down[0]][0]
+                              and c is not None]
+                    last = before[-1] if before else started
+                    return back[0] - started, back[0] - last
+            time.sleep(0.05)
+        raise RuntimeError("the site did not answer with counter %d within %d s"
+                           % (counter, timeout))
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+
+
+def grow(megabytes):
+    """Grow the Data.fs and the blobs (half each) to about `megabytes` MiB, with ZODB."""
+    import transaction
+    import ZODB
+    import ZODB.blob
+    import ZODB.FileStorage
+    from persistent.mapping import PersistentMapping
+
     storage = ZODB.FileStorage.FileStorage(SITE + "/var/filestorage/Data.fs",
                                            blob_dir=SITE + "/var/blobstorage")
     db = ZODB.DB(storage)
     conn = db.open()
     root = conn.root()
-    payload = os.urandom(1 << 19).hex()  # 1 MB of text that does not compress
-    for i in range(megabytes):
-        # An object of its own per transaction: each commit writes 1 MB, not the root's all.
-        root["payload-%d" % (i % 8)] = PersistentMapping({"data": payload + str(i)})
+    have = root.get("bench-mib", 0)
+    root.setdefault("bench", PersistentMapping())
+    for i in range(have, megabytes):
+        if i % 2:
+            blob = ZODB.blob.Blob()
+            with blob.open("w") as f:
+                f.write(os.urandom(1 << 20))
+            root["bench"]["blob-%d" % i] = blob
+        else:
+            # 1 MiB of text that does not compress, in an object of its own.
+            root["bench"]["data-%d" % i] = PersistentMapping(data=os.urandom(1 << 19).hex())
+        root["bench-mib"] = i + 1
         transaction.commit()
     conn.close()
     db.close()
 
 
-def main():
-    megabytes = int(os.environ.get("BENCH_DATAFS_MB", "1000"))
-    layers.GuestPool.setUp()
-    layers.Site.setUp()
-    layers.stop_site()
+def wait_stopped():
+    layers.wait_for(lambda: not layers.supervisord_pids() and not layers.program_pids(),
+                    timeout=120, what="the site to stop")
+
+
+def write_and_expect():
+    """A change for the rollback to undo: the counter the site must show afterwards."""
+    before = layers.app()["counter"]
+    layers.app("/write?blob=change", "POST")
+    return before
+
+
+def rollback_like(poller, commands):
+    """Run `commands` (callables) in order; (total, down) until the site is back as before."""
+    expected = write_and_expect()
     started = time.monotonic()
-    grow_datafs(megabytes)
-    size = os.path.getsize(SITE + "/var/filestorage/Data.fs")
-    print("bench: Data.fs grown to %.0f MB in %.0f s" % (size / 1e6, time.monotonic() - started))
-    layers.start_site()
+    for command in commands:
+        command()
+    return poller.outage(started, expected)
 
-    results = []
-    for _ in range(3):
-        snap, _out = timed([SITE + "/bin/snapshot", "bench"])
-        layers.app("/write?blob=bench", "POST")
-        with open(SITE + "/VERSION", "w") as f:
-            f.write("2.0\n")
-        rollback, out = timed([SITE + "/bin/rollback", "--yes"])
-        down = float(re.search(r"down for (\d+\.\d+) s", out).group(1))
-        layers.wait_for(layers.app)
-        cleanup, _out = timed([SITE + "/bin/cleanup"])
-        results.append((snap, rollback, down, cleanup))
 
-    layers.stop_site()
-    repozo = [sys.executable, "-m", "ZODB.scripts.repozo"]
-    os.makedirs("/scratch/repozo", exist_ok=True)
-    backup, _out = timed(repozo + ["-B", "-r", "/scratch/repozo", "-f",
-                                   SITE + "/var/filestorage/Data.fs"])
-    restore, _out = timed(repozo + ["-R", "-r", "/scratch/repozo", "-o",
-                                    "/scratch/restored.fs"])
+def make_sets(count, label):
+    """`count` snapshot sets as bin/snapshot makes them (its properties), a few at a time."""
+    def one(i):
+        name = "zfssnap-20260101T%06dZ-%s" % (i, label)
+        props = {"part": "zfssnap", "buildout": SITE, "datasets": ",".join(DATASETS),
+                 "created": "2026-01-01T00:00:00Z", "label": label}
+        argv = ["zfs", "snapshot"]
+        for key, value in sorted(props.items()):
+            argv += ["-o", P + key + "=" + value]
+        subprocess.run(argv + ["%s@%s" % (d, name) for d in DATASETS], check=True)
+        return name
 
-    def median(values):
-        return sorted(values)[len(values) // 2]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(count)))
 
-    print("bench: OpenZFS %s, Data.fs %.0f MB, 3 datasets, median of %d runs" % (
-        os.environ.get("ZFSSNAP_LAB_SERIES", "?"), size / 1e6, len(results)))
-    rows = [("bin/snapshot", median([r[0] for r in results])),
-            ("bin/rollback (wall clock)", median([r[1] for r in results])),
-            ("  site down (as reported)", median([r[2] for r in results])),
-            ("bin/cleanup", median([r[3] for r in results])),
-            ("repozo full backup", backup),
-            ("repozo restore", restore)]
-    for name, seconds in rows:
-        print("bench:   %-28s %7.1f s" % (name, seconds))
-    print("bench: repozo restore / rollback downtime: %.1fx" % (
-        restore / max(median([r[2] for r in results]), 0.001)))
-    layers.Site.tearDown()
-    layers.GuestPool.tearDown()
+
+def run(sizes, runs, sets, out_path):
+    rows = []
+
+    def record(size, run_, measure, seconds):
+        rows.append((size, run_, measure, round(seconds, 4)))
+
+    for size in sizes:
+        layers.stop_site()
+        started = time.monotonic()
+        grow(size)
+        say("grew the Data.fs and blobs to %d MiB in %.0f s" % (size, time.monotonic() - started))
+        layers.start_site()
+        ctl = SITE + "/bin/supervisorctl"
+        for r in range(runs):
+            # The floor: Python's start-up, the raw zfs commands.
+            record(size, r, "python start-up", timed([PYTHON, "-c", "pass"]))
+            names = ["%s@floor" % d for d in DATASETS]
+            record(size, r, "zfs snapshot", timed(["zfs", "snapshot"] + names))
+            record(size, r, "zfs list", timed(["zfs", "list", "-H", "-t", "snapshot", "-d", "1",
+                                               "-o", "name"] + list(DATASETS)))
+            record(size, r, "zfs destroy", zfs_all("destroy", "@floor"))
+            record(size, r, "bin/snapshot", timed([SITE + "/bin/snapshot", "bench"]))
+            record(size, r, "bin/snapshot --list", timed([SITE + "/bin/snapshot", "--list"]))
+            record(size, r, "snapshotbackup", timed([SITE + "/bin/snapshotbackup", "-q"]))
+
+            poller = Poller()
+            try:
+                total, down = rollback_like(poller, [
+                    lambda: timed([SITE + "/bin/rollback", "--yes", "-q"])])
+                record(size, r, "bin/rollback", total)
+                record(size, r, "bin/rollback: down", down)
+                record(size, r, "bin/cleanup", timed([SITE + "/bin/cleanup", "-q"]))
+
+                timed(["zfs", "snapshot"] + ["%s@manual" % d for d in DATASETS])
+                total, down = rollback_like(poller, [
+                    lambda: timed([ctl, "shutdown"]), wait_stopped,
+                    lambda: zfs_all("rollback", "@manual"),
+                    lambda: timed([SITE + "/bin/supervisord"])])
+                record(size, r, "manual rollback", total)
+                record(size, r, "manual rollback: down", down)
+                zfs_all("destroy", "@manual")
+
+                total, down = rollback_like(poller, [
+                    lambda: timed([ctl, "shutdown"]), wait_stopped,
+                    lambda: timed([SITE + "/bin/snapshotrestore", "--no-prompt", "-q"]),
+                    lambda: timed([SITE + "/bin/supervisord"])])
+                record(size, r, "snapshotrestore", total)
+                record(size, r, "snapshotrestore: down", down)
+            finally:
+                poller.stop()
+            say("%d MiB, run %d: %s" % (size, r + 1, ", ".join(
+                "%s %.2f s" % (m, s) for z, rr, m, s in rows if z == size and rr == r)))
+        if size == sizes[0]:
+            for r in range(runs):
+                made = make_sets(sets, "floor")
+                record(size, r, "zfs list (%d sets)" % sets, timed(
+                    ["zfs", "list", "-H", "-t", "snapshot", "-d", "1", "-o", "name"]
+                    + list(DATASETS)))
+                record(size, r, "zfs destroy (%d sets)" % sets, sum(
+                    timed(["zfs", "destroy", "%s@%s" % (d, ",".join(made))]) for d in DATASETS))
+                make_sets(sets, "sets")
+                record(size, r, "bin/snapshot --list (%d sets)" % sets,
+                       timed([SITE + "/bin/snapshot", "--list"]))
+                record(size, r, "bin/cleanup (%d sets)" % sets,
+                       timed([SITE + "/bin/cleanup", "-q"]))
+            say("%d snapshot sets: %s" % (sets, ", ".join(
+                "%s %.2f s" % (m, s) for z, rr, m, s in rows if "sets" in m and rr == 0)))
+    with open(out_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["size_mib", "run", "measure", "seconds"])
+        writer.writerows(rows)
+    say("wrote %d measurements to %s" % (len(rows), out_path))
+    return rows
+
+
+class BenchPool(layers.GuestPool):
+    """Room for a 1 GiB Data.fs and blobs, their snapshots and collective.recipe.backup's."""
+
+    vdev_size = 12 << 30
+
+
+class BenchSite(layers.Site, BenchPool):
+    pass
+
+
+def main():
+    sizes = [int(s) for s in os.environ.get("BENCH_SIZES", "10,100,1024").split(",")]
+    runs = int(os.environ.get("BENCH_RUNS", "3"))
+    sets = int(os.environ.get("BENCH_SETS", "500"))
+    out = os.environ.get("BENCH_OUT", "/mnt/share/bench.csv")
+    say("OpenZFS %s, sizes %s MiB, %d runs, %d snapshot sets" % (
+        os.environ.get("ZFSSNAP_LAB_SERIES", "?"), ",".join(map(str, sizes)), runs, sets))
+    BenchPool.setUp()
+    BenchSite.setUp()
+    try:
+        run(sizes, runs, sets, out)
+    finally:
+        BenchSite.tearDown()
+        BenchPool.tearDown()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

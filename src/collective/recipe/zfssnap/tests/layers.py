@@ -35,6 +35,7 @@ class GuestPool:
     """
 
     pools = ("tank", "data")
+    vdev_size = 2 << 30
 
     @classmethod
     def setUp(cls):
@@ -44,7 +45,7 @@ class GuestPool:
         for pool in cls.pools:
             vdev = os.path.join(SCRATCH, "%s-%s.img" % (cls.__name__, pool))
             with open(vdev, "wb") as f:
-                f.truncate(2 << 30)
+                f.truncate(cls.vdev_size)
             sh("zpool", "create", "-f", "-m", "/" + pool, pool, vdev)
 
     @classmethod
@@ -71,12 +72,14 @@ EVENTS = "/run/site-events.log"
 SCRIPTS = ("snapshot", "rollback", "cleanup")
 
 
-def buildout_cfg(extra_buildout="", extra_zfssnap="", extra_supervisor=""):
+def buildout_cfg(extra_buildout="", extra_zfssnap="", extra_supervisor="", port=PORT,
+                 backups="/scratch/site-backups", versions=""):
     links = os.environ.get("ZFSSNAP_LAB_FIND_LINKS", "/mnt/wheels /tmp/dist").split()
     with open(os.path.join(TEMPLATES, "buildout.cfg.in")) as f:
-        return f.read().format(find_links="\n    ".join(links), index=links[0], port=PORT,
+        return f.read().format(find_links="\n    ".join(links), index=links[0], port=port,
                                extra_buildout=extra_buildout, extra_zfssnap=extra_zfssnap,
-                               extra_supervisor=extra_supervisor)
+                               extra_supervisor=extra_supervisor, backups=backups,
+                               versions=versions)
 
 
 def run_in_site(*argv, input=None, env=None, user=None):

@@ -1,0 +1,31 @@
+"""The benchmark at its smallest, so that `make bench` cannot rot (lab guest only)."""
+import csv
+import os
+import tempfile
+import unittest
+
+from collective.recipe.zfssnap.tests import bench
+from collective.recipe.zfssnap.tests.layers import Site
+
+
+MEASURES = {"python start-up", "zfs snapshot", "zfs list", "zfs destroy", "bin/snapshot",
+            "bin/snapshot --list", "snapshotbackup", "bin/rollback", "bin/rollback: down",
+            "bin/cleanup", "manual rollback", "manual rollback: down", "snapshotrestore",
+            "snapshotrestore: down", "zfs list (3 sets)", "zfs destroy (3 sets)",
+            "bin/snapshot --list (3 sets)", "bin/cleanup (3 sets)"}
+
+
+class BenchSmokeTest(unittest.TestCase):
+    layer = Site
+
+    def setUp(self):
+        Site.reset()
+
+    def test_every_measurement_at_the_smallest_size(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "bench.csv")
+            bench.run([2], runs=1, sets=3, out_path=out)
+            with open(out) as f:
+                rows = list(csv.DictReader(f))
+        self.assertEqual({r["measure"] for r in rows}, MEASURES)
+        self.assertTrue(all(float(r["seconds"]) > 0 for r in rows), rows)

@@ -1,0 +1,82 @@
+"""The test site on zc.buildout 5.2 (what Plone 6.2 pins), with an old-style (pkg_resources)
+namespace package in the same buildout: collective.recipe.backup 5.1 (lab guest only)."""
+import os
+import shutil
+import subprocess
+import unittest
+
+from collective.recipe.zfssnap.tests import layers
+from collective.recipe.zfssnap.tests.layers import GuestPool
+from collective.recipe.zfssnap.tests.layers import sh
+
+
+SITE5 = "/srv/site5"
+PORT5 = 8085
+VENV5 = "/opt/venv-buildout5"
+VERSIONS = ("zc.buildout = 5.2.0\nzc.recipe.egg = 4.0.0\nsetuptools = 81.0.0\n"
+            "collective.recipe.backup = 5.1.0")
+
+
+def run5(*argv):
+    proc = subprocess.run(argv, cwd=SITE5, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, stdin=subprocess.DEVNULL)
+    return proc.returncode, proc.stdout
+
+
+class Buildout5Test(unittest.TestCase):
+    layer = GuestPool
+
+    def setUp(self):
+        for dataset, mountpoint in (("tank/site5", SITE5),
+                                    ("tank/site5-filestorage", SITE5 + "/var/filestorage")):
+            sh("zfs", "create", "-o", "mountpoint=" + mountpoint, dataset)
+        os.makedirs(SITE5 + "/var/log", exist_ok=True)
+        for name in ("app.py", "worker.py"):
+            shutil.copy(os.path.join(layers.TEMPLATES, name), SITE5)
+        links = os.environ.get("ZFSSNAP_LAB_FIND_LINKS", "/mnt/wheels").split()
+        sh("python3", "-m", "venv", VENV5)
+        sh(VENV5 + "/bin/pip", "install", "-q", "--disable-pip-version-check", "--no-index",
+           *["--find-links=" + link for link in links], "zc.buildout==5.2.0",
+           "setuptools==81.0.0")
+        cfg = layers.buildout_cfg(port=PORT5, backups="/scratch/site5-backups",
+                                  versions=VERSIONS)
+        cfg = cfg.replace("    ${buildout:directory}/var/blobstorage\n", "")
+        with open(SITE5 + "/buildout.cfg", "w") as f:
+            f.write(cfg.replace("[backup]\n", "[backup]\nbackup_blobs = false\n"))
+
+    def tearDown(self):
+        subprocess.run(["pkill", "-f", SITE5 + "/"])
+        layers.wait_for(lambda: subprocess.run(["pgrep", "-f", SITE5 + "/"],
+                                               stdout=subprocess.DEVNULL).returncode != 0,
+                        what="the zc.buildout 5 site to stop")
+        sh("zfs", "destroy", "-r", "tank/site5-filestorage", check=False)
+        sh("zfs", "destroy", "-r", "tank/site5", check=False)
+
+    def test_site_on_buildout_5_beside_an_old_style_namespace_package(self):
+        rc, out = run5(VENV5 + "/bin/buildout")
+        self.assertEqual(rc, 0, out)
+        self.assertIn("Generated script '%s/bin/rollback'" % SITE5, out)
+        with open(SITE5 + "/.installed.cfg") as f:
+            installed = f.read()
+        self.assertIn("collective.recipe.backup-5.1.0", installed)
+        rc, out = run5(SITE5 + "/bin/supervisord")
+        self.assertEqual(rc, 0, out)
+
+        def state():
+            import json
+            import urllib.request
+            with urllib.request.urlopen("http://127.0.0.1:%d/state" % PORT5, timeout=10) as r:
+                return json.loads(r.read())
+
+        before = layers.wait_for(state, what="the zc.buildout 5 site to answer")
+        rc, out = run5(SITE5 + "/bin/snapshot", "pre")
+        self.assertEqual(rc, 0, out)
+        import urllib.request
+        urllib.request.urlopen(urllib.request.Request(
+            "http://127.0.0.1:%d/write?blob=x" % PORT5, data=b"", method="POST"), timeout=30)
+        rc, out = run5(SITE5 + "/bin/rollback", "--yes")
+        self.assertEqual(rc, 0, out)
+        self.assertIn("Rolled back to", out)
+        self.assertEqual(layers.wait_for(state)["counter"], before["counter"])
+        rc, out = run5(SITE5 + "/bin/cleanup")
+        self.assertEqual(rc, 0, out)
