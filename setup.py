@@ -61,11 +61,15 @@ setup(
         "test": [
             "collective.recipe.supervisor",
             "supervisor",
+            "ZODB",
             "zope.testing",
             "zope.testrunner",
         ],
     },
     entry_points={
         "zc.buildout": ["default = collective.recipe.zfssnap.recipe:Recipe"],
+        "zc.buildout.extension": ["default = collective.recipe.zfssnap.extension:extension"],
+        "zc.buildout.unloadextension": [
+            "default = collective.recipe.zfssnap.extension:unload"],
     },
 )

@@ -32,10 +32,12 @@ case "$run" in
             echo "matrix: $run skipped: this machine has no python$version"
             exit 0
         fi
-        # The development pins' newest releases have dropped the oldest Pythons: let
-        # buildout pick what supports this one.
-        pins=(versions:zope.interface= versions:zope.testrunner= versions:zope.testing=
-              versions:zope.exceptions=) ;;
+        # The development pins' newest releases may have dropped this Python: let buildout
+        # pick what supports it (zc.buildout and its recipes stay pinned).
+        mapfile -t pins < <(python3 -c 'import configparser, sys
+c = configparser.RawConfigParser(); c.read(sys.argv[1])
+print("\n".join("versions:%s=" % n for n in c["versions"] if not n.startswith("zc.")))' \
+            "$top/buildout.cfg") ;;
     *) echo "matrix.sh: unknown run '$run'" >&2; exit 2 ;;
 esac
 echo "matrix: $run ($("$python" --version), zc.buildout $buildout)"

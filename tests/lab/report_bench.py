@@ -24,12 +24,15 @@ RATIOS = [
     ("bin/rollback: down / manual rollback: down", "bin/rollback: down",
      ["manual rollback: down"], "1"),
     ("bin/rollback / manual rollback", "bin/rollback", ["manual rollback"], "1.3"),
+    ("bin/rollback --keep: down / bin/rollback: down", "bin/rollback --keep: down",
+     ["bin/rollback: down"], ""),
     ("bin/snapshot / snapshotbackup", "bin/snapshot", ["snapshotbackup"], ""),
     ("bin/rollback / snapshotrestore", "bin/rollback", ["snapshotrestore"], ""),
     ("bin/rollback: down / snapshotrestore: down", "bin/rollback: down",
      ["snapshotrestore: down"], ""),
 ]
-PLOTTED = ["bin/snapshot", "snapshotbackup", "bin/rollback", "manual rollback",
+PLOTTED = ["bin/snapshot", "snapshotbackup", "bin/rollback", "bin/rollback --keep",
+           "manual rollback",
            "snapshotrestore", "bin/rollback: down", "manual rollback: down",
            "snapshotrestore: down"]
 

@@ -4,6 +4,7 @@ One `zfs destroy DATASET@a,b,c` per dataset (batched only where the list would b
 one argument), the primary dataset last: its snapshots are how a set is found again, so a
 cleanup that fails half-way leaves nothing behind that the next one cannot see.
 """
+import datetime
 import time
 
 from collective.recipe.zfssnap import state
@@ -21,11 +22,48 @@ def protected_target(site):
     return data["target"] if data else None
 
 
-def cleanup(site, names=(), older_than=None, dry_run=False):
+def destroy_kept(site, kept, dry_run):
+    """Destroy states kept by bin/rollback --keep (with their snapshots); the names."""
     out = site.out
+    gone = []
+    for k in kept:
+        argv = site.zfs.command + ["destroy", "-r", k["name"]]
+        if dry_run:
+            out.command(argv)
+            continue
+        # The dataset that replaced it may still be its clone: promote it first.
+        origin = site.zfs.get([k["dataset"]], ["origin"]).get(k["dataset"], {}).get("origin", "")
+        if origin.startswith(k["name"] + "@"):
+            site.zfs.run("promote", k["dataset"])
+        out.action(" ".join(argv))
+        try:
+            site.zfs.destroy(k["name"], recursive=True)
+        except zfsmod.ZfsError as e:
+            raise Stop("destroying the kept %s failed: %s; destroyed before it: %s" % (
+                k["name"], site.permission_message(e, "destroy,mount"),
+                ", ".join(gone) or "nothing"))
+        out.log("destroy -r " + k["name"])
+        gone.append(k["name"])
+    return gone
+
+
+def cleanup(site, names=(), older_than=None, dry_run=False):
+    from collective.recipe.zfssnap import keep as keepmod
+    out = site.out
+    kept = keepmod.kept_datasets(site)
+    named = list(names)
+    if named:
+        kept = [k for k in kept if k["name"] in named]
+        names = [n for n in named if n not in [k["name"] for k in kept]]
+    elif older_than is not None:
+        limit = datetime.datetime.fromtimestamp(time.time() - older_than,
+                                                datetime.timezone.utc)
+        kept = [k for k in kept if k.get("created", "") < limit.strftime("%Y%m%dT%H%M%SZ")]
+    # Kept states first: the snapshots they were rolled back to are their clones' origins.
+    out.data["destroyed_kept"] = destroy_kept(site, kept, dry_run)
     sets = site.snapshot_sets()
     keep = site.config.get("keep", 0)
-    if names:
+    if named:
         chosen = []
         for name in names:
             found = find_in(site, sets, name)
@@ -50,7 +88,8 @@ def cleanup(site, names=(), older_than=None, dry_run=False):
     chosen = [s for s in chosen if s not in skipped]
     out.data.update(destroyed=[s.short for s in chosen], skipped=[s.short for s in skipped])
     if not chosen:
-        out.say("Nothing to clean up.")
+        out.say("Nothing else to clean up." if out.data["destroyed_kept"] else
+                "Nothing to clean up.")
         out.data["freed"] = 0
         return
     by_dataset = {}

@@ -146,10 +146,15 @@ class Deferred:
 
 
 def rollback(config, argv=None):
-    # Everything a rollback uses, imported now: the rollback replaces the eggs under us.
+    # Everything a rollback uses, imported now: the rollback replaces the eggs under us (and
+    # a virtualenv inside the buildout with them).
+    import urllib.error  # noqa: F401 (the health check)
+    import urllib.request  # noqa: F401
+    from collective.recipe.zfssnap import keep  # noqa: F401
     from collective.recipe.zfssnap import processes  # noqa: F401
     from collective.recipe.zfssnap import rollback as rollbackmod
     from collective.recipe.zfssnap import supervisor  # noqa: F401
+    from collective.recipe.zfssnap import zodb  # noqa: F401
 
     def arguments(parser):
         parser.add_argument("snapshot", nargs="?",
@@ -162,6 +167,11 @@ def rollback(config, argv=None):
                             "datasets")
         parser.add_argument("--diff", action="store_true",
                             help="summarise what changed since the snapshot (zfs diff)")
+        parser.add_argument("--keep", action=argparse.BooleanOptionalAction,
+                            default=config.get("keep_rolled_away", False),
+                            help="keep the state rolled away from (and newer snapshots) as "
+                            "datasets of their own instead of destroying it (default: the "
+                            "part's keep-rolled-away option)")
         parser.add_argument("--forget", action="store_true",
                             help="forget the record of an unfinished rollback (after showing "
                             "it) instead of rolling back")
@@ -183,7 +193,7 @@ def rollback(config, argv=None):
         try:
             rollbackmod.rollback(site, args.snapshot, yes=args.yes, dry_run=args.dry_run,
                                  force=args.force, diff=args.diff, confirm=confirm,
-                                 critical=deferred)
+                                 critical=deferred, keep=args.keep)
         finally:
             deferred.restore()
 

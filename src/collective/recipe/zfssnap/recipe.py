@@ -20,13 +20,15 @@ from collective.recipe.zfssnap import zfs as zfsmod
 
 
 SUPERVISOR_RECIPE = "collective.recipe.supervisor"
+ZODB_RECIPES = ("plone.recipe.zope2instance", "plone.recipe.zeoserver")
 HOOKS = ("before-snapshot", "after-snapshot", "before-rollback", "after-rollback")
 SCRIPTS = ("snapshot", "rollback", "cleanup")
 TRUE = ("true", "yes", "on", "1")
 FALSE = ("false", "no", "off", "0", "")
 OPTIONS = set(HOOKS) | {s + "-script" for s in SCRIPTS} | {
-    "dataset", "exclude-datasets", "extra-datasets", "hook-timeout", "keep", "lock-file",
-    "log-file", "prefix", "programs", "recipe", "recursive", "stop-timeout", "supervisor-conf",
+    "dataset", "exclude-datasets", "extra-datasets", "filestorages", "health-check",
+    "hook-timeout", "keep", "keep-rolled-away", "lock-file", "log-file", "prefix", "programs",
+    "recipe", "recursive", "release-guard", "stop-timeout", "supervisor-conf",
     "supervisorctl", "supervisord", "supervisord-unit", "warn-size", "zfs"}
 
 
@@ -53,7 +55,9 @@ class Recipe:
         for option, default in (("extra-datasets", ""), ("exclude-datasets", ""),
                                 ("recursive", "false"), ("prefix", name), ("keep", "0"),
                                 ("warn-size", "10G"), ("programs", ""), ("stop-timeout", "60"),
-                                ("hook-timeout", "600"), ("supervisord-unit", "")):
+                                ("hook-timeout", "600"), ("supervisord-unit", ""),
+                                ("release-guard", "refuse"), ("health-check", ""),
+                                ("keep-rolled-away", "false")):
             options.setdefault(option, default)
         for hook in HOOKS:
             options.setdefault(hook, "")
@@ -61,6 +65,7 @@ class Recipe:
             default = script if name == "zfssnap" else "%s-%s" % (name, script)
             options.setdefault(script + "-script", default)
         self.find_supervisor()
+        options.setdefault("filestorages", "\n".join(self.find_filestorages()))
         self.mountpoints = {}  # dataset -> where it is mounted (when it is)
         self.dataset_list, self.excluded = self.datasets()
         state = os.path.join(os.path.expanduser("~"), ".local", "state",
@@ -259,6 +264,32 @@ class Recipe:
             self.options.setdefault("supervisord", "none")
             self.options.setdefault("supervisor-conf", "")
 
+    def find_filestorages(self):
+        """The Data.fs files of the buildout's Zope instance or ZEO server parts."""
+        found = []
+        directory = self.buildout["buildout"]["directory"]
+        for part in self.buildout["buildout"].get("parts", "").split():
+            if part == self.name or part not in self.buildout._raw:
+                continue
+            recipe = self.buildout._raw[part].get("recipe", "").split(":")[0].strip()
+            if recipe not in ZODB_RECIPES:
+                continue
+            section = self.buildout[part]
+            var = section.get("var") or section.get("zeo-var") or os.path.join(directory, "var")
+            path = section.get("file-storage") or os.path.join(var, "filestorage", "Data.fs")
+            path = os.path.join(directory, path)
+            if path not in found:
+                found.append(path)
+        return found
+
+    def health_check(self):
+        value = self.options["health-check"].strip()
+        if not value:
+            return None
+        if re.match(r"^https?://", value):
+            return {"url": value}
+        return {"command": self.split("health-check")}
+
     def command_or_none(self, option):
         value = self.options[option].strip()
         return None if value.lower() in ("none", "") else self.split(option)
@@ -285,6 +316,10 @@ class Recipe:
                 raise self.error(script + "-script", "%r is also the name of another of the "
                                  "part's scripts: give each its own" % value)
             scripts[script] = value
+        guard = options["release-guard"].strip()
+        if guard not in ("refuse", "warn", "snapshot", "off"):
+            raise self.error("release-guard", "must be refuse, warn, snapshot or off, not %r"
+                             % guard)
         unit = options["supervisord-unit"].strip()
         if unit and not re.match(r"^[\w:.@-]+$", unit):
             raise self.error("supervisord-unit", "%r is not a systemd unit name" % unit)
@@ -318,6 +353,10 @@ class Recipe:
             "programs": options["programs"].split(),
             "stop_timeout": self.number("stop-timeout", 1),
             "hook_timeout": self.number("hook-timeout", 1),
+            "filestorages": [os.path.join(self.directory, p) for p in
+                             options["filestorages"].split()],
+            "health_check": self.health_check(),
+            "keep_rolled_away": self.boolean("keep-rolled-away"),
             "hooks": {hook: self.split(hook) for hook in HOOKS if options[hook].strip()},
             "lock_file": options["lock-file"],
             "log_file": options["log-file"],

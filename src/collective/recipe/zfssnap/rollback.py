@@ -7,6 +7,8 @@ every step, so that a rollback killed or failed at any point is finished by runn
 import os
 import time
 
+from collective.recipe.zfssnap import keep as keepmod
+from collective.recipe.zfssnap import mounts as mountsmod
 from collective.recipe.zfssnap import processes
 from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
@@ -40,8 +42,11 @@ def record_of(site):
 
 
 # -- the plan -------------------------------------------------------------------------------
-def plan_rollback(site, target, written=True):
-    """Everything the rollback of the datasets will do, checked before anything is changed."""
+def plan_rollback(site, target, written=True, keep=False):
+    """Everything the rollback of the datasets will do, checked before anything is changed.
+
+    With `keep` the newer snapshots are kept (with the state rolled away from): held and
+    cloned ones do not block it."""
     missing = [d for d in site.datasets if d not in target.members]
     if missing:
         raise Stop("the snapshot %s is missing on %s: rolling back only some of the datasets "
@@ -52,14 +57,14 @@ def plan_rollback(site, target, written=True):
         raise Stop("the snapshot %s was taken of %s, but this part now has %s: a rollback of "
                    "some of them would leave the site inconsistent; refusing" % (
                        target.short, ", ".join(recorded), ", ".join(site.datasets)), REFUSED)
-    plan = {"target": target, "datasets": []}
+    plan = {"target": target, "datasets": [], "keep": keep}
     blockers = []
     all_newer = site.zfs.newer(site.datasets, {d: target.members[d].createtxg
                                                for d in site.datasets})
     for dataset in site.datasets:
         snap = target.members[dataset]
         newer = all_newer[dataset]
-        for s in newer:
+        for s in newer if not keep else ():
             if s.userrefs:
                 blockers.append("%s is held (%s)" % (s.name, ", ".join(site.zfs.holds(s.name))))
             if s.clones:
@@ -70,9 +75,34 @@ def plan_rollback(site, target, written=True):
     if blockers:
         raise Stop("refusing to roll back: newer snapshots must be destroyed by the rollback "
                    "but ZFS would stop half-way on these: %s; release the holds (zfs release) "
-                   "or promote/destroy the clones first; nothing was changed"
-                   % "; ".join(blockers), REFUSED)
+                   "or promote/destroy the clones first, or keep them (--keep); nothing was "
+                   "changed" % "; ".join(blockers), REFUSED)
     return plan
+
+
+def zodb_view(site, plan):
+    """What the rollback undoes in each FileStorage the part knows: the transactions committed
+    since the snapshot, read from the live Data.fs back to the snapshot's last one."""
+    from collective.recipe.zfssnap import zodb
+    table = mountsmod.zfs_mounts()
+    snapshots = {e["dataset"]: e["snapshot"] for e in plan["datasets"]}
+    views = []
+    for path in site.config.get("filestorages", ()):
+        mount = mountsmod.holding(path, table) if os.path.exists(path) else None
+        if mount is None or mount.dataset not in snapshots:
+            continue
+        short = snapshots[mount.dataset].split("@", 1)[1]
+        relative = os.path.relpath(os.path.realpath(path), mount.mountpoint)
+        then = os.path.join(mount.mountpoint, ".zfs", "snapshot", short, relative)
+        view = {"path": path}
+        try:
+            last = zodb.last_tid(then) if os.path.exists(then) else None
+            view.update(zodb.since(path, last))
+        except (OSError, zodb.Unreadable) as e:
+            view["error"] = str(e)
+        views.append(view)
+    plan["zodb"] = views
+    return views
 
 
 def rollback_argv(site, entry):
@@ -88,20 +118,37 @@ def show_plan(site, plan, diff=False, always=False):
     out = site.out
     say = out.plan if always else out.say
     target = plan["target"]
-    say("Rollback of %s to %s (label: %s, created %s, git %s)" % (
+    say("Rollback of %s to %s (label: %s, created %s, git %s)%s" % (
         ", ".join(site.datasets), target.short, target.label or "-",
         target.properties.get("created", "?"),
-        target.properties.get("git-describe") or target.properties.get("git-revision", "-")))
+        target.properties.get("git-describe") or target.properties.get("git-revision", "-"),
+        ", keeping the state rolled away from" if plan.get("keep") else ""))
     for entry in plan["datasets"]:
-        say("  %s: undoes %s written since the snapshot" % (
-            entry["dataset"], zfsmod.format_size(entry["written"] or 0)))
+        say("  %s: %s %s written since the snapshot" % (
+            entry["dataset"], "keeps apart" if plan.get("keep") else "undoes",
+            zfsmod.format_size(entry["written"] or 0)))
         for name in entry["newer"]:
-            say("    destroys the newer %s" % name)
+            say("    %s the newer %s" % ("keeps" if plan.get("keep") else "destroys", name))
         if diff:
             summary = diff_summary(site, entry["snapshot"])
             entry["diff"] = summary
             say("    changes since: %s" % summary)
+    for view in plan.get("zodb", ()):
+        if "error" in view:
+            say("  ZODB %s: cannot tell what it undoes (%s)" % (view["path"], view["error"]))
+            continue
+        if not view["count"]:
+            say("  ZODB %s: no transaction since the snapshot" % view["path"])
+            continue
+        say("  ZODB %s: %s %d transaction%s committed since the snapshot, %s to %s:" % (
+            view["path"], "keeps apart" if plan.get("keep") else "undoes", view["count"],
+            "s" if view["count"] != 1 else "", view["first"], view["last"]))
+        for t in view["transactions"]:
+            say("    %s  %s  %s" % (t["time"], t["user"] or "-", t["description"] or "-"))
+        if view["count"] > len(view["transactions"]):
+            say("    ... and %d more" % (view["count"] - len(view["transactions"])))
     out.data["plan"] = [dict(e) for e in plan["datasets"]]
+    out.data["zodb"] = plan.get("zodb", [])
     out.data["target"] = target.as_dict()
 
 
@@ -188,6 +235,7 @@ class Run:
         self.force = force
         self.data = None  # the record's content while the rollback is unfinished
         self.stopped_at = None
+        self.swaps = []  # with --keep: the clones made to take the datasets' places
 
     def save(self, **changes):
         self.data.update(changes)
@@ -277,6 +325,7 @@ class Run:
     def abort(self, reason, code=FAILED, advice=""):
         """Nothing was rolled back: start again what was stopped, and Stop with `reason`."""
         self.out.log("rollback aborted before any dataset was rolled back: %s" % reason)
+        keepmod.undo(self.site, self.swaps)
         try:
             late = self.start()
         except SupervisorError as e:
@@ -350,6 +399,8 @@ class Run:
                        "again), or start it with: %s" % (target, e.message,
                                                           self.site.scripts["rollback"],
                                                           self.start_hint()), FAILED)
+        if not late:
+            self.health(target)
         if late:
             logs = self.site.config.get("supervisorctl")
             raise Stop("rolled back every dataset to %s, but %s did not get to RUNNING: look at "
@@ -359,6 +410,30 @@ class Run:
                            "their logs", " ".join(logs) if logs else "supervisorctl", late[0],
                            self.site.scripts["rollback"]), FAILED)
         self.record.clear()
+
+    def health(self, target):
+        """Wait until the part's health check passes (within stop-timeout)."""
+        check = self.site.config.get("health_check")
+        if not check:
+            return
+        timeout = self.site.config.get("stop_timeout", 60)
+        started = time.monotonic()
+        what = check.get("url") or " ".join(check["command"])
+        self.out.action("health check: " + what)
+        while True:
+            ok, why = probe(check)
+            if ok:
+                self.out.data["health_seconds"] = round(time.monotonic() - started, 2)
+                self.out.log("health check passed: %s" % what)
+                return
+            if time.monotonic() - started > timeout:
+                self.record.clear()
+                self.out.log("health check failed: %s: %s" % (what, why))
+                raise Stop("rolled back every dataset to %s and started what ran before, but "
+                           "the health check %s did not pass within %d s (%s): the site does "
+                           "not answer as it should; look at its logs" % (
+                               target, what, timeout, why), FAILED)
+            time.sleep(0.2)
 
     # -- the datasets -----------------------------------------------------------------------
     def roll_back(self, plan, commands):
@@ -374,6 +449,18 @@ class Run:
         except zfsmod.ZfsError as e:
             raise self.failed_midway(plan, done, self.site.permission_message(
                 e, "rollback,destroy,mount"))
+
+    def swap(self, plan, target):
+        done = []
+        try:
+            keepmod.swap(self.site, self.swaps, target, done)
+        except (zfsmod.ZfsError, OSError) as e:
+            self.save(rolled_back=list(done))
+            raise self.failed_midway(plan, done, getattr(e, "message", None) or str(e))
+        self.save(rolled_back=list(done))
+        for s in self.swaps:
+            self.out.log("rollback %s: %s is now a clone of the snapshot, the state before is "
+                         "kept in %s" % (target, s["dataset"], s["kept"]))
 
     def failed_midway(self, plan, done, reason, code=FAILED, advice=""):
         """The Stop for a rollback that failed after the site was stopped."""
@@ -397,7 +484,7 @@ class Run:
 
 
 def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=False,
-             confirm=None, critical=None):
+             confirm=None, critical=None, keep=False):
     out = site.out
     run = Run(site, force)
     mountpoints = site.check_layout("roll back")
@@ -414,8 +501,11 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
     target = site.find_set(wanted)
     if pending and pending.get("stage") == "rolled back":
         return resume_start(run, pending, target, yes, dry_run, confirm, critical)
-    plan = plan_rollback(site, target)
+    if keep:
+        keepmod.check(site)
+    plan = plan_rollback(site, target, keep=keep)
     commands = [rollback_argv(site, e) for e in plan["datasets"]]
+    zodb_view(site, plan)
     show_plan(site, plan, diff=diff, always=not yes and not dry_run)
     if dry_run:
         for argv in commands:
@@ -430,6 +520,10 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
         critical()
     procs, daemon_pid, run.data = run.survey(pending)
     run.data.update(target=target.short)
+    stamp = state.utc_stamp().replace("-", "").replace(":", "")
+    if keep:
+        run.swaps = keepmod.prepare(site, plan, stamp)
+        run.data.update(keep=[dict(s) for s in run.swaps])
     managed = processes.with_descendants([daemon_pid or 0] + [p.pid for p in procs.values()
                                                               if p.pid])
     # Before anything is stopped: processes outside supervisor would block anyway.
@@ -442,7 +536,7 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
         raise run.failed_midway(plan, [], e.message)
     run.save(stage="stopped")
     try:
-        fresh = plan_rollback(site, target, written=False)
+        fresh = plan_rollback(site, target, written=False, keep=keep)
         if not same_plan(plan, fresh):
             raise run.failed_midway(plan, [], "the snapshots changed while the site was being "
                                     "stopped (a new snapshot, hold or clone)", REFUSED,
@@ -456,11 +550,22 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
     except zfsmod.ZfsError as e:
         raise run.failed_midway(plan, [], e.message)
     run.save(stage="rolling back")
-    run.roll_back(plan, commands)
+    if keep:
+        run.swap(plan, target.short)
+    else:
+        run.roll_back(plan, commands)
     run.save(stage="rolled back")
     out.data["rolled_back"] = [e["dataset"] for e in plan["datasets"]]
     run.finish_start(target.short)
+    if keep:
+        keepmod.settle(site, run.swaps, target.short, stamp)
+        out.data["kept"] = [s["kept"] for s in run.swaps]
     report(run, target.short)
+    if keep:
+        out.say("The state rolled away from is kept in %s (read-only, not mounted): look "
+                "inside with zfs set mountpoint=/mnt/rolled-away DATASET; %s --list shows "
+                "them, %s destroys them." % (", ".join(s["kept"] for s in run.swaps),
+                                             site.scripts["snapshot"], site.scripts["cleanup"]))
     return plan
 
 
@@ -482,6 +587,31 @@ def resume_start(run, pending, target, yes, dry_run, confirm, critical):
     return None
 
 
+def probe(check):
+    """(passed, why not) of one try of a health check: a URL (a status below 400) or a
+    command (exit code 0)."""
+    import subprocess
+    if check.get("url"):
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen(check["url"], timeout=5) as response:
+                return response.status < 400, "HTTP %d" % response.status
+        except urllib.error.HTTPError as e:
+            return False, "HTTP %d" % e.code
+        except (OSError, ValueError) as e:
+            return False, str(getattr(e, "reason", e))
+    try:
+        proc = subprocess.run(check["command"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=30, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return False, "it did not finish within 30 s"
+    except OSError as e:
+        return False, e.strerror
+    return proc.returncode == 0, "exit %d" % proc.returncode
+
+
 def report(run, target):
     out = run.out
     hook_error = None
@@ -492,7 +622,9 @@ def report(run, target):
     if run.stopped_at is not None:
         down = time.monotonic() - run.stopped_at
         out.data["downtime_seconds"] = round(down, 2)
-        out.say("Rolled back to %s; the site was down for %.1f s." % (target, down))
+        out.say("Rolled back to %s; the site was down for %.1f s%s." % (
+            target, down, " (until the health check passed)"
+            if run.site.config.get("health_check") else ""))
     else:
         out.say("Rolled back to %s." % target)
     if hook_error:

@@ -195,8 +195,17 @@ def warn_about_growth(site, newest):
 
 
 def list_snapshots(site):
+    from collective.recipe.zfssnap import keep
     sets = site.snapshot_sets()
+    kept = keep.kept_datasets(site)
     site.out.data["snapshots"] = [s.as_dict() for s in sets]
+    site.out.data["kept"] = kept
+    if kept:
+        site.out.say("States kept by bin/rollback --keep (read-only, not mounted; look inside "
+                     "with zfs set mountpoint=/mnt/rolled-away NAME):")
+        for k in kept:
+            site.out.say("  %s  (%s before the rollback to %s, %s)" % (
+                k["name"], k.get("dataset", "?"), k.get("target", "?"), k.get("created", "?")))
     if not sets:
         site.out.say("This part has no snapshots of %s." % site.primary)
         return

@@ -128,8 +128,9 @@ class Record:
     every step, so that a rollback killed at any point can be finished by running it again.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, required="target"):
         self.path = path
+        self.required = required
 
     def load(self):
         """The recorded dict, or None. A record that cannot be read is an error, not None:
@@ -144,11 +145,11 @@ class Record:
             text = f.read()
         try:
             data = json.loads(text)
-            if not isinstance(data, dict) or "target" not in data:
-                raise ValueError("no target")
+            if not isinstance(data, dict) or self.required not in data:
+                raise ValueError("no %s" % self.required)
         except ValueError as e:
-            raise StateError("the record of an unfinished rollback, %s, cannot be read (%s): "
-                             "look at it, then remove it by hand" % (self.path, e))
+            raise StateError("the record %s cannot be read (%s): look at it, then remove it by "
+                             "hand" % (self.path, e))
         return data
 
     def save(self, data):

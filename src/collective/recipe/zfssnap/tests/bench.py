@@ -6,7 +6,7 @@ size and run it times:
 
 - the floor: Python's start-up and the raw zfs commands each script must run;
 - bin/snapshot against collective.recipe.backup's bin/snapshotbackup (blobs included);
-- bin/rollback --yes against the manual sequence (supervisorctl shutdown, zfs rollback of each
+- bin/rollback --yes (and with --keep) against the manual sequence (supervisorctl shutdown, zfs rollback of each
   dataset, bin/supervisord) and against bin/snapshotrestore with the same stop and start: the
   time from the command until the site answers with the old data, and the time it was down
   (from its last answer before to its first answer after, as a client polling it sees it);
@@ -199,6 +199,13 @@ def run(sizes, runs, sets, out_path):
                 record(size, r, "bin/rollback", total)
                 record(size, r, "bin/rollback: down", down)
                 record(size, r, "bin/cleanup", timed([SITE + "/bin/cleanup", "-q"]))
+
+                timed([SITE + "/bin/snapshot", "bench-keep"])
+                total, down = rollback_like(poller, [
+                    lambda: timed([SITE + "/bin/rollback", "--yes", "--keep", "-q"])])
+                record(size, r, "bin/rollback --keep", total)
+                record(size, r, "bin/rollback --keep: down", down)
+                timed([SITE + "/bin/cleanup", "-q"])
 
                 timed(["zfs", "snapshot"] + ["%s@manual" % d for d in DATASETS])
                 total, down = rollback_like(poller, [

@@ -10,7 +10,8 @@ from collective.recipe.zfssnap.tests.layers import Site
 
 MEASURES = {"python start-up", "zfs snapshot", "zfs list", "zfs destroy", "bin/snapshot",
             "bin/snapshot --list", "snapshotbackup", "bin/rollback", "bin/rollback: down",
-            "bin/cleanup", "manual rollback", "manual rollback: down", "snapshotrestore",
+            "bin/cleanup", "bin/rollback --keep", "bin/rollback --keep: down",
+            "manual rollback", "manual rollback: down", "snapshotrestore",
             "snapshotrestore: down", "zfs list (3 sets)", "zfs destroy (3 sets)",
             "bin/snapshot --list (3 sets)", "bin/cleanup (3 sets)"}
 

@@ -33,6 +33,8 @@ class Buildout5Test(unittest.TestCase):
         os.makedirs(SITE5 + "/var/log", exist_ok=True)
         for name in ("app.py", "worker.py"):
             shutil.copy(os.path.join(layers.TEMPLATES, name), SITE5)
+        with open(SITE5 + "/VERSION", "w") as f:
+            f.write("1.0\n")
         links = os.environ.get("ZFSSNAP_LAB_FIND_LINKS", "/mnt/wheels").split()
         sh("python3", "-m", "venv", VENV5)
         sh(VENV5 + "/bin/pip", "install", "-q", "--disable-pip-version-check", "--no-index",
@@ -41,8 +43,10 @@ class Buildout5Test(unittest.TestCase):
         cfg = layers.buildout_cfg(port=PORT5, backups="/scratch/site5-backups",
                                   versions=VERSIONS)
         cfg = cfg.replace("    ${buildout:directory}/var/blobstorage\n", "")
+        cfg = cfg.replace("blob-storage = ${buildout:directory}/var/blobstorage",
+                          "backup_blobs = false")
         with open(SITE5 + "/buildout.cfg", "w") as f:
-            f.write(cfg.replace("[backup]\n", "[backup]\nbackup_blobs = false\n"))
+            f.write(cfg)
 
     def tearDown(self):
         subprocess.run(["pkill", "-f", SITE5 + "/"])
@@ -52,6 +56,8 @@ class Buildout5Test(unittest.TestCase):
         sh("zfs", "destroy", "-r", "tank/site5-filestorage", check=False)
         sh("zfs", "destroy", "-r", "tank/site5", check=False)
 
+    @unittest.skipIf(os.environ.get("ZFSSNAP_LAB_SERIES") not in (None, "2.1"),
+                     "zc.buildout's behaviour does not depend on OpenZFS: run on 2.1 only")
     def test_site_on_buildout_5_beside_an_old_style_namespace_package(self):
         rc, out = run5(VENV5 + "/bin/buildout")
         self.assertEqual(rc, 0, out)
@@ -68,7 +74,13 @@ class Buildout5Test(unittest.TestCase):
             with urllib.request.urlopen("http://127.0.0.1:%d/state" % PORT5, timeout=10) as r:
                 return json.loads(r.read())
 
-        before = layers.wait_for(state, what="the zc.buildout 5 site to answer")
+        try:
+            before = layers.wait_for(state, what="the zc.buildout 5 site to answer")
+        except AssertionError:
+            logs = "".join(open(os.path.join(SITE5, "var", "log", n), errors="replace").read()
+                           for n in sorted(os.listdir(SITE5 + "/var/log")) if "app" in n)
+            raise AssertionError("the zc.buildout 5 site does not answer: %s\n%s" % (
+                run5(SITE5 + "/bin/supervisorctl", "status")[1], logs[-3000:]))
         rc, out = run5(SITE5 + "/bin/snapshot", "pre")
         self.assertEqual(rc, 0, out)
         import urllib.request

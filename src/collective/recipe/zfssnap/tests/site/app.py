@@ -1,7 +1,9 @@
 """The test site's application: a ZODB app (FileStorage + blobs) answering HTTP on 127.0.0.1.
 
     GET  /state              {"counter", "last_tid", "blobs": {name: text}, "version"}
-    POST /write?blob=NAME    one transaction: counter + 1 and a new blob NAME
+    POST /write?blob=NAME[&user=U&note=D]
+                             one transaction: counter + 1 and a new blob NAME, by user U
+                             with description D (as Zope records them)
 
 Run by supervisor as `bin/py app.py BUILDOUT_DIR PORT`; its Data.fs and blobs live on datasets
 of their own, as a production site's would.
@@ -75,7 +77,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         tm = transaction.TransactionManager()
         conn = db.open(tm)
         try:
-            with tm:
+            with tm as txn:
+                if "user" in query:
+                    txn.setUser(query["user"][0], "/Plone")
+                if "note" in query:
+                    txn.note(query["note"][0])
                 root = conn.root()
                 root["counter"] = root.get("counter", 0) + 1
                 if "blobs" not in root:

@@ -1,0 +1,93 @@
+"""The release guard (extensions = collective.recipe.zfssnap) in real bin/buildout runs, on
+real OpenZFS (lab guest only)."""
+import json
+import unittest
+
+from collective.recipe.zfssnap.tests.layers import GIT
+from collective.recipe.zfssnap.tests.layers import SITE
+from collective.recipe.zfssnap.tests.layers import Site
+from collective.recipe.zfssnap.tests.layers import bin_
+from collective.recipe.zfssnap.tests.layers import edit
+from collective.recipe.zfssnap.tests.layers import run_in_site
+from collective.recipe.zfssnap.tests.layers import sh
+
+
+def buildout():
+    return run_in_site("/opt/venv/bin/buildout")
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def change_a_part():
+    """A release's buildout change: another part's options (the repozo scripts)."""
+    edit(SITE + "/buildout.cfg", "scripts = repozo", "scripts = repozo\ninterpreter = zopepy")
+
+
+class ReleaseGuardTest(unittest.TestCase):
+    layer = Site
+
+    def setUp(self):
+        Site.reset()
+        edit(SITE + "/buildout.cfg", "versions = versions",
+             "versions = versions\nextensions = collective.recipe.zfssnap")
+        rc, out, err = buildout()  # changes no part: not stopped, and recorded
+        assert rc == 0, out + err
+
+    def test_a_change_without_a_snapshot_is_stopped_before_anything_changes(self):
+        change_a_part()
+        installed = read(SITE + "/.installed.cfg")
+        rc, out, err = buildout()
+        self.assertNotEqual(rc, 0, out + err)
+        self.assertIn("Error: [zfssnap] release guard: bin/buildout would change the installed "
+                      "site (reinstall repozo), and the part zfssnap has no snapshot taken "
+                      "since the last successful bin/buildout (", out + err)
+        self.assertIn("take one first: %s/bin/snapshot LABEL, then run bin/buildout again"
+                      % SITE, out + err)
+        self.assertNotIn("Traceback", out + err)
+        self.assertEqual(read(SITE + "/.installed.cfg"), installed)
+
+        rc, out, err = bin_("snapshot", "pre")
+        self.assertEqual(rc, 0, out + err)
+        rc, out, err = buildout()
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("Installing repozo.", out + err)
+        rc, out, err = buildout()  # nothing changes: never stopped
+        self.assertEqual(rc, 0, out + err)
+
+    def test_a_moved_checkout_gets_the_commands_to_snapshot_the_old_revision(self):
+        before = sh("git", "-C", SITE, "rev-parse", "HEAD").strip()
+        change_a_part()
+        sh(*GIT, "-C", SITE, "commit", "-q", "-a", "-m", "Release 2.0")
+        after = sh("git", "-C", SITE, "rev-parse", "HEAD").strip()
+        rc, out, err = buildout()
+        self.assertNotEqual(rc, 0, out + err)
+        self.assertIn("the checkout has moved since, from %s to %s: to snapshot the site as it "
+                      "was, type: git -C %s checkout %s && %s/bin/snapshot pre-release && "
+                      "git -C %s checkout %s" % (before[:12], after[:12], SITE, before, SITE,
+                                                 SITE, after), out + err)
+
+    def test_snapshot_mode_takes_one_labelled_as_made_by_buildout(self):
+        edit(SITE + "/buildout.cfg", "stop-timeout = 30", "stop-timeout = 30\n"
+             "release-guard = snapshot")
+        change_a_part()
+        rc, out, err = buildout()
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("taking one now (release-guard = snapshot)", out + err)
+        rc, out, err = bin_("snapshot", "--list", "--json")
+        sets = json.loads(out)["snapshots"]
+        self.assertEqual([s["label"] for s in sets], ["buildout"])
+        self.assertEqual(sh("zfs", "get", "-H", "-o", "value",
+                            "collective.recipe.zfssnap:made-by",
+                            "tank/site@" + sets[0]["name"]).strip(), "bin/buildout")
+
+    def test_warn_mode_goes_on(self):
+        edit(SITE + "/buildout.cfg", "stop-timeout = 30", "stop-timeout = 30\n"
+             "release-guard = warn")
+        change_a_part()
+        rc, out, err = buildout()
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("going on (release-guard = warn)", out + err)
+        self.assertIn("Installing repozo.", out + err)
