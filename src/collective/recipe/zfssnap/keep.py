@@ -8,6 +8,9 @@ is stopped; while it is down each dataset costs an unmount, two renames and a mo
 site runs again the new datasets are promoted (they take over the older snapshots), so that the
 kept ones can be destroyed on their own.
 """
+import os
+import subprocess
+
 from collective.recipe.zfssnap import mounts as mountsmod
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.site import P
@@ -102,10 +105,11 @@ def swap(site, swaps, target, done):
     """While the site is down: each dataset's clone takes its place. `done` gets the datasets
     swapped so far."""
     order = sorted(swaps, key=lambda s: s["mountpoint"] or "")
+    os.chdir("/")  # this process's own working directory must not keep a dataset busy
     for s in reversed(order):  # the innermost mounts first
         if s["mounted"]:
             site.out.action(" ".join(site.zfs.command + ["unmount", s["dataset"]]))
-            site.zfs.run("unmount", s["dataset"])
+            unmount(site, s)
     for s in order:
         site.out.action("%s rename -u %s %s; rename -u %s %s" % (
             " ".join(site.zfs.command), s["dataset"], s["kept"], s["new"], s["dataset"]))
@@ -117,12 +121,34 @@ def swap(site, swaps, target, done):
             site.zfs.run("set", "mountpoint=legacy", s["dataset"])
             mount = ["mount", "-t", "zfs", s["dataset"], s["mountpoint"]]
             site.out.action(" ".join(mount))
-            import subprocess
             subprocess.run(mount, check=True, stdin=subprocess.DEVNULL,
                            start_new_session=True)
         elif s["mounted"]:
             site.out.action(" ".join(site.zfs.command + ["mount", s["dataset"]]))
             site.zfs.run("mount", s["dataset"])
+
+
+def unmount(site, swap):
+    """Unmount a dataset that may be some shell's working directory (the operator's own, who
+    typed bin/rollback in the buildout): detached lazily on Linux, forcibly on FreeBSD. Such a
+    shell sees the state rolled away from until it changes directory."""
+    proc = site.zfs.run("unmount", swap["dataset"], check=False)
+    if proc.returncode == 0:
+        return
+    if "busy" not in proc.stderr:
+        raise zfsmod.ZfsError("'zfs unmount %s' failed: %s" % (swap["dataset"],
+                                                                proc.stderr.strip()),
+                              stderr=proc.stderr)
+    if os.path.isdir("/proc/self"):
+        argv = ["umount", "-l", swap["mountpoint"]]
+    else:
+        argv = site.zfs.command + ["unmount", "-f", swap["dataset"]]
+    site.out.note("%s is busy (a working directory in it): %s" % (swap["dataset"],
+                                                                   " ".join(argv)))
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          stdin=subprocess.DEVNULL, start_new_session=True)
+    if done.returncode != 0:
+        raise zfsmod.ZfsError("'%s' failed: %s" % (" ".join(argv), done.stdout.strip()))
 
 
 def settle(site, swaps, target, stamp):

@@ -5,6 +5,7 @@ far the rollback got are recorded outside the datasets before anything is stoppe
 every step, so that a rollback killed or failed at any point is finished by running it again.
 """
 import os
+import subprocess
 import time
 
 from collective.recipe.zfssnap import keep as keepmod
@@ -454,9 +455,24 @@ class Run:
         done = []
         try:
             keepmod.swap(self.site, self.swaps, target, done)
-        except (zfsmod.ZfsError, OSError) as e:
+        except (zfsmod.ZfsError, OSError, subprocess.CalledProcessError) as e:
             self.save(rolled_back=list(done))
-            raise self.failed_midway(plan, done, getattr(e, "message", None) or str(e))
+            reason = getattr(e, "message", None) or str(e)
+            self.out.log("rollback --keep FAILED after %s: %s" % (",".join(done), reason))
+            zfs = " ".join(self.site.zfs.command)
+            steps = []
+            for s in self.swaps:
+                if s["dataset"] not in done:
+                    steps.append("%s rename -u %s %s; %s rename -u %s %s" % (
+                        zfs, s["dataset"], s["kept"], zfs, s["new"], s["dataset"]))
+            steps += ["%s mount %s" % (zfs, s["dataset"]) for s in self.swaps if s["mounted"]]
+            raise Stop("the --keep rollback failed half-way (%s): %s took the place of %s; "
+                       "the others did not, and the datasets may be unmounted; nothing was "
+                       "started again: finish by hand (%s), then start the site (%s)" % (
+                           reason, ", ".join(s["new"] for s in self.swaps
+                                             if s["dataset"] in done) or "no clone",
+                           ", ".join(done) or "any dataset", "; ".join(steps),
+                           self.start_hint()), INCOMPLETE)
         self.save(rolled_back=list(done))
         for s in self.swaps:
             self.out.log("rollback %s: %s is now a clone of the snapshot, the state before is "
@@ -520,15 +536,16 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
         critical()
     procs, daemon_pid, run.data = run.survey(pending)
     run.data.update(target=target.short)
-    stamp = state.utc_stamp().replace("-", "").replace(":", "")
-    if keep:
-        run.swaps = keepmod.prepare(site, plan, stamp)
-        run.data.update(keep=[dict(s) for s in run.swaps])
     managed = processes.with_descendants([daemon_pid or 0] + [p.pid for p in procs.values()
                                                               if p.pid])
     # Before anything is stopped: processes outside supervisor would block anyway.
     check_open_files(site, mountpoints, managed, force, before_stop=True)
     site.hook("before-rollback")
+    stamp = state.utc_stamp().replace("-", "").replace(":", "")
+    if keep:
+        # While the site still runs: the clones cost no downtime.
+        run.swaps = keepmod.prepare(site, plan, stamp)
+        run.data.update(keep=[dict(s) for s in run.swaps])
     run.save()
     try:
         run.stop(mountpoints, procs, daemon_pid)
@@ -556,10 +573,12 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
         run.roll_back(plan, commands)
     run.save(stage="rolled back")
     out.data["rolled_back"] = [e["dataset"] for e in plan["datasets"]]
-    run.finish_start(target.short)
-    if keep:
-        keepmod.settle(site, run.swaps, target.short, stamp)
-        out.data["kept"] = [s["kept"] for s in run.swaps]
+    try:
+        run.finish_start(target.short)
+    finally:
+        if keep:  # once the site runs again (or failed to): not part of the downtime
+            keepmod.settle(site, run.swaps, target.short, stamp)
+            out.data["kept"] = [s["kept"] for s in run.swaps]
     report(run, target.short)
     if keep:
         out.say("The state rolled away from is kept in %s (read-only, not mounted): look "

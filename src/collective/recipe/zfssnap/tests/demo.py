@@ -46,11 +46,16 @@ def show(argv, answer=None):
                                         time.monotonic() - started), flush=True)
 
 
+class DemoSite(layers.Site):
+    # The part knows the site's Data.fs: the rollback plan says what it undoes in ZODB terms.
+    extra_zfssnap = "filestorages = ${buildout:directory}/var/filestorage/Data.fs"
+
+
 def main():
     print("Building a throwaway site on pool tank (datasets tank/site, tank/site-filestorage, "
           "tank/site-blobstorage)...", flush=True)
     layers.GuestPool.setUp()
-    layers.Site.setUp()
+    DemoSite.setUp()
     print("The site runs: %s\n" % app(), flush=True)
 
     show(["bin/snapshot", "pre-2.0", "-m", "before the 2.0 release"])
@@ -63,8 +68,9 @@ def main():
     layers.sh(*layers.GIT, "-C", SITE, "tag", "2.0")
     show(["/usr/bin/git", "checkout", "-q", "2.0"])
     show(["/opt/venv/bin/buildout", "-q"])
-    app("/write?blob=release-2.0", "POST")
-    print("The site after the release: %s\n" % app(), flush=True)
+    app("/write?blob=release-2.0&user=admin&note=/Plone/@@upgrade-2.0", "POST")
+    app("/write?blob=news&user=editor&note=/Plone/news/edit", "POST")
+    print("The site after the release (and an editor's change): %s\n" % app(), flush=True)
 
     print("# wrong inputs first", flush=True)
     show(["bin/snapshot", "pre/2.0"])
@@ -79,7 +85,7 @@ def main():
     show(["bin/cleanup", "--dry-run"])
     show(["bin/cleanup"])
     show(["bin/snapshot", "--list"])
-    layers.Site.tearDown()
+    DemoSite.tearDown()
     layers.GuestPool.tearDown()
 
 

@@ -297,6 +297,8 @@ class Site(GuestPool):
     baseline snapshot through `reset()`.
     """
 
+    extra_zfssnap = ""  # more options of the [zfssnap] part
+
     @classmethod
     def setUp(cls):
         for dataset, mountpoint in DATASETS.items():
@@ -309,7 +311,7 @@ class Site(GuestPool):
         with open(SITE + "/VERSION", "w") as f:
             f.write("1.0\n")
         with open(SITE + "/buildout.cfg", "w") as f:
-            f.write(buildout_cfg())
+            f.write(buildout_cfg(extra_zfssnap=cls.extra_zfssnap))
         with open(SITE + "/.gitignore", "w") as f:
             f.write("/bin/\n/eggs/\n/parts/\n/develop-eggs/\n/var/\n/.installed.cfg\n")
         sh("git", "-C", SITE, "init", "-q", "-b", "main")
@@ -331,6 +333,16 @@ class Site(GuestPool):
     def reset(start=True):
         """Back to the baseline: stopped, rolled back by hand (not by the code under test)."""
         stop_site()
+        # What a failed test may have left: the datasets replaced by clones (--keep), their
+        # kept states, unmounted datasets.
+        for name in sh("zfs", "list", "-H", "-o", "name", "-t", "filesystem").split():
+            if "-rolled-away-" in name or "-rollback-" in name:
+                dataset = name.split("-rolled-away-")[0].split("-rollback-")[0]
+                origin = sh("zfs", "get", "-H", "-o", "value", "origin", dataset, check=False)
+                if origin.startswith(name + "@"):
+                    sh("zfs", "promote", dataset, check=False)
+                sh("zfs", "destroy", "-R", name, check=False)
+        sh("zfs", "mount", "-a", check=False)
         for dataset in DATASETS:
             sh("zfs", "rollback", "-r", "%s@%s" % (dataset, BASELINE))
         for path in (EVENTS,):

@@ -92,3 +92,19 @@ class Buildout5Test(unittest.TestCase):
         self.assertEqual(layers.wait_for(state)["counter"], before["counter"])
         rc, out = run5(SITE5 + "/bin/cleanup")
         self.assertEqual(rc, 0, out)
+
+        # The release guard works on zc.buildout 5 too.
+        layers.edit(SITE5 + "/buildout.cfg", "versions = versions",
+                    "versions = versions\nextensions = collective.recipe.zfssnap")
+        rc, out = run5(VENV5 + "/bin/buildout")
+        self.assertEqual(rc, 0, out)
+        layers.edit(SITE5 + "/buildout.cfg", "scripts = repozo",
+                    "scripts = repozo\ninterpreter = zopepy")
+        rc, out = run5(VENV5 + "/bin/buildout")
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("release guard: bin/buildout would change the installed site (reinstall "
+                      "repozo)", out)
+        rc, out = run5(SITE5 + "/bin/snapshot", "pre-release")
+        self.assertEqual(rc, 0, out)
+        rc, out = run5(VENV5 + "/bin/buildout")
+        self.assertEqual(rc, 0, out)
