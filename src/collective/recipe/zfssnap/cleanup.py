@@ -27,6 +27,14 @@ def destroy_kept(site, kept, dry_run):
     out = site.out
     gone = []
     for k in kept:
+        rows = zfsmod.parse_table(site.zfs.run(
+            "list", "-H", "-p", "-t", "snapshot", "-o", "name,userrefs", "-r",
+            k["name"]).stdout, ("name", "userrefs"))
+        held = [r["name"] for r in rows if r["userrefs"] not in ("0", "-")]
+        if held:
+            out.warn("skipped the kept %s: its snapshots %s are held (zfs release them first)"
+                     % (k["name"], ", ".join(held)))
+            continue
         argv = site.zfs.command + ["destroy", "-r", k["name"]]
         if dry_run:
             out.command(argv)

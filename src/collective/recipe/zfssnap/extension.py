@@ -23,7 +23,6 @@ from collective.recipe.zfssnap.site import Stop
 
 
 NAME = "collective.recipe.zfssnap"
-logger = logging.getLogger("zfssnap")
 
 
 def asked_for(buildout):
@@ -59,8 +58,15 @@ def extension(buildout):
     buildout._compute_part_signatures = compute_then_guard
 
 
+def versions_key(buildout):
+    """What the [versions] pins are now, as one string (a release may change only those)."""
+    section = buildout["buildout"].get("versions", "versions")
+    pins = buildout._raw.get(section, {}) if section else {}
+    return "\n".join("%s=%s" % item for item in sorted(pins.items()))
+
+
 def unload(buildout):
-    """bin/buildout finished without error: record when, and at which revision."""
+    """bin/buildout finished without error: record when, and at which revision and pins."""
     if not asked_for(buildout):
         return
     parts = buildout["buildout"].get("parts", "").split()
@@ -73,16 +79,18 @@ def unload(buildout):
             record_of(config).save({
                 "finished": state.utc_stamp(), "epoch": time.time(),
                 "revision": info.get("git-revision", ""),
-                "describe": info.get("git-describe", "")})
+                "describe": info.get("git-describe", ""),
+                "versions": versions_key(buildout)})
         except (state.StateError, OSError) as e:
-            logger.warning("could not record this bin/buildout for the release guard: %s",
-                           getattr(e, "message", e))
+            logging.getLogger(part).warning(
+                "could not record this bin/buildout for the release guard: %s",
+                getattr(e, "message", e))
 
 
 def changes(buildout, parts, uninstall_missing):
     """What this bin/buildout would do to installed parts, as buildout itself decides it."""
     installed, exists = buildout._read_installed_part_options()
-    if not exists:
+    if not exists or not installed["buildout"].get("parts", "").split():
         return None  # a first install
     before = installed["buildout"].get("parts", "").split()
     mine = set(our_parts(buildout, before + list(parts)))
@@ -107,35 +115,49 @@ def changes(buildout, parts, uninstall_missing):
 
 def guard(buildout, parts, uninstall_missing):
     found = changes(buildout, parts, uninstall_missing)
-    if not found:
-        return
+    if found is None:
+        return  # a first install
     installed, _ = buildout._read_installed_part_options()
     before = installed["buildout"].get("parts", "").split()
-    for part in our_parts(buildout, parts):
+    configured = buildout["buildout"].get("parts", "").split()
+    # Every installed part of this recipe guards, also when bin/buildout installs other
+    # parts by name (bin/buildout install instance).
+    for part in our_parts(buildout, configured):
         if part not in before:
             continue  # the part itself is new: there can be no snapshot yet
         recipe = buildout[part].recipe
-        check(buildout, part, recipe.config, recipe.options.get("release-guard", "refuse"),
-              found)
+        config = recipe.config
+        try:
+            last = record_of(config).load() if config["datasets"] else None
+        except state.StateError as e:
+            raise zc.buildout.UserError("[%s] release guard: %s" % (part, e.message))
+        moved = list(found)
+        if last:
+            now = snapshotmod.git_info(config["directory"]).get("git-revision", "")
+            if last.get("revision") and now and now != last["revision"]:
+                moved.append("the checkout moved from %s to %s" % (last["revision"][:12],
+                                                                   now[:12]))
+            if last.get("versions") is not None and last["versions"] != versions_key(buildout):
+                moved.append("the [versions] pins changed")
+        if moved:
+            check(buildout, part, config, recipe.options.get("release-guard", "refuse"), moved,
+                  last)
 
 
-def check(buildout, part, config, mode, found):
+def check(buildout, part, config, mode, found, last):
+    logger = logging.getLogger(part)
     if mode == "off":
         return
     if not config["datasets"]:
-        logger.warning("%s: the buildout is not on ZFS: the release guard cannot check for a "
-                       "snapshot", part)
+        logger.warning("the buildout is not on ZFS: the release guard cannot check for a "
+                       "snapshot")
         return
-    out = Output("bin/buildout", json_mode=True)
+    out = Output("bin/buildout")
     try:
         site = Site(config, out)
         state.trust_owner_of(site.directory)
-        last = record_of(config).load()
-        if last:
-            since, when = last["epoch"], last["finished"]
-        else:
-            since = os.path.getmtime(buildout["buildout"]["installed"])
-            when = state.utc_stamp(time_from(since))
+        # Without a record (the guard's first run) any snapshot of the part will do.
+        since, when = (last["epoch"], last["finished"]) if last else (0, "none recorded")
         fresh = [s for s in site.snapshot_sets() if s.created >= int(since)]
     except (Stop, state.StateError, zfsmod.ZfsError) as e:
         raise zc.buildout.UserError("[%s] release guard: %s" % (part, e.message))
@@ -146,7 +168,7 @@ def check(buildout, part, config, mode, found):
                "snapshot taken since the last successful bin/buildout (%s)" % (
                    ", ".join(found), part, when))
     now = snapshotmod.git_info(config["directory"]).get("git-revision", "")
-    then = last.get("revision", "") if last else ""
+    then = (last or {}).get("revision", "")
     if then and now and then != now:
         advice = ("the checkout has moved since, from %s to %s: to snapshot the site as it "
                   "was, type: git -C %s checkout %s && %s pre-release && git -C %s checkout %s"
@@ -156,10 +178,10 @@ def check(buildout, part, config, mode, found):
     else:
         advice = "take one first: %s LABEL, then run bin/buildout again" % scripts["snapshot"]
     if mode == "warn":
-        logger.warning("%s: %s; going on (release-guard = warn); %s", part, message, advice)
+        logger.warning("%s; going on (release-guard = warn); %s", message, advice)
         return
     if mode == "snapshot":
-        logger.info("%s: %s: taking one now (release-guard = snapshot)", part, message)
+        logger.info("%s: taking one now (release-guard = snapshot)", message)
         lock = None
         try:
             lock = state.Lock(config["lock_file"])
@@ -168,19 +190,16 @@ def check(buildout, part, config, mode, found):
                 site, "buildout", "taken by bin/buildout before it changed the site",
                 made_by="bin/buildout")
         except (Stop, state.StateError, zfsmod.ZfsError) as e:
-            raise zc.buildout.UserError("[%s] release guard: the snapshot failed: %s; nothing "
-                                        "was changed" % (part, e.message))
+            raise zc.buildout.UserError("[%s] release guard: the snapshot failed: %s; no part "
+                                        "was installed, updated or uninstalled"
+                                        % (part, e.message))
         finally:
             if lock is not None:
                 lock.close()
-        logger.info("%s: took %s (it holds the code as checked out now, with the eggs and "
-                    "bin/ of the last bin/buildout); roll back to it with %s %s", part, name,
+        logger.info("took %s (it holds the code as checked out now, with the eggs and bin/ "
+                    "of the last bin/buildout); roll back to it with %s %s", name,
                     scripts["rollback"], name)
         return
     raise zc.buildout.UserError("[%s] release guard: %s; %s (release-guard = warn or off lets "
-                                "bin/buildout go on without)" % (part, message, advice))
-
-
-def time_from(epoch):
-    import datetime
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+                                "bin/buildout go on without); no part was installed, updated "
+                                "or uninstalled" % (part, message, advice))

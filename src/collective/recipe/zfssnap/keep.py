@@ -35,7 +35,13 @@ def new_name(dataset, stamp):
 
 
 def check(site):
-    """Refuse layouts where renaming a dataset would move another of the part's."""
+    """Refuse layouts this way of rolling back does not handle: children (renaming a dataset
+    renames them) and legacy mountpoints (zfs does not unmount or mount those)."""
+    values = site.zfs.get(site.datasets, ["mountpoint"])
+    legacy = [d for d in site.datasets if values.get(d, {}).get("mountpoint") == "legacy"]
+    if legacy:
+        raise Stop("--keep does not handle datasets with mountpoint=legacy (%s): roll back "
+                   "without --keep; nothing was changed" % ", ".join(legacy), REFUSED)
     if site.config.get("recursive"):
         raise Stop("--keep cannot roll back recursively (renaming a dataset renames its "
                    "children): roll back without --keep; nothing was changed", REFUSED)
@@ -92,13 +98,31 @@ def prepare(site, plan, stamp):
 
 
 def undo(site, swaps):
-    """Destroy clones made for a rollback that did not happen."""
-    for swap in swaps:
+    """Destroy the clones made for a rollback that did not happen (and forget them)."""
+    while swaps:
+        swap = swaps.pop()
         try:
             site.zfs.destroy(swap["new"])
         except zfsmod.ZfsError as e:
             site.out.warn("could not destroy %s, made for the rollback: %s" % (swap["new"],
                                                                            e.message))
+
+
+def commands(site, plan, stamp):
+    """What a --keep rollback runs, for --dry-run."""
+    zfs = site.zfs.command
+    argvs = []
+    for entry in plan["datasets"]:
+        d = entry["dataset"]
+        argvs.append(zfs + ["clone", "-o", "canmount=noauto", entry["snapshot"],
+                            new_name(d, stamp)])
+    for entry in plan["datasets"]:
+        d = entry["dataset"]
+        argvs += [zfs + ["unmount", d], zfs + ["rename", "-u", d, kept_name(d, stamp)],
+                  zfs + ["rename", "-u", new_name(d, stamp), d], zfs + ["mount", d]]
+    for entry in plan["datasets"]:
+        argvs.append(zfs + ["promote", entry["dataset"]])
+    return argvs
 
 
 def swap(site, swaps, target, done):
@@ -117,13 +141,7 @@ def swap(site, swaps, target, done):
         site.zfs.run("rename", "-u", s["new"], s["dataset"])
         done.append(s["dataset"])
     for s in order:
-        if s["legacy"]:
-            site.zfs.run("set", "mountpoint=legacy", s["dataset"])
-            mount = ["mount", "-t", "zfs", s["dataset"], s["mountpoint"]]
-            site.out.action(" ".join(mount))
-            subprocess.run(mount, check=True, stdin=subprocess.DEVNULL,
-                           start_new_session=True)
-        elif s["mounted"]:
+        if s["mounted"]:
             site.out.action(" ".join(site.zfs.command + ["mount", s["dataset"]]))
             site.zfs.run("mount", s["dataset"])
 
@@ -163,8 +181,7 @@ def settle(site, swaps, target, stamp):
             site.zfs.run("set", "readonly=on", "canmount=noauto", *[
                 "%s=%s" % (k, v) for k, v in sorted(dict(
                     marks, **{P + "dataset": s["dataset"]}).items())], s["kept"])
-            if not s["legacy"]:
-                site.zfs.run("set", "mountpoint=none", s["kept"])
+            site.zfs.run("set", "mountpoint=none", s["kept"])
         except zfsmod.ZfsError as e:
             site.out.warn("the rolled-away %s is kept, but setting it up failed: %s" % (
                 s["kept"], e.message))

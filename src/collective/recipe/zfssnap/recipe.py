@@ -32,6 +32,19 @@ OPTIONS = set(HOOKS) | {s + "-script" for s in SCRIPTS} | {
     "supervisorctl", "supervisord", "supervisord-unit", "warn-size", "zfs"}
 
 
+def filestorages_of(sections, directory):
+    """The Data.fs files of Zope instance or ZEO server parts (their options by part name)."""
+    found = []
+    for section in sections.values():
+        var = os.path.join(directory, section.get("var") or section.get("zeo-var") or "var")
+        # A relative file-storage is relative to var, as those recipes read it.
+        path = os.path.join(var, section.get("file-storage") or
+                            os.path.join("filestorage", "Data.fs"))
+        if path not in found:
+            found.append(path)
+    return found
+
+
 def is_inside(path, directory):
     return mountsmod.is_inside(os.path.realpath(path), os.path.realpath(directory))
 
@@ -265,22 +278,11 @@ class Recipe:
             self.options.setdefault("supervisor-conf", "")
 
     def find_filestorages(self):
-        """The Data.fs files of the buildout's Zope instance or ZEO server parts."""
-        found = []
-        directory = self.buildout["buildout"]["directory"]
-        for part in self.buildout["buildout"].get("parts", "").split():
-            if part == self.name or part not in self.buildout._raw:
-                continue
-            recipe = self.buildout._raw[part].get("recipe", "").split(":")[0].strip()
-            if recipe not in ZODB_RECIPES:
-                continue
-            section = self.buildout[part]
-            var = section.get("var") or section.get("zeo-var") or os.path.join(directory, "var")
-            path = section.get("file-storage") or os.path.join(var, "filestorage", "Data.fs")
-            path = os.path.join(directory, path)
-            if path not in found:
-                found.append(path)
-        return found
+        parts = [p for p in self.buildout["buildout"].get("parts", "").split()
+                 if p != self.name and p in self.buildout._raw and self.buildout._raw[p].get(
+                     "recipe", "").split(":")[0].strip() in ZODB_RECIPES]
+        return filestorages_of({p: self.buildout[p] for p in parts},
+                               self.buildout["buildout"]["directory"])
 
     def health_check(self):
         value = self.options["health-check"].strip()
@@ -353,8 +355,8 @@ class Recipe:
             "programs": options["programs"].split(),
             "stop_timeout": self.number("stop-timeout", 1),
             "hook_timeout": self.number("hook-timeout", 1),
-            "filestorages": [os.path.join(self.directory, p) for p in
-                             options["filestorages"].split()],
+            "filestorages": [os.path.join(self.directory, p.strip()) for p in
+                             options["filestorages"].split("\n") if p.strip()],
             "health_check": self.health_check(),
             "keep_rolled_away": self.boolean("keep-rolled-away"),
             "hooks": {hook: self.split(hook) for hook in HOOKS if options[hook].strip()},

@@ -237,6 +237,7 @@ class Run:
         self.data = None  # the record's content while the rollback is unfinished
         self.stopped_at = None
         self.swaps = []  # with --keep: the clones made to take the datasets' places
+        self.up_at = None  # when the site ran again
 
     def save(self, **changes):
         self.data.update(changes)
@@ -402,6 +403,7 @@ class Run:
                                                           self.start_hint()), FAILED)
         if not late:
             self.health(target)
+        self.up_at = time.monotonic()
         if late:
             logs = self.site.config.get("supervisorctl")
             raise Stop("rolled back every dataset to %s, but %s did not get to RUNNING: look at "
@@ -415,14 +417,14 @@ class Run:
     def health(self, target):
         """Wait until the part's health check passes (within stop-timeout)."""
         check = self.site.config.get("health_check")
-        if not check:
-            return
+        if not check or not (self.data or {}).get("running_before"):
+            return  # nothing ran before the rollback: nothing is expected to answer
         timeout = self.site.config.get("stop_timeout", 60)
         started = time.monotonic()
         what = check.get("url") or " ".join(check["command"])
         self.out.action("health check: " + what)
         while True:
-            ok, why = probe(check)
+            ok, why = probe(check, self.site.directory)
             if ok:
                 self.out.data["health_seconds"] = round(time.monotonic() - started, 2)
                 self.out.log("health check passed: %s" % what)
@@ -520,7 +522,9 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
     if keep:
         keepmod.check(site)
     plan = plan_rollback(site, target, keep=keep)
-    commands = [rollback_argv(site, e) for e in plan["datasets"]]
+    stamp = state.utc_stamp().replace("-", "").replace(":", "")
+    commands = keepmod.commands(site, plan, stamp) if keep else [
+        rollback_argv(site, e) for e in plan["datasets"]]
     zodb_view(site, plan)
     show_plan(site, plan, diff=diff, always=not yes and not dry_run)
     if dry_run:
@@ -541,7 +545,6 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
     # Before anything is stopped: processes outside supervisor would block anyway.
     check_open_files(site, mountpoints, managed, force, before_stop=True)
     site.hook("before-rollback")
-    stamp = state.utc_stamp().replace("-", "").replace(":", "")
     if keep:
         # While the site still runs: the clones cost no downtime.
         run.swaps = keepmod.prepare(site, plan, stamp)
@@ -551,6 +554,9 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
         run.stop(mountpoints, procs, daemon_pid)
     except SupervisorError as e:
         raise run.failed_midway(plan, [], e.message)
+    except Stop:
+        keepmod.undo(site, run.swaps)  # refused with nothing rolled back
+        raise
     run.save(stage="stopped")
     try:
         fresh = plan_rollback(site, target, written=False, keep=keep)
@@ -606,9 +612,9 @@ def resume_start(run, pending, target, yes, dry_run, confirm, critical):
     return None
 
 
-def probe(check):
+def probe(check, directory):
     """(passed, why not) of one try of a health check: a URL (a status below 400) or a
-    command (exit code 0)."""
+    command run in the buildout directory (exit code 0)."""
     import subprocess
     if check.get("url"):
         import urllib.error
@@ -621,7 +627,7 @@ def probe(check):
         except (OSError, ValueError) as e:
             return False, str(getattr(e, "reason", e))
     try:
-        proc = subprocess.run(check["command"], stdin=subprocess.DEVNULL,
+        proc = subprocess.run(check["command"], cwd=directory, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               timeout=30, start_new_session=True)
     except subprocess.TimeoutExpired:
@@ -639,7 +645,7 @@ def report(run, target):
     except Stop as e:
         hook_error = e.message
     if run.stopped_at is not None:
-        down = time.monotonic() - run.stopped_at
+        down = (run.up_at or time.monotonic()) - run.stopped_at
         out.data["downtime_seconds"] = round(down, 2)
         out.say("Rolled back to %s; the site was down for %.1f s%s." % (
             target, down, " (until the health check passed)"

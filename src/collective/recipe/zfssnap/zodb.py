@@ -80,7 +80,8 @@ def last_tid(path):
 def since(path, tid, deadline=None):
     """The transactions of the FileStorage at `path` after the transaction `tid`, newest
     first: {"count", "first", "last", "transactions": [{tid, time, user, description}]} with
-    at most LISTED listed. A transaction being written at the end is skipped."""
+    at most LISTED listed. A transaction being written at the end is waited for a moment;
+    if the end still does not read as a whole transaction, Unreadable."""
     deadline = deadline or time.monotonic() + 30
     listed, count, first, last = [], 0, None, None
     with _open(path) as f:

@@ -1,7 +1,6 @@
 """Beyond a bare rollback, on real OpenZFS with the site's real ZODB (lab guest only): what
 the rollback undoes in ZODB terms, the state rolled away from kept (--keep), a health check."""
 import json
-import os
 import unittest
 
 from collective.recipe.zfssnap.tests.layers import DATASETS

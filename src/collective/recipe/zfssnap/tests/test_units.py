@@ -184,3 +184,17 @@ class CgroupTest(unittest.TestCase):
             "12:pids:/system.slice/plone.service\n1:name=systemd:/system.slice/plone.service\n"),
             "plone.service")
         self.assertIsNone(parse_cgroup_unit("0::/\n"))
+
+
+class FileStoragesTest(unittest.TestCase):
+    """Where plone.recipe.zope2instance and plone.recipe.zeoserver parts keep the Data.fs."""
+
+    def test_defaults_relative_and_absolute(self):
+        from collective.recipe.zfssnap.recipe import filestorages_of
+        self.assertEqual(filestorages_of({
+            "instance": {},
+            "client2": {},  # the same Data.fs: listed once
+            "zeo": {"zeo-var": "/srv/site/var/zeo", "file-storage": "filestorage/Main.fs"},
+            "other": {"var": "data", "file-storage": "/srv/data/Data.fs"},
+        }, "/srv/site"), ["/srv/site/var/filestorage/Data.fs",
+                          "/srv/site/var/zeo/filestorage/Main.fs", "/srv/data/Data.fs"])
