@@ -24,6 +24,7 @@ NOT_COPIED = {"mountpoint", "canmount", "encryption", "keyformat", "keylocation"
               "pbkdf2iters", "volsize", "volblocksize", "normalization", "utf8only",
               "casesensitivity", "origin"}
 KIND = "rolled-away"
+SPACE_LIMITS = {"quota", "refquota", "reservation", "refreservation"}
 
 
 def kept_name(dataset, stamp):
@@ -60,8 +61,11 @@ def local_properties(site, dataset):
     for line in proc.stdout.split("\n"):
         if "\t" in line:
             name, value = line.split("\t", 1)
-            if name not in NOT_COPIED:
-                props[name] = value
+            if name in NOT_COPIED:
+                continue
+            if name in SPACE_LIMITS and value == "0":
+                value = "none"  # what zfs prints as 0 with -p, and takes only as none
+            props[name] = value
     return props
 
 

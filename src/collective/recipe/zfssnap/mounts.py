@@ -39,8 +39,8 @@ def parse_mountinfo(text):
         if "-" not in fields[6:]:
             continue
         sep = fields.index("-", 6)
-        if len(fields) < sep + 3 or fields[sep + 1] != "zfs":
-            continue
+        if len(fields) < sep + 3 or fields[sep + 1] != "zfs" or "@" in fields[sep + 2]:
+            continue  # not ZFS, or a snapshot mounted on access under .zfs/snapshot
         mounts.append(Mount(unescape(fields[sep + 2]), unescape(fields[4])))
     return mounts
 
@@ -50,7 +50,7 @@ def parse_fstab(text):
     mounts = []
     for line in text.split("\n"):
         fields = line.split()
-        if len(fields) >= 3 and fields[2] == "zfs":
+        if len(fields) >= 3 and fields[2] == "zfs" and "@" not in fields[0]:
             mounts.append(Mount(unescape(fields[0]), unescape(fields[1])))
     return mounts
 

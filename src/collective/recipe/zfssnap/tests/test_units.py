@@ -155,6 +155,11 @@ class MountTableTest(unittest.TestCase):
             ("tank/legacy", "/srv/legacy"),
         ])
         self.assertEqual(mounts.where("tank/legacy", table), "/srv/legacy")
+        # A snapshot mounted on access (under .zfs/snapshot) is not a dataset.
+        more = mounts.parse_mountinfo(
+            "50 39 0:40 / /srv/site/var/filestorage/.zfs/snapshot/pre rw,relatime shared:1 - "
+            "zfs tank/site-filestorage@pre rw,xattr,noacl\n")
+        self.assertEqual(more, [])
         self.assertIsNone(mounts.where("tank/other", table))
         self.assertEqual([m.dataset for m in mounts.below(["/srv/site"], table)],
                          ["data/site blobs", "tank/site-filestorage"])
