@@ -165,8 +165,10 @@ def unmount(site, swap):
         argv = ["umount", "-l", swap["mountpoint"]]
     else:
         argv = site.zfs.command + ["unmount", "-f", swap["dataset"]]
-    site.out.note("%s is busy (a working directory in it): %s" % (swap["dataset"],
-                                                                   " ".join(argv)))
+    site.out.note("%s is busy (a working directory in it): %s; a shell in %s sees the state "
+                  "rolled away from until it changes directory (cd %s)" % (
+                      swap["dataset"], " ".join(argv), swap["mountpoint"],
+                      swap["mountpoint"]))
     done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           stdin=subprocess.DEVNULL, start_new_session=True)
     if done.returncode != 0:

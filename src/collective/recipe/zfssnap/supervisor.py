@@ -18,7 +18,7 @@ import xmlrpc.client
 STOPPED_STATES = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")
 RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF")
 # supervisor's Faults (xmlrpc.py): what a start or stop of a program in that state answers.
-ALREADY_STARTED, NOT_RUNNING, BAD_NAME = 60, 70, 10
+ALREADY_STARTED, NOT_RUNNING, BAD_NAME, SHUTDOWN_STATE = 60, 70, 10, 6
 POLL = 0.1
 
 
@@ -260,6 +260,10 @@ class Supervisor:
                 state = self.call("supervisor.getState").get("statename")
             except NotRunning:
                 return False
+            except Fault as e:
+                if e.code != SHUTDOWN_STATE:
+                    raise
+                state = "SHUTDOWN"  # it refuses every request while it shuts down
             if state != "SHUTDOWN":
                 return True
             if time.monotonic() > deadline:

@@ -19,7 +19,7 @@ def buildout():
 def installed_parts():
     """The parts .installed.cfg records (buildout itself rewrites its [buildout] section)."""
     import configparser
-    parser = configparser.RawConfigParser()
+    parser = configparser.RawConfigParser(strict=False)
     parser.read(SITE + "/.installed.cfg")
     return {s: dict(parser[s]) for s in parser.sections() if s != "buildout"}
 
