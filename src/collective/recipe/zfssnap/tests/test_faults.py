@@ -350,7 +350,7 @@ class SpaceTest(unittest.TestCase):
             self.assertEqual(rc, 0, out + err)
             self.assertEqual(snapshots("tank/site"), ["tank/site@lab-baseline"])
         finally:
-            sh("zfs", "inherit", "quota", "tank/site")
+            sh("zfs", "set", "quota=none", "tank/site")
             if os.path.exists(SITE + "/var/more"):
                 os.remove(SITE + "/var/more")
         self.assertEqual(program_states(), RUNNING)

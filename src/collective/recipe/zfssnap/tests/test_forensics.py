@@ -55,7 +55,7 @@ class ForensicsTest(unittest.TestCase):
             sh("zfs", "release", "-r", "hold-test", name + "@held", check=False)
             sh("zfs", "destroy", "-r", name, check=False)
         sh("zfs", "release", "hold-test", "tank/site-filestorage@held", check=False)
-        sh("zfs", "inherit", "quota", "tank/site-filestorage", check=False)
+        sh("zfs", "set", "quota=none", "tank/site-filestorage", check=False)
         sh("zfs", "inherit", "org.example:tag", "tank/site-filestorage", check=False)
 
     def test_the_plan_lists_the_transactions_since_the_snapshot(self):
