@@ -298,7 +298,10 @@ class Run:
             self.save(daemon_down=True)
             self.out.log("stop supervisord")
             if alive:
-                stuck = [n for n, p in procs.items() if p.pid in alive] or ["supervisord"]
+                # supervisord stops its programs one after another, in reverse priority
+                # order: the first of them still alive is the one it is waiting for.
+                left = [n for n, p in reversed(list(procs.items())) if p.pid in alive]
+                stuck = left[:1] or ["supervisord"]
                 # supervisor kills them after their stopwaitsecs: wait, then start again.
                 alive = wait_gone(alive, time.monotonic() + sup.timeout + 60)
                 if alive:
@@ -306,7 +309,9 @@ class Run:
                                "down): nothing was rolled back; stop them, then run %s again"
                                % (", ".join(stuck), " ".join(map(str, alive)),
                                   self.site.scripts["rollback"]), FAILED)
-                self.abort("%s did not stop within %d s" % (", ".join(stuck), sup.timeout))
+                self.abort("%s did not stop within %d s%s" % (
+                    stuck[0], sup.timeout, " (%s waited for it: supervisord stops one program "
+                    "after another)" % ", ".join(left[1:]) if left[1:] else ""))
             return
         names = [n for n in sup.selected(procs) if procs[n].state in RUNNING_STATES]
         # What runs after: what this run stops, and what an unfinished run had stopped.
@@ -348,7 +353,6 @@ class Run:
         if sup is None or not self.data["daemon_was_running"]:
             return []
         wanted = self.data["running_before"]
-        deadline = time.monotonic() + sup.timeout
         if self.data["daemon_down"] or not sup.running():
             self.out.action("start supervisord" + (" (systemctl start %s)" % sup.unit
                                                    if sup.unit else ""))
@@ -363,6 +367,7 @@ class Run:
                 self.out.action("stop %s (did not run before the rollback)" % ", ".join(extra))
                 sup.stop(extra)
         procs = sup.processes()
+        deadline = sup.start_deadline(wanted, procs)
         missing = [n for n in wanted if n in procs and procs[n].state not in RUNNING_STATES]
         if missing:
             self.out.action("start %s" % ", ".join(missing))

@@ -124,6 +124,7 @@ class Process:
         config = config or {}
         self.priority = (config.get("group_prio", 999), config.get("process_prio", 999))
         self.autostart = config.get("autostart", True)
+        self.startsecs = config.get("startsecs", 1)
 
     @property
     def api_name(self):
@@ -339,7 +340,7 @@ class Supervisor:
         processes = self.processes()
         missing = [n for n in names if n not in processes]
         names = [n for n in names if n in processes]
-        deadline = deadline or time.monotonic() + self.timeout
+        deadline = deadline or self.start_deadline(names, processes)
         failed = list(missing)
         for level in self._levels(names, processes):
             for name in level:
@@ -352,6 +353,14 @@ class Supervisor:
                                       lambda s: s not in ("STARTING", "BACKOFF"), deadline)
             failed += [n for n in level if n not in failed and states.get(n) != "RUNNING"]
         return failed
+
+    def start_deadline(self, names, processes=None):
+        """When starting `names` is late: the timeout, plus the time supervisor itself waits
+        before it calls a program RUNNING (startsecs, each priority level in turn)."""
+        processes = processes or self.processes()
+        levels = self._levels([n for n in names if n in processes], processes)
+        wait = sum(max(processes[n].startsecs for n in level) for level in levels)
+        return time.monotonic() + self.timeout + wait
 
     def wait_settled(self, names, deadline):
         """Wait until none of `names` is starting or stopping any more."""

@@ -326,7 +326,8 @@ class RefusalTest(unittest.TestCase):
         wait_for(lambda: program_states().get("stubborn") == "RUNNING", what="stubborn")
         rc, out, err = bin_("rollback", "--yes", self.name)
         self.assertEqual(rc, 1, out + err)
-        self.assertIn("stubborn did not stop within 3 s", err)
+        self.assertIn("stubborn did not stop within 3 s (worker, app waited for it: supervisord "
+                      "stops one program after another)", err)
         self.assertIn("rollback aborted, nothing rolled back; now running: app, worker, stubborn",
                       err)
         self.assertEqual(program_states(),
