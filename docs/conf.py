@@ -19,7 +19,8 @@ copyright = "2026, " + author
 language = "en"
 
 root_doc = "index"
-exclude_patterns = ["_build"]
+# bench/bench.rst is written by make bench and included in benchmark.rst.
+exclude_patterns = ["_build", "bench"]
 
 html_theme = "furo"
 html_title = "%s %s" % (project, release)
