@@ -96,6 +96,14 @@ def bin_(script, *args, **kw):
     return run_in_site(SITE + "/bin/" + script, *args, **kw)
 
 
+def take_snapshot(label, **kw):
+    """bin/snapshot LABEL, which must succeed: the name of the set it took."""
+    rc, out, err = bin_("snapshot", label, **kw)
+    if rc != 0:
+        raise AssertionError("bin/snapshot %s failed (exit %d):\n%s%s" % (label, rc, out, err))
+    return out.split()[1]
+
+
 def on_terminal(argv, answer=None, prompt=b"Type yes", timeout=300):
     """(exit code, what the terminal showed) of a command run on a pseudo-terminal; `answer`
     is typed when `prompt` shows."""

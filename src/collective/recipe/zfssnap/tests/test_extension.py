@@ -29,6 +29,16 @@ def change_a_part():
     edit(SITE + "/buildout.cfg", "scripts = repozo", "scripts = repozo\ninterpreter = zopepy")
 
 
+def change_with_guard(mode):
+    """bin/buildout after a change, with `release-guard = mode`: its output (it succeeded)."""
+    edit(SITE + "/buildout.cfg", "stop-timeout = 30", "stop-timeout = 30\n"
+         "release-guard = " + mode)
+    change_a_part()
+    rc, out, err = buildout()
+    assert rc == 0, out + err
+    return out + err
+
+
 class ReleaseGuardTest(unittest.TestCase):
     layer = Site
 
@@ -79,12 +89,7 @@ class ReleaseGuardTest(unittest.TestCase):
                                                  SITE, after), out + err)
 
     def test_snapshot_mode_takes_one_labelled_as_made_by_buildout(self):
-        edit(SITE + "/buildout.cfg", "stop-timeout = 30", "stop-timeout = 30\n"
-             "release-guard = snapshot")
-        change_a_part()
-        rc, out, err = buildout()
-        self.assertEqual(rc, 0, out + err)
-        self.assertIn("taking one now (release-guard = snapshot)", out + err)
+        self.assertIn("taking one now (release-guard = snapshot)", change_with_guard("snapshot"))
         rc, out, err = bin_("snapshot", "--list", "--json")
         sets = json.loads(out)["snapshots"]
         self.assertEqual([s["label"] for s in sets], ["buildout"])
@@ -93,10 +98,6 @@ class ReleaseGuardTest(unittest.TestCase):
                             "tank/site@" + sets[0]["name"]).strip(), "bin/buildout")
 
     def test_warn_mode_goes_on(self):
-        edit(SITE + "/buildout.cfg", "stop-timeout = 30", "stop-timeout = 30\n"
-             "release-guard = warn")
-        change_a_part()
-        rc, out, err = buildout()
-        self.assertEqual(rc, 0, out + err)
-        self.assertIn("going on (release-guard = warn)", out + err)
-        self.assertIn("Installing repozo.", out + err)
+        output = change_with_guard("warn")
+        self.assertIn("going on (release-guard = warn)", output)
+        self.assertIn("Installing repozo.", output)

@@ -21,6 +21,7 @@ from collective.recipe.zfssnap.tests.layers import program_states
 from collective.recipe.zfssnap.tests.layers import script_config
 from collective.recipe.zfssnap.tests.layers import sh
 from collective.recipe.zfssnap.tests.layers import snapshots
+from collective.recipe.zfssnap.tests.layers import take_snapshot
 from collective.recipe.zfssnap.tests.layers import stop_site
 from collective.recipe.zfssnap.tests.layers import supervisord_pids
 from collective.recipe.zfssnap.tests.layers import wait_for
@@ -80,9 +81,7 @@ class KilledRunTest(unittest.TestCase):
 
     def setUp(self):
         self.before = Site.reset()
-        rc, out, err = bin_("snapshot", "pre")
-        assert rc == 0, out + err
-        self.name = out.split()[1]
+        self.name = take_snapshot("pre")
         released()
 
     def assertRolledBack(self):
@@ -121,9 +120,7 @@ class KilledRunTest(unittest.TestCase):
 
     def test_stale_record_is_shown_refused_for_another_target_and_forgotten(self):
         kill_while_stopping()
-        rc, out, err = bin_("snapshot", "later")
-        self.assertEqual(rc, 0, out + err)
-        later = out.split()[1]
+        later = take_snapshot("later")
         rc, out, err = bin_("rollback", "--yes", later)
         self.assertEqual(rc, 3, out + err)
         self.assertIn("an unfinished rollback to %s is recorded (above): finish it with "
@@ -255,9 +252,7 @@ class ConfirmationTest(unittest.TestCase):
 
     def setUp(self):
         Site.reset()
-        rc, out, err = bin_("snapshot", "pre")
-        assert rc == 0, out + err
-        self.name = out.split()[1]
+        self.name = take_snapshot("pre")
 
     def test_quiet_still_shows_the_plan_before_asking(self):
         rc, shown = on_terminal([SITE + "/bin/rollback", "-q"], answer="no")
@@ -325,9 +320,7 @@ class SpaceTest(unittest.TestCase):
             sh("zfs", "inherit", prefix + "buildout", "tank/site")
 
     def test_site_at_its_quota(self):
-        rc, out, err = bin_("snapshot", "pre")
-        self.assertEqual(rc, 0, out + err)
-        name = out.split()[1]
+        name = take_snapshot("pre")
         with open(SITE + "/var/release-data", "wb") as f:
             f.write(os.urandom(4 << 20))
         # The buildout's dataset full: its quota (snapshots included) reached. `used` counts

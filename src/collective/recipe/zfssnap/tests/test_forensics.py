@@ -13,6 +13,7 @@ from collective.recipe.zfssnap.tests.layers import configure
 from collective.recipe.zfssnap.tests.layers import program_states
 from collective.recipe.zfssnap.tests.layers import sh
 from collective.recipe.zfssnap.tests.layers import snapshots
+from collective.recipe.zfssnap.tests.layers import take_snapshot
 from collective.recipe.zfssnap.tests.layers import wait_for
 
 
@@ -40,9 +41,7 @@ class ForensicsTest(unittest.TestCase):
 
     def setUp(self):
         self.before = Site.reset()
-        rc, out, err = bin_("snapshot", "pre")
-        assert rc == 0, out + err
-        self.name = out.split()[1]
+        self.name = take_snapshot("pre")
         configure(filestorages=[DATAFS])
 
     def tearDown(self):

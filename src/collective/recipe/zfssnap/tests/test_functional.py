@@ -12,6 +12,7 @@ from collective.recipe.zfssnap.tests.layers import Site
 from collective.recipe.zfssnap.tests.layers import app
 from collective.recipe.zfssnap.tests.layers import bin_
 from collective.recipe.zfssnap.tests.layers import snapshots
+from collective.recipe.zfssnap.tests.layers import take_snapshot
 from collective.recipe.zfssnap.tests.layers import edit
 from collective.recipe.zfssnap.tests.layers import rebuild
 from collective.recipe.zfssnap.tests.layers import start_site
@@ -200,9 +201,7 @@ class RefusalTest(unittest.TestCase):
 
     def setUp(self):
         self.before = Site.reset()
-        rc, out, err = bin_("snapshot", "pre")
-        assert rc == 0, out + err
-        self.name = out.split()[1]
+        self.name = take_snapshot("pre")
         release("2.0", buildout=False)
 
     def assertUntouched(self):

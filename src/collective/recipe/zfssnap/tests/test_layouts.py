@@ -21,6 +21,7 @@ from collective.recipe.zfssnap.tests.layers import run_in_site
 from collective.recipe.zfssnap.tests.layers import script_config
 from collective.recipe.zfssnap.tests.layers import sh
 from collective.recipe.zfssnap.tests.layers import snapshots
+from collective.recipe.zfssnap.tests.layers import take_snapshot
 from collective.recipe.zfssnap.tests.layers import start_site
 from collective.recipe.zfssnap.tests.layers import stop_site
 from collective.recipe.zfssnap.tests.layers import wait_for
@@ -136,9 +137,7 @@ class MountChangesTest(unittest.TestCase):
 
     def setUp(self):
         Site.reset()
-        rc, out, err = bin_("snapshot", "pre")
-        assert rc == 0, out + err
-        self.name = out.split()[1]
+        self.name = take_snapshot("pre")
 
     def test_renamed_dataset_is_refused(self):
         sh("zfs", "rename", "tank/site-blobstorage", "tank/site-blobs")
