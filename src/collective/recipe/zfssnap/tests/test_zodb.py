@@ -82,3 +82,72 @@ class ZodbViewTest(unittest.TestCase):
             f.write(b"\0" * 40)  # a commit being written: its length not there yet
         with self.assertRaises(zodb.Unreadable):
             zodb.since(self.path, tid)
+
+
+class EdgeFilesTest(unittest.TestCase):
+    """Files the backward reader meets in the field besides a busy Data.fs."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="zfssnap-zodb-")
+        self.path = os.path.join(self.dir, "Data.fs")
+
+    def tearDown(self):
+        shutil.rmtree(self.dir)
+
+    def test_a_new_storage_holds_its_header_only(self):
+        storage = ZODB.FileStorage.FileStorage(self.path)  # no DB: no root created
+        storage.close()
+        self.assertEqual(os.path.getsize(self.path), 4)
+        self.assertIsNone(zodb.last_tid(self.path))
+        view = zodb.since(self.path, None)
+        self.assertEqual((view["count"], view["transactions"]), (0, []))
+
+    def test_only_the_roots_creation(self):
+        db = ZODB.DB(ZODB.FileStorage.FileStorage(self.path))
+        tid = db.lastTransaction()
+        db.close()
+        self.assertEqual(zodb.last_tid(self.path), tid)
+        self.assertEqual(zodb.since(self.path, tid)["count"], 0)
+        view = zodb.since(self.path, None)  # the snapshot had the header only
+        self.assertEqual(view["count"], 1)
+        self.assertEqual(view["transactions"][0]["description"], "initial database creation")
+
+    def last_status_is(self, status):
+        """Rewrite the status byte of the last transaction (as a commit in its vote leaves it)."""
+        with open(self.path, "r+b") as f:
+            end = os.fstat(f.fileno()).st_size
+            f.seek(end - 8)
+            length = int.from_bytes(f.read(8), "big")
+            f.seek(end - 8 - length + 16)
+            f.write(status)
+
+    def test_a_transaction_being_committed_does_not_count(self):
+        db = ZODB.DB(ZODB.FileStorage.FileStorage(self.path))
+        commit(db, "admin", "snapshot's last", 1)
+        before = db.lastTransaction()
+        commit(db, "admin", "voted, not finished", 2)
+        db.close()
+        self.last_status_is(b"c")
+        # In the snapshot: FileStorage drops it on restart, so the last one is the one before.
+        self.assertEqual(zodb.last_tid(self.path), before)
+        # In the live file: not counted among what the rollback undoes.
+        self.assertEqual(zodb.since(self.path, before)["count"], 0)
+        self.assertEqual(zodb.since(self.path, None)["count"], 2)
+
+    def test_a_bad_status_or_length_is_named_not_an_os_error(self):
+        db = ZODB.DB(ZODB.FileStorage.FileStorage(self.path))
+        commit(db, "admin", "one", 1)
+        db.close()
+        self.last_status_is(b"?")
+        with self.assertRaises(zodb.Unreadable) as caught:
+            zodb.last_tid(self.path)
+        self.assertIn("transaction records were expected", str(caught.exception))
+
+    def test_too_short_files(self):
+        for content in (b"FS3", b"FS30\0\0\0", b"FS30" + b"\0" * 4 + (100).to_bytes(8, "big")):
+            with open(self.path, "wb") as f:
+                f.write(content)
+            with self.assertRaises(zodb.Unreadable) as caught:
+                zodb.since(self.path, None)
+            message = str(caught.exception)
+            self.assertTrue("FileStorage" in message, message)
