@@ -18,6 +18,7 @@ from collective.recipe.zfssnap import snapshot as snapshotmod
 from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.output import Output
+from collective.recipe.zfssnap.recipe import recipe_of
 from collective.recipe.zfssnap.site import Site
 from collective.recipe.zfssnap.site import Stop
 
@@ -34,8 +35,7 @@ def asked_for(buildout):
 def our_parts(buildout, parts):
     found = []
     for part in parts:
-        recipe = buildout._raw.get(part, {}).get("recipe", "")
-        if recipe.split(":")[0].strip() == NAME:
+        if recipe_of(buildout._raw, part) == NAME:
             found.append(part)
     return found
 

@@ -45,8 +45,34 @@ def filestorages_of(sections, directory):
     return found
 
 
+def recipe_of(raw, part, doing=()):
+    """The recipe of `part` as buildout will read it, from its raw sections, `<=` macros
+    followed (a section's own options win, then the last of the sections it extends).
+    Reading buildout[part] instead would initialise that part's recipe."""
+    section = raw.get(part) or {}
+    if section.get("recipe"):
+        return section["recipe"].split(":")[0].strip()
+    for base in reversed(section.get("<", "").split()):
+        if base not in doing:
+            found = recipe_of(raw, base, doing + (part,))
+            if found:
+                return found
+    return ""
+
+
 def is_inside(path, directory):
     return mountsmod.is_inside(os.path.realpath(path), os.path.realpath(directory))
+
+
+# Before anything is imported: in a directory a --keep rollback detached, Python puts a relative
+# path first in sys.path and its import system dies on it with a traceback.
+CWD_GUARD = """\
+import os
+try:
+    os.getcwd()
+except OSError:
+    sys.stderr.write(%s)
+    sys.exit(3)"""
 
 
 class Recipe:
@@ -279,8 +305,7 @@ class Recipe:
 
     def find_filestorages(self):
         parts = [p for p in self.buildout["buildout"].get("parts", "").split()
-                 if p != self.name and p in self.buildout._raw and self.buildout._raw[p].get(
-                     "recipe", "").split(":")[0].strip() in ZODB_RECIPES]
+                 if p != self.name and recipe_of(self.buildout._raw, p) in ZODB_RECIPES]
         return filestorages_of({p: self.buildout[p] for p in parts},
                                self.buildout["buildout"]["directory"])
 
@@ -374,8 +399,15 @@ class Recipe:
                                   if d.project_name == "collective.recipe.zfssnap"), "")
         entries = [(os.path.basename(config["scripts"][s]), "collective.recipe.zfssnap.main", s)
                    for s in SCRIPTS]
-        return zc.buildout.easy_install.scripts(
-            entries, ws, self.buildout["buildout"]["executable"], self.bin,
-            arguments=repr(config))
+        paths = []
+        for script, _, name in entries:
+            paths += zc.buildout.easy_install.scripts(
+                [(script, "collective.recipe.zfssnap.main", name)], ws,
+                self.buildout["buildout"]["executable"], self.bin, arguments=repr(config),
+                initialization=CWD_GUARD % repr(
+                    "%s: this shell's working directory is gone (a rollback with --keep put "
+                    "another dataset in its place): type cd %s, then run it again; nothing was "
+                    "done\n" % (script, config["directory"])))
+        return paths
 
     update = install

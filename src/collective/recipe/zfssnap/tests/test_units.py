@@ -203,3 +203,20 @@ class FileStoragesTest(unittest.TestCase):
             "other": {"var": "data", "file-storage": "/srv/data/Data.fs"},
         }, "/srv/site"), ["/srv/site/var/filestorage/Data.fs",
                           "/srv/site/var/zeo/filestorage/Main.fs", "/srv/data/Data.fs"])
+
+    def test_parts_made_with_macros_are_found(self):
+        from collective.recipe.zfssnap.recipe import recipe_of
+        raw = {  # as buildout keeps the sections it read: "<= instance" is the option "<"
+            "instance": {"recipe": "plone.recipe.zope2instance", "http-address": "8080"},
+            "client2": {"<": "instance", "http-address": "8081"},
+            "client3": {"<": "client2"},
+            "both": {"<": "zeo\ninstance"},  # the last one named wins, as buildout reads it
+            "zeo": {"recipe": "plone.recipe.zeoserver:main"},
+            "own": {"<": "instance", "recipe": "collective.recipe.zfssnap"},
+            "loop": {"<": "loop"},
+        }
+        self.assertEqual({p: recipe_of(raw, p) for p in raw}, {
+            "instance": "plone.recipe.zope2instance", "client2": "plone.recipe.zope2instance",
+            "client3": "plone.recipe.zope2instance", "both": "plone.recipe.zope2instance",
+            "zeo": "plone.recipe.zeoserver", "own": "collective.recipe.zfssnap", "loop": ""})
+        self.assertEqual(recipe_of(raw, "missing"), "")
