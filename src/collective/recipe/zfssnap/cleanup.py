@@ -28,8 +28,16 @@ def destroy_kept(site, kept, dry_run):
     gone = []
     for k in kept:
         rows = zfsmod.parse_table(site.zfs.run(
-            "list", "-H", "-p", "-t", "snapshot", "-o", "name,userrefs", "-r",
-            k["name"]).stdout, ("name", "userrefs"))
+            "list", "-H", "-p", "-t", "all", "-o", "name,type,userrefs", "-r",
+            k["name"]).stdout, ("name", "type", "userrefs"))
+        others = [r["name"] for r in rows if r["name"] != k["name"] and r["type"] != "snapshot"]
+        if others:
+            # Not the part's to destroy: a dataset someone made (or renamed) inside it.
+            out.warn("skipped the kept %s: it holds %s, which %s not kept state of this part; "
+                     "move %s out (zfs rename), then run %s again" % (
+                         k["name"], ", ".join(others), "is" if len(others) == 1 else "are",
+                         "it" if len(others) == 1 else "them", site.scripts["cleanup"]))
+            continue
         held = [r["name"] for r in rows if r["userrefs"] not in ("0", "-")]
         if held:
             out.warn("skipped the kept %s: its snapshots %s are held (zfs release them first)"

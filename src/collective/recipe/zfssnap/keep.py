@@ -3,14 +3,23 @@
 As boot-environment tools do: a clone of the target snapshot takes the dataset's place, and the
 dataset as it was (its data, and its snapshots newer than the target, held or cloned ones
 included) stays, renamed DATASET-rolled-away-STAMP, read-only and not mounted, owned by the part
-(listed by bin/snapshot --list, destroyed by bin/cleanup). The clones are made before the site
-is stopped; while it is down each dataset costs an unmount, two renames and a mount. After the
-site runs again the new datasets are promoted (they take over the older snapshots), so that the
-kept ones can be destroyed on their own.
+(listed by bin/snapshot --list, destroyed by bin/cleanup).
+
+Crash safety decides the order. The clones are made while the site runs, with the dataset's
+mountpoint set on them and canmount=noauto. While the site is down, for each dataset: the old
+one is unmounted and the clone mounted in its place (the buildout's bin/ is back at once), then
+the old one gets canmount=noauto and the clone its canmount: after that single step a boot
+(`zfs mount -a`) mounts the clone, before it the old dataset, and never the kept one. The
+renames come last; they change no mount. Which dataset is which is told by its guid, so a run
+killed after any step is finished by the next one from what ZFS says, not from what the killed
+run meant to do. After the site runs again the new datasets are promoted (they take over the
+older snapshots) and the kept ones are marked as the part's, made read-only and unmounted for
+good, each step on its own.
 """
 import os
 import subprocess
 
+from collective.recipe.zfssnap import crashpoint
 from collective.recipe.zfssnap import mounts as mountsmod
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.site import P
@@ -25,6 +34,7 @@ NOT_COPIED = {"mountpoint", "canmount", "encryption", "keyformat", "keylocation"
               "casesensitivity", "origin"}
 KIND = "rolled-away"
 SPACE_LIMITS = {"quota", "refquota", "reservation", "refreservation"}
+FACTS = ("guid", "canmount", "mounted", "origin")
 
 
 def kept_name(dataset, stamp):
@@ -35,170 +45,280 @@ def new_name(dataset, stamp):
     return "%s-rollback-%s" % (dataset, stamp)
 
 
-def check(site):
-    """Refuse layouts this way of rolling back does not handle: children (renaming a dataset
-    renames them) and legacy mountpoints (zfs does not unmount or mount those)."""
+def refuse(why):
+    raise Stop("--keep %s: roll back without --keep; nothing was changed" % why, REFUSED)
+
+
+def check(site, mountpoints):
+    """Refuse layouts this way of rolling back cannot swap without touching what the part does
+    not own: children (a rename takes them along), anything else mounted inside the datasets
+    (an unmount would take it along), legacy mountpoints (zfs neither unmounts nor mounts
+    them), pool roots (they cannot be renamed)."""
+    if site.config.get("recursive"):
+        refuse("cannot roll back recursively (renaming a dataset renames its children)")
+    roots = [d for d in site.datasets if "/" not in d]
+    if roots:
+        refuse("cannot rename the pool's root dataset %s" % ", ".join(roots))
     values = site.zfs.get(site.datasets, ["mountpoint"])
     legacy = [d for d in site.datasets if values.get(d, {}).get("mountpoint") == "legacy"]
     if legacy:
-        raise Stop("--keep does not handle datasets with mountpoint=legacy (%s): roll back "
-                   "without --keep; nothing was changed" % ", ".join(legacy), REFUSED)
-    if site.config.get("recursive"):
-        raise Stop("--keep cannot roll back recursively (renaming a dataset renames its "
-                   "children): roll back without --keep; nothing was changed", REFUSED)
-    for a in site.datasets:
-        for b in site.datasets:
-            if b.startswith(a + "/"):
-                raise Stop("--keep cannot roll back %s and its child %s (renaming the parent "
-                           "renames the child): roll back without --keep; nothing was changed"
-                           % (a, b), REFUSED)
+        refuse("does not handle datasets with mountpoint=legacy (%s)" % ", ".join(legacy))
+    children = [d for d in site.zfs.descendants(site.datasets) if d not in site.datasets]
+    if children:
+        refuse("would rename %s along with %s, and the part does not roll %s back" % (
+            ", ".join(children), "its parent" if len(children) == 1 else "their parents",
+            "it" if len(children) == 1 else "them"))
+    foreign = sorted({p for p in mountsmod.all_mountpoints()
+                      if p not in mountpoints and any(mountsmod.is_inside(p, m)
+                                                      for m in mountpoints)})
+    if foreign:
+        refuse("would have to unmount %s, mounted inside the datasets, and nothing would mount "
+               "%s again" % (", ".join(foreign), "it" if len(foreign) == 1 else "them"))
 
 
-def local_properties(site, dataset):
-    proc = site.zfs.run("get", "-H", "-p", "-o", "property,value", "-s", "local", "all",
-                        dataset)
-    props = {}
+def local_properties(site, datasets):
+    """{dataset: {property: value}} of the properties set on each dataset itself."""
+    proc = site.zfs.run("get", "-H", "-p", "-o", "name,property,value", "-s", "local", "all",
+                        *datasets)
+    props = {d: {} for d in datasets}
     for line in proc.stdout.split("\n"):
-        if "\t" in line:
-            name, value = line.split("\t", 1)
-            if name in NOT_COPIED:
-                continue
-            if name in SPACE_LIMITS and value == "0":
-                value = "none"  # what zfs prints as 0 with -p, and takes only as none
-            props[name] = value
+        fields = line.split("\t", 2)
+        if len(fields) != 3 or fields[0] not in props or fields[1] in NOT_COPIED:
+            continue
+        name, value = fields[1], fields[2]
+        if name in SPACE_LIMITS and value == "0":
+            value = "none"  # what zfs prints as 0 with -p, and takes only as none
+        props[fields[0]][name] = value
     return props
 
 
-def prepare(site, plan, stamp):
-    """Clones of the target snapshot, not mounted, with the datasets' own properties; made
-    while the site runs. [(dataset, new, kept, mountpoint, canmount)]"""
-    mounts = mountsmod.zfs_mounts()
+def plan_swaps(site, plan, stamp):
+    """What each dataset's swap needs, read before anything is made: [{dataset, snapshot,
+    new, kept, mountpoint, canmount, mounted, old_guid, new_guid, properties}]."""
+    table = mountsmod.zfs_mounts()
+    datasets = [e["dataset"] for e in plan["datasets"]]
+    values = site.zfs.get(datasets, ["mountpoint", "canmount", "guid"])
+    props = local_properties(site, datasets)
     swaps = []
     for entry in plan["datasets"]:
-        dataset = entry["dataset"]
-        values = site.zfs.get([dataset], ["mountpoint", "canmount"])[dataset]
-        props = local_properties(site, dataset)
-        new = new_name(dataset, stamp)
-        mountpoint = mountsmod.where(dataset, mounts) or values["mountpoint"]
-        argv = ["clone", "-o", "canmount=noauto"]
-        if "mountpoint" in site.zfs.run("get", "-H", "-o", "property", "-s", "local",
-                                        "mountpoint", dataset).stdout:
-            # Set on the dataset itself: the clone gets it too. An inherited one follows the
-            # name, and the clone will have the dataset's name.
-            argv += ["-o", "mountpoint=" + values["mountpoint"]]
-        for key, value in sorted(props.items()):
-            argv += ["-o", "%s=%s" % (key, value)]
-        site.out.action(" ".join(site.zfs.command + argv + [entry["snapshot"], new]))
-        try:
-            site.zfs.run(*(argv + [entry["snapshot"], new]))
-        except zfsmod.ZfsError:
-            undo(site, swaps)
-            raise
-        swaps.append({"dataset": dataset, "new": new, "kept": kept_name(dataset, stamp),
-                      "mountpoint": mountpoint, "legacy": values["mountpoint"] == "legacy",
-                      "canmount": values["canmount"], "mounted": mountsmod.where(
-                          dataset, mounts) is not None})
+        d = entry["dataset"]
+        mounted = mountsmod.where(d, table)
+        swaps.append({"dataset": d, "snapshot": entry["snapshot"], "new": new_name(d, stamp),
+                      "kept": kept_name(d, stamp), "mountpoint": mounted or
+                      values[d]["mountpoint"], "canmount": values[d]["canmount"],
+                      "mounted": mounted is not None, "old_guid": values[d]["guid"],
+                      "new_guid": None, "properties": props[d]})
     return swaps
 
 
-def undo(site, swaps):
-    """Destroy the clones made for a rollback that did not happen (and forget them)."""
-    while swaps:
-        swap = swaps.pop()
-        try:
-            site.zfs.destroy(swap["new"])
-        except zfsmod.ZfsError as e:
-            site.out.warn("could not destroy %s, made for the rollback: %s" % (swap["new"],
-                                                                           e.message))
+def clone_argv(swap):
+    """The clone claims the dataset's mountpoint itself (set, not inherited): which of the two
+    a boot mounts is then decided by canmount alone, whatever their names are."""
+    argv = ["clone", "-o", "canmount=noauto", "-o", "mountpoint=" + swap["mountpoint"]]
+    for key, value in sorted(swap["properties"].items()):
+        argv += ["-o", "%s=%s" % (key, value)]
+    return argv + [swap["snapshot"], swap["new"]]
 
 
-def commands(site, plan, stamp):
-    """What a --keep rollback runs, for --dry-run."""
+def facts(site, swaps):
+    """Where each swap stands, from ZFS: for the old and the new dataset, the name it has now
+    (or None), whether it is mounted, its canmount and its origin."""
+    names = [n for s in swaps for n in (s["dataset"], s["kept"], s["new"])]
+    proc = site.zfs.run("get", "-H", "-p", "-o", "name,property,value", ",".join(FACTS),
+                        *names, check=False)  # some of the names do not exist: not an error
+    seen = {}
+    for line in proc.stdout.split("\n"):
+        fields = line.split("\t")
+        if len(fields) == 3:
+            seen.setdefault(fields[0], {})[fields[1]] = fields[2]
+    result = []
+    for s in swaps:
+        fact = {"old": None, "new": None}
+        for name in (s["dataset"], s["kept"], s["new"]):
+            values = seen.get(name, {})
+            for role in ("old", "new"):
+                if s[role + "_guid"] and values.get("guid") == s[role + "_guid"]:
+                    fact.update({role: name, role + "_mounted": values.get("mounted") == "yes",
+                                 role + "_canmount": values.get("canmount"),
+                                 role + "_origin": values.get("origin")})
+        if not s["new_guid"] and s["new"] in seen and \
+                seen[s["new"]].get("origin") == s["snapshot"]:
+            # Cloned by a run killed before it could record the guid.
+            values = seen[s["new"]]
+            fact.update({"new": s["new"], "new_mounted": values.get("mounted") == "yes",
+                         "new_canmount": values.get("canmount"),
+                         "new_origin": values.get("origin")})
+        result.append(fact)
+    return result
+
+
+def fresh_facts(swaps):
+    """The facts before anything is done, for --dry-run."""
+    return [{"old": s["dataset"], "old_mounted": s["mounted"], "old_canmount": s["canmount"],
+             "new": s["new"], "new_mounted": False, "new_canmount": "noauto"} for s in swaps]
+
+
+def swap_steps(swaps, current):
+    """The zfs commands (argv tails) still to run, in order, for the clones to take the
+    datasets' places: [(swap, argv)]. `current` is facts() (or fresh_facts()) of `swaps`."""
+    pairs = sorted(zip(swaps, [dict(f) for f in current]),
+                   key=lambda p: p[0]["mountpoint"] or "")
+    to_mount = [s["mountpoint"] for s, f in pairs if s["mounted"] and not f.get("new_mounted")]
+    steps = []
+    for s, f in reversed(pairs):  # the innermost mounts first
+        if f["old"] and f.get("old_mounted"):
+            steps.append((s, ["unmount", f["old"]]))
+        if f.get("new_mounted") and any(m != s["mountpoint"] and mountsmod.is_inside(
+                s["mountpoint"], m) for m in to_mount):
+            # Mounted below a mountpoint still to be mounted (as a boot left it): mounting over
+            # it would hide it.
+            steps.append((s, ["unmount", f["new"]]))
+            f["new_mounted"] = False
+    for s, f in pairs:  # the outermost first: bin/ is back before the data is
+        if s["mounted"] and not f.get("new_mounted"):
+            steps.append((s, ["mount", f["new"] or s["new"]]))
+    for s, f in pairs:
+        # One step apart: a boot mounts the old dataset before, the clone after, and for the
+        # step between, neither (never both at one mountpoint, never the kept one).
+        if f["old"] and f.get("old_canmount") != "noauto":
+            steps.append((s, ["set", "canmount=noauto", f["old"]]))
+        if f.get("new_canmount") != s["canmount"]:
+            steps.append((s, ["set", "canmount=" + s["canmount"], f["new"] or s["new"]]))
+    for s, f in pairs:
+        if f["old"] == s["dataset"]:
+            steps.append((s, ["rename", "-u", s["dataset"], s["kept"]]))
+        if f["new"] != s["dataset"]:
+            steps.append((s, ["rename", "-u", f["new"] or s["new"], s["dataset"]]))
+    return steps
+
+
+def settle_steps(site, swaps, current, target, stamp):
+    """What is left to do once the site runs again: [(swap, argv)]."""
+    marks = {P + "part": site.part, P + "buildout": site.directory, P + "kind": KIND,
+             P + "created": stamp, P + "target": target, P + "user": current_user()}
+    steps = []
+    for s, f in zip(swaps, current):
+        if f["new"] != s["dataset"] or f["old"] != s["kept"]:
+            continue  # not swapped: nothing of this dataset to settle
+        if f.get("new_origin") is None or f["new_origin"].startswith(s["kept"] + "@"):
+            steps.append((s, ["promote", s["dataset"]]))
+        steps.append((s, ["set", "readonly=on"] + ["%s=%s" % (k, v) for k, v in sorted(
+            dict(marks, **{P + "dataset": s["dataset"]}).items())] + [s["kept"]]))
+        steps.append((s, ["set", "mountpoint=none", s["kept"]]))
+    return steps
+
+
+def commands(site, swaps, target, stamp):
+    """Every zfs command of a --keep rollback, in order, from the code that runs them."""
     zfs = site.zfs.command
-    argvs = []
-    for entry in plan["datasets"]:
-        d = entry["dataset"]
-        argvs.append(zfs + ["clone", "-o", "canmount=noauto", entry["snapshot"],
-                            new_name(d, stamp)])
-    for entry in plan["datasets"]:
-        d = entry["dataset"]
-        argvs += [zfs + ["unmount", d], zfs + ["rename", "-u", d, kept_name(d, stamp)],
-                  zfs + ["rename", "-u", new_name(d, stamp), d], zfs + ["mount", d]]
-    for entry in plan["datasets"]:
-        argvs.append(zfs + ["promote", entry["dataset"]])
-    return argvs
+    argvs = [zfs + clone_argv(s) for s in swaps]
+    argvs += [zfs + argv for _, argv in swap_steps(swaps, fresh_facts(swaps))]
+    settled = [dict(f, old=s["kept"], new=s["dataset"], new_origin=None)
+               for s, f in zip(swaps, fresh_facts(swaps))]
+    return argvs + [zfs + argv for _, argv in settle_steps(site, swaps, settled, target,
+                                                            stamp)]
 
 
-def swap(site, swaps, target, done):
-    """While the site is down: each dataset's clone takes its place. `done` gets the datasets
-    swapped so far."""
-    order = sorted(swaps, key=lambda s: s["mountpoint"] or "")
+def make_clones(site, swaps):
+    """Clone the target snapshot for every swap that has no clone yet (the site may run)."""
+    current = facts(site, swaps)
+    for s, f in zip(swaps, current):
+        if f["new"]:
+            continue
+        site.out.action(" ".join(site.zfs.command + clone_argv(s)))
+        site.zfs.run(*clone_argv(s))
+    missing = [s["new"] for s in swaps if not s["new_guid"]]
+    if missing:
+        guids = site.zfs.get(missing, ["guid"])
+        for s in swaps:
+            if s["new"] in guids:
+                s["new_guid"] = guids[s["new"]]["guid"]
+
+
+def undo(site, swaps):
+    """Destroy the clones made for a rollback that did not happen: only those that are still
+    the unmounted clones of the target this part made."""
+    problems = []
+    for s, f in zip(swaps, facts(site, swaps)):
+        if f["new"] != s["new"] or f.get("new_mounted") or f.get("new_origin") != s["snapshot"]:
+            continue
+        try:
+            site.zfs.destroy(s["new"])
+        except zfsmod.ZfsError as e:
+            problems.append(e.message)
+            site.out.warn("could not destroy %s, made for the rollback: %s" % (s["new"],
+                                                                           e.message))
+    return problems
+
+
+def swap(site, swaps):
+    """While the site is down: each dataset's clone takes its place, from where ZFS says the
+    swap stands (a killed run may have done part of it)."""
     os.chdir("/")  # this process's own working directory must not keep a dataset busy
-    for s in reversed(order):  # the innermost mounts first
-        if s["mounted"]:
-            site.out.action(" ".join(site.zfs.command + ["unmount", s["dataset"]]))
-            unmount(site, s)
-    for s in order:
-        site.out.action("%s rename -u %s %s; rename -u %s %s" % (
-            " ".join(site.zfs.command), s["dataset"], s["kept"], s["new"], s["dataset"]))
-        site.zfs.run("rename", "-u", s["dataset"], s["kept"])
-        site.zfs.run("rename", "-u", s["new"], s["dataset"])
-        done.append(s["dataset"])
-    for s in order:
-        if s["mounted"]:
-            site.out.action(" ".join(site.zfs.command + ["mount", s["dataset"]]))
-            site.zfs.run("mount", s["dataset"])
+    for s, argv in swap_steps(swaps, facts(site, swaps)):
+        site.out.action(" ".join(site.zfs.command + argv))
+        if argv[0] == "unmount":
+            unmount(site, s, argv[1])
+        else:
+            site.zfs.run(*argv)
 
 
-def unmount(site, swap):
+def elevation(site):
+    """What runs zfs with privileges (`sudo -n` of `sudo -n zfs`), for the one command that is
+    not zfs's: the lazy unmount."""
+    return site.zfs.command[:-1]
+
+
+def unmount(site, swap, name):
     """Unmount a dataset that may be some shell's working directory (the operator's own, who
-    typed bin/rollback in the buildout): detached lazily on Linux, forcibly on FreeBSD. Such a
-    shell sees the state rolled away from until it changes directory."""
-    proc = site.zfs.run("unmount", swap["dataset"], check=False)
+    typed bin/rollback in the buildout): detached lazily on Linux, forcibly on FreeBSD. Nothing
+    else is mounted inside it (check() refuses that), so nothing else is detached with it."""
+    proc = site.zfs.run("unmount", name, check=False)
     if proc.returncode == 0:
         return
     if "busy" not in proc.stderr:
-        raise zfsmod.ZfsError("'zfs unmount %s' failed: %s" % (swap["dataset"],
-                                                                proc.stderr.strip()),
+        raise zfsmod.ZfsError("'zfs unmount %s' failed: %s" % (name, proc.stderr.strip()),
                               stderr=proc.stderr)
     if os.path.isdir("/proc/self"):
-        argv = ["umount", "-l", swap["mountpoint"]]
+        argv = elevation(site) + ["umount", "-l", swap["mountpoint"]]
     else:
-        argv = site.zfs.command + ["unmount", "-f", swap["dataset"]]
+        argv = site.zfs.command + ["unmount", "-f", name]
     site.out.note("%s is busy (a working directory in it): %s; a shell in %s sees the state "
                   "rolled away from until it changes directory (cd %s)" % (
-                      swap["dataset"], " ".join(argv), swap["mountpoint"],
-                      swap["mountpoint"]))
-    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          stdin=subprocess.DEVNULL, start_new_session=True)
+                      name, " ".join(argv), swap["mountpoint"], swap["mountpoint"]))
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, stdin=subprocess.DEVNULL, start_new_session=True)
+    except OSError as e:
+        raise zfsmod.ZfsError("'%s' could not run: %s" % (" ".join(argv), e.strerror))
+    crashpoint.done(" ".join(argv))
     if done.returncode != 0:
         raise zfsmod.ZfsError("'%s' failed: %s" % (" ".join(argv), done.stdout.strip()))
 
 
 def settle(site, swaps, target, stamp):
-    """After the site runs again: properties back as they were, the new datasets promoted,
-    the kept ones marked as the part's and made read-only."""
-    marks = {P + "part": site.part, P + "buildout": site.directory, P + "kind": KIND,
-             P + "created": stamp, P + "target": target, P + "user": current_user()}
-    for s in swaps:
+    """After the site runs again: the new datasets promoted, the kept ones marked as the
+    part's, read-only and never mounted. Each step on its own: one that fails does not skip
+    the others. The commands that failed, as text for the operator."""
+    failed = []
+    for s, argv in settle_steps(site, swaps, facts(site, swaps), target, stamp):
         try:
-            site.zfs.run("set", "canmount=" + s["canmount"], s["dataset"])
-            site.zfs.run("promote", s["dataset"])
-            site.zfs.run("set", "readonly=on", "canmount=noauto", *[
-                "%s=%s" % (k, v) for k, v in sorted(dict(
-                    marks, **{P + "dataset": s["dataset"]}).items())], s["kept"])
-            site.zfs.run("set", "mountpoint=none", s["kept"])
+            site.zfs.run(*argv)
         except zfsmod.ZfsError as e:
-            site.out.warn("the rolled-away %s is kept, but setting it up failed: %s" % (
-                s["kept"], e.message))
+            failed.append(" ".join(site.zfs.command + argv))
+            site.out.warn("setting up the rolled-away %s: %s" % (s["kept"], e.message))
+    return failed
 
 
 def kept_datasets(site):
-    """The part's kept (rolled-away) datasets: [{name, dataset, target, created}]."""
-    pools = sorted({zfsmod.Zfs.pool(d) for d in site.datasets})
+    """The part's kept (rolled-away) datasets: [{name, dataset, target, created}]. They are
+    siblings of the part's datasets: only their parents' children are asked about."""
+    parents = sorted({d.rsplit("/", 1)[0] for d in site.datasets if "/" in d})
+    if not parents:
+        return []
     props = ["part", "buildout", "kind", "created", "target", "dataset"]
     proc = site.zfs.run("get", "-H", "-p", "-o", "name,property,value,source", "-t",
-                        "filesystem", "-r", ",".join(P + p for p in props), *pools)
+                        "filesystem", "-d", "1", ",".join(P + p for p in props), *parents)
     found = {}
     for row in zfsmod.parse_table(proc.stdout, ("name", "property", "value", "source")):
         if row["source"] == "local" and row["property"].startswith(P):

@@ -45,6 +45,30 @@ def parse_mountinfo(text):
     return mounts
 
 
+def mountpoints_in_mountinfo(text):
+    """Every mountpoint in /proc/self/mountinfo, of any type (bind mounts and tmpfs too)."""
+    points = []
+    for line in text.split("\n"):
+        fields = line.split(" ")
+        if len(fields) > 4:
+            points.append(unescape(fields[4]))
+    return points
+
+
+def all_mountpoints():
+    """Every mountpoint of this machine, whatever is mounted there."""
+    if os.path.exists("/proc/self/mountinfo"):
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            return mountpoints_in_mountinfo(f.read())
+    try:
+        proc = subprocess.run(["mount", "-p"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, errors="surrogateescape", stdin=subprocess.DEVNULL)
+    except OSError:
+        return []
+    return [unescape(line.split()[1]) for line in proc.stdout.split("\n")
+            if len(line.split()) >= 2]
+
+
 def parse_fstab(text):
     """ZFS mounts in `mount -p` output (FreeBSD): SOURCE POINT TYPE OPTIONS DUMP PASS"""
     mounts = []

@@ -5,7 +5,6 @@ far the rollback got are recorded outside the datasets before anything is stoppe
 every step, so that a rollback killed or failed at any point is finished by running it again.
 """
 import os
-import subprocess
 import time
 
 from collective.recipe.zfssnap import keep as keepmod
@@ -27,6 +26,10 @@ from collective.recipe.zfssnap.supervisor import wait_gone
 
 class Aborted(Stop):
     """The rollback stopped before any dataset was rolled back; the site runs again."""
+
+
+class HealthFailed(Stop):
+    """Rolled back and started, but the site does not answer its health check."""
 
 
 def supervisor_of(site):
@@ -238,16 +241,24 @@ class Run:
         self.stopped_at = None
         self.swaps = []  # with --keep: the clones made to take the datasets' places
         self.up_at = None  # when the site ran again
+        try:
+            self.cwd = os.path.realpath(os.getcwd())
+        except OSError:
+            self.cwd = None
 
-    def save(self, **changes):
+    def save(self, required=False, **changes):
         self.data.update(changes)
         try:
             self.record.save(self.data)
         except (state.StateError, OSError) as e:
+            reason = getattr(e, "message", None) or e
+            if required:  # nothing has been stopped yet: a run that cannot be resumed is not
+                # worth starting
+                raise Stop("cannot record the rollback in %s (%s): fix that, then try again; "
+                           "nothing was stopped" % (self.record.path, reason), FAILED)
             # Refusing here would leave the site stopped: go on, and say it.
             self.out.warn("could not record the rollback's progress in %s (%s): if it is "
-                          "interrupted, start the site by hand" % (
-                              self.record.path, getattr(e, "message", None) or e))
+                          "interrupted, start the site by hand" % (self.record.path, reason))
 
     # -- stop -------------------------------------------------------------------------------
     def survey(self, pending):
@@ -268,6 +279,8 @@ class Run:
         if pending:
             data["daemon_was_running"] = running or pending.get("daemon_was_running", False)
             data["unit"] = pending.get("unit")
+            if sup and data["unit"]:
+                sup.unit = data["unit"]  # stopped through its unit: started through it too
             data["running_before"] += [n for n in pending.get("running_before", [])
                                        if n not in data["running_before"]]
         return procs, daemon_pid, data
@@ -417,7 +430,6 @@ class Run:
                            target, ", ".join(late), "its log" if len(late) == 1 else
                            "their logs", " ".join(logs) if logs else "supervisorctl", late[0],
                            self.site.scripts["rollback"]), FAILED)
-        self.record.clear()
 
     def health(self, target):
         """Wait until the part's health check passes (within stop-timeout)."""
@@ -435,12 +447,11 @@ class Run:
                 self.out.log("health check passed: %s" % what)
                 return
             if time.monotonic() - started > timeout:
-                self.record.clear()
                 self.out.log("health check failed: %s: %s" % (what, why))
-                raise Stop("rolled back every dataset to %s and started what ran before, but "
-                           "the health check %s did not pass within %d s (%s): the site does "
-                           "not answer as it should; look at its logs" % (
-                               target, what, timeout, why), FAILED)
+                raise HealthFailed(
+                    "rolled back every dataset to %s and started what ran before, but the "
+                    "health check %s did not pass within %d s (%s): the site does not answer as "
+                    "it should; look at its logs" % (target, what, timeout, why), FAILED)
             time.sleep(0.2)
 
     # -- the datasets -----------------------------------------------------------------------
@@ -459,31 +470,55 @@ class Run:
                 e, "rollback,destroy,mount"))
 
     def swap(self, plan, target):
-        done = []
+        """--keep: the clones take the datasets' places, step by step, each step recorded."""
         try:
-            keepmod.swap(self.site, self.swaps, target, done)
-        except (zfsmod.ZfsError, OSError, subprocess.CalledProcessError) as e:
-            self.save(rolled_back=list(done))
+            keepmod.swap(self.site, self.swaps)
+        except (zfsmod.ZfsError, OSError) as e:
             reason = getattr(e, "message", None) or str(e)
-            self.out.log("rollback --keep FAILED after %s: %s" % (",".join(done), reason))
-            zfs = " ".join(self.site.zfs.command)
-            steps = []
-            for s in self.swaps:
-                if s["dataset"] not in done:
-                    steps.append("%s rename -u %s %s; %s rename -u %s %s" % (
-                        zfs, s["dataset"], s["kept"], zfs, s["new"], s["dataset"]))
-            steps += ["%s mount %s" % (zfs, s["dataset"]) for s in self.swaps if s["mounted"]]
-            raise Stop("the --keep rollback failed half-way (%s): %s took the place of %s; "
-                       "the others did not, and the datasets may be unmounted; nothing was "
-                       "started again: finish by hand (%s), then start the site (%s)" % (
-                           reason, ", ".join(s["new"] for s in self.swaps
-                                             if s["dataset"] in done) or "no clone",
-                           ", ".join(done) or "any dataset", "; ".join(steps),
-                           self.start_hint()), INCOMPLETE)
-        self.save(rolled_back=list(done))
+            self.out.log("rollback --keep FAILED: %s" % reason)
+            zfs = self.site.zfs.command
+            try:
+                left = keepmod.swap_steps(self.swaps, keepmod.facts(self.site, self.swaps))
+                steps = "; ".join(" ".join(zfs + argv) for _, argv in left)
+            except zfsmod.ZfsError:
+                steps = "see %s --dry-run" % self.site.scripts["rollback"]
+            raise Stop("the --keep rollback failed half-way (%s); nothing was started again: fix "
+                       "the cause and run %s again (it finishes from where this one stopped; if "
+                       "the site directory is empty, run zfs mount -a first), or finish by "
+                       "hand (%s) and start the site (%s)" % (
+                           reason, self.site.scripts["rollback"], steps, self.start_hint()),
+                       INCOMPLETE)
         for s in self.swaps:
             self.out.log("rollback %s: %s is now a clone of the snapshot, the state before is "
                          "kept in %s" % (target, s["dataset"], s["kept"]))
+
+    def settle(self, target):
+        """--keep, once the swap is done: the commands that failed (already warned about)."""
+        failed = keepmod.settle(self.site, self.swaps, target, self.data["stamp"])
+        if not failed:
+            self.out.log("kept %s" % ",".join(s["kept"] for s in self.swaps))
+        return failed
+
+    def check_mounted(self, target):
+        """Before anything is started: each dataset mounted where bin/buildout found it, and
+        not hidden by another mount. A program started on an empty var/filestorage would
+        create a fresh, empty Data.fs."""
+        table = mountsmod.zfs_mounts()
+        problems = []
+        for dataset, mountpoint in sorted(self.site.config.get("mounts", {}).items()):
+            now = mountsmod.where(dataset, table)
+            holder = mountsmod.holding(mountpoint, table) if os.path.isdir(mountpoint) else None
+            if now != mountpoint:
+                problems.append("%s is %s" % (dataset, "mounted at " + now if now else
+                                              "not mounted (it belongs at %s)" % mountpoint))
+            elif holder is None or holder.dataset != dataset:
+                problems.append("%s holds %s, not %s" % (
+                    holder.dataset if holder else "no ZFS dataset", mountpoint, dataset))
+        if problems:
+            raise Stop("rolled back every dataset to %s, but they are not mounted as the site "
+                       "needs: %s; nothing was started: mount them (zfs mount -a), then run %s "
+                       "again to start the site" % (target, "; ".join(problems),
+                                                    self.site.scripts["rollback"]), INCOMPLETE)
 
     def failed_midway(self, plan, done, reason, code=FAILED, advice=""):
         """The Stop for a rollback that failed after the site was stopped."""
@@ -510,7 +545,6 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
              confirm=None, critical=None, keep=False):
     out = site.out
     run = Run(site, force)
-    mountpoints = site.check_layout("roll back")
     pending = run.record.load()
     if pending:
         out.plan(describe_record(pending))
@@ -521,14 +555,36 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
                            pending["target"], site.scripts["rollback"], pending["target"],
                            site.scripts["rollback"]), REFUSED)
         wanted = pending["target"]
+        if pending.get("keep") and not keep:
+            out.note("the unfinished rollback keeps the state rolled away from (--keep): so "
+                     "does this one")
+        keep = bool(pending.get("keep"))
+        if pending.get("stage") == "preparing":
+            # Killed before it stopped anything: nothing to finish, only its clones to remove;
+            # what ran then is still what is to run afterwards.
+            if not dry_run:
+                keepmod.undo(site, pending.get("keep") or [])
+            pending = {k: pending[k] for k in ("target", "daemon_was_running", "running_before",
+                                               "unit", "stage") if k in pending}
+            pending["stage"] = "stopping"
+    stage = pending.get("stage") if pending else None
+    if stage in ("rolled back", "settling") or (keep and stage == "rolling back"):
+        # The datasets are (being) replaced: their layout and snapshots are not what the plan
+        # reads; the record and ZFS say what is left to do.
+        return resume(run, pending, yes, dry_run, confirm, critical)
+    mountpoints = site.check_layout("roll back")
     target = site.find_set(wanted)
-    if pending and pending.get("stage") == "rolled back":
-        return resume_start(run, pending, target, yes, dry_run, confirm, critical)
     if keep:
-        keepmod.check(site)
+        keepmod.check(site, mountpoints)
     plan = plan_rollback(site, target, keep=keep)
-    stamp = state.utc_stamp().replace("-", "").replace(":", "")
-    commands = keepmod.commands(site, plan, stamp) if keep else [
+    if keep and pending and pending.get("keep"):
+        stamp, swaps = pending["stamp"], pending["keep"]
+    elif keep:
+        stamp = state.utc_stamp().replace("-", "").replace(":", "")
+        swaps = keepmod.plan_swaps(site, plan, stamp)
+    else:
+        stamp, swaps = None, []
+    commands = keepmod.commands(site, swaps, target.short, stamp) if keep else [
         rollback_argv(site, e) for e in plan["datasets"]]
     zodb_view(site, plan)
     show_plan(site, plan, diff=diff, always=not yes and not dry_run)
@@ -544,23 +600,37 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
     if critical:
         critical()
     procs, daemon_pid, run.data = run.survey(pending)
-    run.data.update(target=target.short)
+    run.data.update(target=target.short, keep=swaps or None, stamp=stamp)
+    run.swaps = swaps
     managed = processes.with_descendants([daemon_pid or 0] + [p.pid for p in procs.values()
                                                               if p.pid])
     # Before anything is stopped: processes outside supervisor would block anyway.
     check_open_files(site, mountpoints, managed, force, before_stop=True)
     site.hook("before-rollback")
     if keep:
-        # While the site still runs: the clones cost no downtime.
-        run.swaps = keepmod.prepare(site, plan, stamp)
-        run.data.update(keep=[dict(s) for s in run.swaps])
-    run.save()
+        # Recorded before the clones are made, so that a run killed while making them leaves
+        # nothing the next one does not know of.
+        run.save(required=True, stage="stopping" if pending else "preparing")
+        try:
+            # While the site still runs: the clones cost no downtime.
+            keepmod.make_clones(site, swaps)
+        except zfsmod.ZfsError as e:
+            keepmod.undo(site, swaps)
+            if not pending:
+                run.record.clear()
+            raise Stop("making the clones for --keep failed: %s; nothing was stopped" % (
+                site.permission_message(e, "clone,create,mount")), FAILED)
+    run.save(required=True, stage="stopping")
     try:
         run.stop(mountpoints, procs, daemon_pid)
     except SupervisorError as e:
         raise run.failed_midway(plan, [], e.message)
-    except Stop:
-        keepmod.undo(site, run.swaps)  # refused with nothing rolled back
+    except Aborted:
+        raise
+    except Stop as e:
+        if e.code == REFUSED and not pending:  # refused with nothing stopped or rolled back
+            keepmod.undo(site, swaps)
+            run.record.clear()
         raise
     run.save(stage="stopped")
     try:
@@ -584,27 +654,95 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
         run.roll_back(plan, commands)
     run.save(stage="rolled back")
     out.data["rolled_back"] = [e["dataset"] for e in plan["datasets"]]
-    try:
-        run.finish_start(target.short)
-    finally:
-        if keep:  # once the site runs again (or failed to): not part of the downtime
-            keepmod.settle(site, run.swaps, target.short, stamp)
-            out.data["kept"] = [s["kept"] for s in run.swaps]
-    report(run, target.short)
-    if keep:
-        out.say("The state rolled away from is kept in %s (read-only, not mounted): look "
-                "inside with zfs set mountpoint=/mnt/rolled-away DATASET; %s --list shows "
-                "them, %s destroys them." % (", ".join(s["kept"] for s in run.swaps),
-                                             site.scripts["snapshot"], site.scripts["cleanup"]))
+    run.check_mounted(target.short)
+    finish(run, target.short)
     return plan
 
 
-def resume_start(run, pending, target, yes, dry_run, confirm, critical):
-    """The datasets were rolled back by an unfinished run: start what ran before, only."""
+def finish(run, target, start=True):
+    """Start what ran before, settle what --keep left to settle, forget the record, report."""
+    try:
+        if start:
+            run.finish_start(target)
+    except HealthFailed:
+        if run.swaps:
+            run.settle(target)
+        run.record.clear()  # it ran: a rerun has nothing left to do
+        raise
+    except Stop:
+        if run.swaps:
+            run.settle(target)  # the record stays: the rerun starts what did not start
+        raise
+    if run.swaps:
+        run.save(stage="settling")
+        failed = run.settle(target)
+        if failed:
+            raise Stop("rolled back to %s and started the site, but setting up the state kept "
+                       "in %s failed (above): run %s again to finish it, or by hand: %s" % (
+                           target, ", ".join(s["kept"] for s in run.swaps),
+                           run.site.scripts["rollback"], "; ".join(failed)), INCOMPLETE)
+    run.record.clear()
+    restore_guard_record(run.site, target)
+    report(run, target)
+    if run.swaps:
+        say_kept(run)
+
+
+def restore_guard_record(site, target):
+    """The release guard's record of the last bin/buildout (outside the datasets) back to what
+    it was when the target was taken: the site is that state again, and the target is a
+    snapshot of it. Without this, the next bin/buildout would see the bad release's revision
+    in it and refuse."""
+    guard = state.Record(site.config["lock_file"] + ".buildout.json", required="finished")
+    try:
+        if guard.load() is None:
+            return  # the guard is not used
+        found = site.find_set(target)
+        guard.save({"finished": found.properties.get("created", ""), "epoch": found.created,
+                    "revision": found.properties.get("git-revision", ""),
+                    "describe": found.properties.get("git-describe", ""), "versions": None,
+                    "restored": target})
+    except (Stop, state.StateError, zfsmod.ZfsError, OSError) as e:
+        site.out.warn("could not set the release guard's record back to %s (%s): the next "
+                      "bin/buildout may ask for a snapshot" % (target, getattr(e, "message", e)))
+
+
+def say_kept(run):
+    site = run.site
+    run.out.say("The state rolled away from is kept in %s (read-only, not mounted): look inside "
+                "with zfs set mountpoint=/mnt/rolled-away DATASET; %s --list shows them, %s "
+                "destroys them." % (", ".join(s["kept"] for s in run.swaps),
+                                    site.scripts["snapshot"], site.scripts["cleanup"]))
+    if any(mountsmod.is_inside(run.cwd or "", s["mountpoint"]) for s in run.swaps
+           if s["mounted"]):
+        run.out.say("Your shell's working directory is still in the state rolled away from: "
+                    "type cd %s to see the restored one." % site.directory)
+
+
+def resume(run, pending, yes, dry_run, confirm, critical):
+    """Finish an unfinished run from where it was killed: the rest of the --keep swap, then
+    starting what ran before (unless it was started already), then settling the kept state."""
     out = run.out
+    target = pending["target"]
     run.data = dict(pending)
-    out.plan("Every dataset was rolled back to %s; this run starts what ran before: %s." % (
-        target.short, ", ".join(pending.get("running_before", [])) or "nothing"))
+    run.swaps = pending.get("keep") or []
+    if run.sup and pending.get("unit"):
+        run.sup.unit = pending["unit"]  # stopped through its unit: started through it too
+    stage = pending["stage"]
+    if stage == "rolling back":
+        left = keepmod.swap_steps(run.swaps, keepmod.facts(run.site, run.swaps))
+        out.plan("The datasets are being replaced by clones of %s; this run finishes that (%d "
+                 "zfs command%s), then starts what ran before: %s." % (
+                     target, len(left), "" if len(left) == 1 else "s",
+                     ", ".join(pending.get("running_before", [])) or "nothing"))
+        if dry_run:
+            for _, argv in left:
+                out.command(run.site.zfs.command + argv)
+    else:
+        out.plan("Every dataset was rolled back to %s; this run %s." % (
+            target, "sets up the kept state rolled away from" if stage == "settling" else
+            "starts what ran before: %s" % (", ".join(pending.get("running_before", []))
+                                             or "nothing")))
     if dry_run:
         return None
     if not yes and (confirm is None or not confirm()):
@@ -612,8 +750,22 @@ def resume_start(run, pending, target, yes, dry_run, confirm, critical):
     if critical:
         critical()
     run.stopped_at = None
-    run.finish_start(target.short)
-    report(run, target.short)
+    if stage == "rolling back":
+        if run.sup and run.sup.running():
+            # Started since (by hand, or at boot): nothing may run while datasets are swapped.
+            run.pending_names = list(pending.get("running_before", []))
+            mountpoints = sorted(run.site.config.get("mounts", {}).values())
+            try:
+                run.stop(mountpoints, run.sup.processes(), run.sup.pid())
+            except SupervisorError as e:
+                raise Stop("supervisord runs, and stopping it before the rest of the swap "
+                           "failed: %s; stop it, then run %s again" % (
+                               e.message, run.site.scripts["rollback"]), INCOMPLETE)
+        run.swap(None, target)
+        run.save(stage="rolled back")
+    # What ran before runs again (a boot may have come between): started if it does not.
+    run.check_mounted(target)
+    finish(run, target)
     return None
 
 

@@ -9,6 +9,7 @@ import pwd
 import signal
 import subprocess
 
+from collective.recipe.zfssnap import crashpoint
 from collective.recipe.zfssnap import mounts as mountsmod
 from collective.recipe.zfssnap import zfs as zfsmod
 
@@ -199,8 +200,10 @@ class Site:
             except OSError:
                 pass
             proc.wait()
+            crashpoint.done("hook " + name)
             raise Stop("the %s hook '%s' did not finish within %d s and was killed: fix it, or "
                        "raise hook-timeout" % (name, " ".join(argv), timeout))
+        crashpoint.done("hook " + name)
         if rc != 0:
             raise Stop("the %s hook '%s' failed (exit %d): fix it, or empty the %s option"
                        % (name, " ".join(argv), rc, name))

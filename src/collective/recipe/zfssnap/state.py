@@ -10,6 +10,8 @@ import json
 import os
 import stat
 
+from collective.recipe.zfssnap import crashpoint
+
 
 class StateError(Exception):
     """A state file cannot be used safely; `message` says why and what to do."""
@@ -153,17 +155,47 @@ class Record:
         return data
 
     def save(self, data):
+        """Write `data` in place of the record: all of it or nothing, even across a power cut
+        (the new file is synced, renamed over the old one, and the directory synced)."""
+        directory = os.path.dirname(self.path)
         tmp = "%s.%d.tmp" % (self.path, os.getpid())
+        if os.path.lexists(tmp):  # what an earlier save of this process left when it failed
+            os.remove(tmp)
         fd = open_private(tmp, "lock-file", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_TRUNC)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, self.path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, self.path)
+        except BaseException:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            raise
+        sync_directory(directory)
+        crashpoint.done("record " + str(data.get("stage", "saved")))
 
     def clear(self):
         try:
             os.remove(self.path)
         except FileNotFoundError:
-            pass
+            return
+        sync_directory(os.path.dirname(self.path))
+        crashpoint.done("record removed")
+
+
+def sync_directory(path):
+    """Make a rename or removal in `path` durable (a power cut cannot bring the old name back)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -14,12 +14,16 @@ import subprocess
 import time
 import xmlrpc.client
 
+from collective.recipe.zfssnap import crashpoint
+
 
 STOPPED_STATES = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")
 RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF")
 # supervisor's Faults (xmlrpc.py): what a start or stop of a program in that state answers.
 ALREADY_STARTED, NOT_RUNNING, BAD_NAME, SHUTDOWN_STATE = 60, 70, 10, 6
 POLL = 0.1
+# The XML-RPC calls that change what runs (the others only ask): each is a crash point.
+CHANGING_CALLS = ("start", "stop", "shutdown", "restart", "signal", "reload", "add", "remove")
 
 
 class SupervisorError(Exception):
@@ -134,7 +138,7 @@ class Process:
         return "<Process %s %s>" % (self.name, self.state)
 
 
-def run_command(argv, timeout, what):
+def run_command(argv, timeout, what, changes=True):
     """Run a command of the site's (supervisord, systemctl) in a session of its own."""
     try:
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -145,6 +149,9 @@ def run_command(argv, timeout, what):
                                                                          timeout))
     except OSError as e:
         raise SupervisorError("'%s' (%s) could not run: %s" % (argv[0], what, e.strerror))
+    finally:
+        if changes:
+            crashpoint.done(" ".join(argv))
     if proc.returncode != 0:
         raise SupervisorError("'%s' (%s) failed: %s" % (" ".join(argv), what,
                                                          proc.stdout.strip() or
@@ -177,7 +184,7 @@ def systemd_unit(pid):
         return None
     try:
         main = run_command(["systemctl", "show", "--property=MainPID", "--value", unit], 30,
-                           "the main process of " + unit).strip()
+                           "the main process of " + unit, changes=False).strip()
     except SupervisorError:
         return None
     return unit if main == str(pid) else None
@@ -230,9 +237,12 @@ class Supervisor:
             transport = _Transport(self.url, self.username, self.password, self.timeout + 10)
             self._proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport,
                                                     allow_none=True)
+        changes = method.rpartition(".")[2].startswith(CHANGING_CALLS)
         try:
-            return getattr(self._proxy, method)(*args)
+            result = getattr(self._proxy, method)(*args)
         except xmlrpc.client.Fault as e:
+            if changes:
+                crashpoint.done("supervisord %s %s" % (method, " ".join(map(str, args))))
             raise Fault(method, e)
         except xmlrpc.client.ProtocolError as e:
             self._proxy = None
@@ -248,6 +258,9 @@ class Supervisor:
         except (OSError, http.client.HTTPException) as e:
             self._proxy = None
             raise SupervisorError("supervisord at %s did not answer: %s" % (self.url, e))
+        if changes:
+            crashpoint.done("supervisord %s %s" % (method, " ".join(map(str, args))))
+        return result
 
     def running(self):
         """True when supervisord answers, False when none listens; other errors raise.

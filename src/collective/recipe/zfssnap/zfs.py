@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 
+from collective.recipe.zfssnap import crashpoint
+
 
 # ZFS's own rule for the part after '@' (zfs_component_namecheck): these characters only.
 SNAPSHOT_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\- ]+$")
@@ -197,6 +199,8 @@ class Zfs:
         except OSError as e:
             raise NoZfsCommand("the command '%s' cannot be run (%s): fix the part's zfs option"
                                % (self.command[0], e.strerror), argv)
+        if crashpoint.zfs_changes(args):
+            crashpoint.done("zfs " + " ".join(args))
         if check and proc.returncode != 0:
             stderr = proc.stderr.strip()
             raise ZfsError("'%s' failed: %s" % (" ".join(argv), stderr or "exit %d"

@@ -9,6 +9,7 @@ import subprocess
 import time
 import unittest
 
+from collective.recipe.zfssnap.tests.layers import full_series_only
 from collective.recipe.zfssnap.tests.layers import DATASETS
 from collective.recipe.zfssnap.tests.layers import RUNNING
 from collective.recipe.zfssnap.tests.layers import SITE
@@ -76,6 +77,7 @@ def zfs_wrapper(path, body):
     return write_script(path, "#!/bin/sh\n%s\nexec zfs \"$@\"\n" % body)
 
 
+@full_series_only
 class KilledRunTest(unittest.TestCase):
     layer = Site
 
@@ -205,6 +207,7 @@ class KilledRunTest(unittest.TestCase):
         self.assertRolledBack()
 
 
+@full_series_only
 class HookTest(unittest.TestCase):
     layer = Site
 
@@ -247,6 +250,7 @@ class HookTest(unittest.TestCase):
         self.assertEqual(len(snapshots("tank/site")), 2)  # the baseline and setUp's
 
 
+@full_series_only
 class ConfirmationTest(unittest.TestCase):
     layer = Site
 
@@ -279,6 +283,7 @@ class ConfirmationTest(unittest.TestCase):
         self.assertIn("Rollback of tank/site", err)
 
 
+@full_series_only
 class SpaceTest(unittest.TestCase):
     layer = Site
 

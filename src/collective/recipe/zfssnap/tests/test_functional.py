@@ -5,6 +5,7 @@ import subprocess
 import time
 import unittest
 
+from collective.recipe.zfssnap.tests.layers import full_series_only
 from collective.recipe.zfssnap.tests.layers import DATASETS
 from collective.recipe.zfssnap.tests.layers import GIT
 from collective.recipe.zfssnap.tests.layers import SITE
@@ -196,6 +197,7 @@ class WorkflowTest(unittest.TestCase):
         self.assertEqual(program_states(), {"app": "RUNNING", "worker": "RUNNING"})
 
 
+@full_series_only
 class RefusalTest(unittest.TestCase):
     layer = Site
 
@@ -425,6 +427,7 @@ ALL_RUNNING = {"zz-server": "RUNNING", "app": "RUNNING", "worker": "RUNNING",
                "jobs:batch": "RUNNING"}
 
 
+@full_series_only
 class ProgramsTest(unittest.TestCase):
     """supervisord outside the datasets (it keeps running): its programs are stopped and
     started in supervisor's priority order, groups included; `programs` selects some."""
@@ -476,6 +479,7 @@ class ProgramsTest(unittest.TestCase):
 UNIT = "site-supervisord.service"
 
 
+@full_series_only
 class SystemdTest(unittest.TestCase):
     """supervisord run by a systemd unit (Restart=always), as production sites run it."""
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import unittest
 
+from collective.recipe.zfssnap.tests.layers import full_series_only
 from collective.recipe.zfssnap.tests.layers import DATASETS
 from collective.recipe.zfssnap.tests.layers import EVENTS
 from collective.recipe.zfssnap.tests.layers import GIT
@@ -45,6 +46,7 @@ def txg(name):
     return sh("zfs", "get", "-H", "-p", "-o", "value", "createtxg", name).strip()
 
 
+@full_series_only
 class TwoPoolsTest(unittest.TestCase):
     """The Data.fs's neighbour on a data pool, mounted inside the buildout, not named."""
 
@@ -132,6 +134,7 @@ class TwoPoolsTest(unittest.TestCase):
         self.assertEqual(read(ARCHIVE_AT + "/a.txt"), "before")
 
 
+@full_series_only
 class MountChangesTest(unittest.TestCase):
     layer = Site
 
@@ -168,6 +171,7 @@ class MountChangesTest(unittest.TestCase):
 LEGACY = "/srv/legacy-site"
 
 
+@full_series_only
 class SmallBuildoutTest(unittest.TestCase):
     """Buildouts of their own with only the part: quick to build, for the recipe's checks."""
 
@@ -224,6 +228,7 @@ def ensure_user():
         sh("useradd", "-m", SITEOP)
 
 
+@full_series_only
 class SiteUserTest(unittest.TestCase):
     """The buildout owned by a site user: run by root, or by that user with delegated ZFS
     permissions or `sudo -n zfs`."""

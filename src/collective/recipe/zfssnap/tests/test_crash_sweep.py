@@ -1,0 +1,236 @@
+"""The crash-point sweep (lab guest only): every script killed after each of its actions.
+
+For bin/snapshot, bin/rollback, bin/rollback --keep and bin/cleanup, on the three-dataset site:
+a first run with ZFSSNAP_CRASH_LOG counts the actions that change something (zfs commands,
+supervisord calls, the record written), then for every N the script is killed with SIGKILL
+right after action N (crashpoint.py), the power is cut (every process of the site killed,
+`zfs unmount -a; zfs mount -a` as a boot does), the documented recovery is typed, and the
+invariants are checked:
+
+- after the boot: each site path holds the dataset of that name (the old state or the
+  restored one), or, at the one step per dataset where --keep turns canmount off on the old
+  one before it turns it on on the clone, nothing; never a kept (rolled-away) dataset;
+- after the rerun: the site answers at the target's state (rollback) or unchanged (snapshot,
+  cleanup); every dataset at the target snapshot with nothing newer; the other tool's
+  snapshot untouched; with --keep, the kept state holds what was written after the snapshot;
+  no record left.
+
+One line per crash point is printed (script, N, the action just done, result). The sweep runs
+on one OpenZFS series (the newest in the lab); the other runs the ordinary suite.
+"""
+import os
+import signal
+import subprocess
+import unittest
+
+from collective.recipe.zfssnap.tests.layers import BASELINE
+from collective.recipe.zfssnap.tests.layers import DATASETS
+from collective.recipe.zfssnap.tests.layers import SITE
+from collective.recipe.zfssnap.tests.layers import Site
+from collective.recipe.zfssnap.tests.layers import app
+from collective.recipe.zfssnap.tests.layers import program_pids
+from collective.recipe.zfssnap.tests.layers import script_config
+from collective.recipe.zfssnap.tests.layers import sh
+from collective.recipe.zfssnap.tests.layers import snapshots
+from collective.recipe.zfssnap.tests.layers import supervisord_pids
+from collective.recipe.zfssnap.tests.layers import take_snapshot
+from collective.recipe.zfssnap.tests.layers import wait_for
+
+SWEEP_SERIES = "2.3"
+LOG = "/tmp/crash-actions.log"
+TABLE = os.environ.get("ZFSSNAP_SWEEP_TABLE", "/mnt/share/crash-sweep.txt")
+
+
+def crashed_run(argv, after=None, log=None):
+    """(exit code, output) of a script run in the site, killed after action `after`."""
+    env = dict(os.environ)
+    env.pop("ZFSSNAP_CRASH_AFTER", None)
+    env.pop("ZFSSNAP_CRASH_LOG", None)
+    if after:
+        env["ZFSSNAP_CRASH_AFTER"] = str(after)
+    if log:
+        env["ZFSSNAP_CRASH_LOG"] = log
+    proc = subprocess.run(argv, cwd="/", env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    return proc.returncode, proc.stdout
+
+
+def actions(argv):
+    if os.path.exists(LOG):
+        os.remove(LOG)
+    rc, out = crashed_run(argv, log=LOG)
+    assert rc == 0, "the counting run of %s failed (exit %d):\n%s" % (argv, rc, out)
+    with open(LOG) as f:
+        return [line.rstrip("\n").split("\t", 1)[1] for line in f]
+
+
+def power_cut():
+    """What a power cut and a boot do to the site: every process gone, the mounts a boot
+    makes (`zfs mount -a`)."""
+    for pid in supervisord_pids() + program_pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: not supervisord_pids() and not program_pids(), what="the site to die")
+    sh("zfs", "unmount", "-a", "-f", check=False)
+    sh("zfs", "mount", "-a", check=False)
+
+
+def mounted_at():
+    """{mountpoint: dataset} of the ZFS mounts, the last (visible) one for each point."""
+    table = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1] == "zfs":
+                table[fields[4]] = fields[sep + 2]
+    return table
+
+
+def record_path():
+    return script_config()["lock_file"] + ".rollback.json"
+
+
+class CrashSweepTest(unittest.TestCase):
+    layer = Site
+
+    @classmethod
+    def setUpClass(cls):
+        cls.lines = []
+
+    @classmethod
+    def tearDownClass(cls):
+        if os.path.isdir(os.path.dirname(TABLE)):
+            with open(TABLE, "a") as f:
+                f.write("\n".join(cls.lines) + "\n")
+
+    def setUp(self):
+        if os.environ.get("ZFSSNAP_LAB_SERIES", SWEEP_SERIES) != SWEEP_SERIES:
+            self.skipTest("the sweep runs on OpenZFS %s only" % SWEEP_SERIES)
+        Site.reset()
+
+    def line(self, script, n, action, result):
+        text = "%-16s %3d  %-58s %s" % (script, n, action[:58], result)
+        print("\n  sweep: " + text, end="")
+        self.lines.append(text)
+
+    # -- what every point checks ----------------------------------------------------------
+    def check_boot(self, window_ok=False):
+        """After the boot: the site paths hold their datasets (or, in --keep's one step per
+        dataset, nothing); never a kept one. The recovery typed when bin/ is not there."""
+        table = mounted_at()
+        empty = []
+        for dataset, mountpoint in DATASETS.items():
+            there = table.get(mountpoint)
+            self.assertNotIn("-rolled-away-", there or "", "a kept dataset at " + mountpoint)
+            if there is None:
+                empty.append(dataset)
+                continue
+            self.assertEqual(there, dataset, "%s holds %s" % (mountpoint, there))
+        if empty:
+            self.assertTrue(window_ok, "nothing mounted at %s after the boot" % empty)
+            # The documented recovery: mount the dataset by its name, then rerun.
+            for dataset in empty:
+                sh("zfs", "mount", dataset, check=False)
+            return "boot: %s empty, zfs mount" % ",".join(d.split("/")[-1] for d in empty)
+        return "boot ok"
+
+    def check_site(self, expected_version, target=None):
+        state = wait_for(app, what="the app to answer")
+        self.assertEqual(state["version"], expected_version)
+        self.assertFalse(os.path.exists(record_path()), "the record is left")
+        for dataset in DATASETS:
+            names = [s.split("@")[1] for s in snapshots(dataset)]
+            self.assertEqual(names[0], BASELINE, "the other tool's snapshot of " + dataset)
+            if target:
+                self.assertEqual(names[-1], target, "%s: %s" % (dataset, names))
+        return state
+
+    def release(self):
+        with open(SITE + "/VERSION", "w") as f:
+            f.write("2.0\n")
+        return app("/write?blob=release", "POST")
+
+    def kept(self):
+        return [n for n in sh("zfs", "list", "-H", "-o", "name").split()
+                if "-rolled-away-" in n]
+
+    # -- the sweeps -----------------------------------------------------------------------
+    def test_snapshot(self):
+        argv = [SITE + "/bin/snapshot", "sweep"]
+        steps = actions(argv)
+        self.assertEqual(steps, ["zfs snapshot " + steps[0][len("zfs snapshot "):]])
+        for n, action in enumerate(steps, 1):
+            rc, out = crashed_run(argv, after=n)
+            self.assertEqual(rc, -signal.SIGKILL, out)
+            power_cut()
+            boot = self.check_boot()
+            sh(SITE + "/bin/supervisord")
+            self.check_site("1.0")
+            rc, out = crashed_run(argv)
+            self.assertNotEqual(rc, -signal.SIGKILL)
+            self.line("snapshot", n, action, "%s; rerun exit %d" % (boot, rc))
+
+    def test_cleanup(self):
+        take_snapshot("one")
+        take_snapshot("two")
+        argv = [SITE + "/bin/cleanup", "--yes"] if "--yes" in crashed_run(
+            [SITE + "/bin/cleanup", "--help"])[1] else [SITE + "/bin/cleanup"]
+        steps = actions(argv)
+        for n, action in enumerate(steps, 1):
+            Site.reset()
+            take_snapshot("one")
+            take_snapshot("two")
+            rc, out = crashed_run(argv, after=n)
+            self.assertEqual(rc, -signal.SIGKILL, out)
+            power_cut()
+            boot = self.check_boot()
+            rc, out = crashed_run(argv)
+            self.assertEqual(rc, 0, out)
+            sh(SITE + "/bin/supervisord")
+            self.check_site("1.0", target=BASELINE)
+            self.line("cleanup", n, action, "%s; rerun ok" % boot)
+
+    def sweep_rollback(self, script, extra):
+        target = take_snapshot("sweep")
+        before = app()
+        self.release()
+        argv = [SITE + "/bin/rollback", "--yes"] + extra + [target]
+        steps = actions(argv)
+        self.check_site("1.0", target)
+        self.clear_kept()
+        for n, action in enumerate(steps, 1):
+            written = self.release()
+            rc, out = crashed_run(argv, after=n)
+            self.assertEqual(rc, -signal.SIGKILL, "run killed after %d: %s" % (n, out))
+            power_cut()
+            boot = self.check_boot(window_ok="--keep" in extra)
+            rc, out = crashed_run(argv)
+            self.assertEqual(rc, 0, "rerun after a crash after %d (%s): %s" % (n, action, out))
+            state = self.check_site("1.0", target)
+            self.assertEqual(state["counter"], before["counter"], "point %d" % n)
+            self.assertNotIn("release", state["blobs"])
+            if "--keep" in extra:
+                kept = self.kept()
+                self.assertEqual(len(kept), len(DATASETS), kept)
+                for name in kept:
+                    self.assertEqual(sh("zfs", "get", "-H", "-o", "value", "readonly",
+                                        name).strip(), "on", name)
+                fs = [k for k in kept if k.startswith("tank/site-filestorage-")][0]
+                self.assertGreater(int(sh("zfs", "get", "-H", "-p", "-o", "value", "written",
+                                          fs)), 0, "the kept Data.fs lost the release's "
+                                   "transactions (%s)" % written)
+                self.clear_kept()
+            self.line(script, n, action, "%s; rerun ok" % boot)
+
+    def clear_kept(self):
+        for name in self.kept():
+            sh("zfs", "destroy", "-r", name)
+
+    def test_rollback(self):
+        self.sweep_rollback("rollback", [])
+
+    def test_rollback_keep(self):
+        self.sweep_rollback("rollback --keep", ["--keep"])

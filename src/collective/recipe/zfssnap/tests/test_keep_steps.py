@@ -1,0 +1,183 @@
+"""The order of bin/rollback --keep's steps, against a model of a pool (fake_pool): after each
+step, what a boot would mount, and that a rerun finishes the job from there. The guest's
+crash-point sweep proves the same on real OpenZFS."""
+import copy
+import unittest
+
+from collective.recipe.zfssnap import keep
+from collective.recipe.zfssnap.tests.fake_pool import FakePool
+from collective.recipe.zfssnap.tests.fake_pool import FakeSite
+
+
+STAMP = "S"
+LAYOUT = (("tank/site", "/srv/site"), ("tank/site-fs", "/srv/site/var/filestorage"),
+          ("data/blobs", "/srv/site/var/blobstorage"))
+
+
+def new_site():
+    pool = FakePool()
+    for name, mountpoint in LAYOUT:
+        pool.create(name, mountpoint)
+        pool.snapshot(name + "@before")
+    site = FakeSite(pool, [name for name, _ in LAYOUT])
+    swaps = []
+    for name, mountpoint in LAYOUT:
+        swaps.append({"dataset": name, "snapshot": name + "@before",
+                      "new": keep.new_name(name, STAMP), "kept": keep.kept_name(name, STAMP),
+                      "mountpoint": mountpoint, "canmount": "on", "mounted": True,
+                      "old_guid": pool.datasets[name]["guid"], "new_guid": None,
+                      "properties": {"compression": "lz4"}})
+    keep.make_clones(site, swaps)
+    return pool, site, swaps
+
+
+def run_steps(site, swaps):
+    for swap, argv in keep.swap_steps(swaps, keep.facts(site, swaps)):
+        if argv[0] == "unmount":
+            keep.unmount(site, swap, argv[1])
+        else:
+            site.zfs.run(*argv)
+
+
+class SwapOrderTest(unittest.TestCase):
+
+    def setUp(self):
+        self.pool, self.site, self.swaps = new_site()
+        self.steps = keep.swap_steps(self.swaps, keep.facts(self.site, self.swaps))
+
+    def assert_swapped(self, pool):
+        for s in self.swaps:
+            new, old = pool.datasets[s["dataset"]], pool.datasets[s["kept"]]
+            self.assertEqual(new["guid"], s["new_guid"])
+            self.assertEqual(old["guid"], s["old_guid"])
+            self.assertEqual((new["canmount"], new["mounted"], new["mountpoint"]),
+                             ("on", True, s["mountpoint"]))
+            self.assertEqual((old["canmount"], old["mounted"]), ("noauto", False))
+            self.assertNotIn(s["new"], pool.datasets)
+
+    def test_a_run_swaps_every_dataset(self):
+        run_steps(self.site, self.swaps)
+        self.assert_swapped(self.pool)
+        self.assertEqual(keep.swap_steps(self.swaps, keep.facts(self.site, self.swaps)), [])
+
+    def test_the_clones_claim_the_mountpoints_and_are_not_mounted_at_boot(self):
+        for s in self.swaps:
+            clone = self.pool.datasets[s["new"]]
+            self.assertEqual((clone["canmount"], clone["mountpoint"], clone["origin"]),
+                             ("noauto", s["mountpoint"], s["snapshot"]))
+        self.assertIn(["clone", "-o", "canmount=noauto", "-o", "mountpoint=/srv/site", "-o",
+                       "compression=lz4", "tank/site@before", "tank/site-rollback-S"],
+                      self.pool.calls)
+
+    def test_after_every_step_a_boot_mounts_the_old_or_the_new_dataset_never_the_kept(self):
+        windows = 0
+        for n in range(len(self.steps) + 1):
+            pool, site, swaps = copy.deepcopy((self.pool, self.site, self.swaps))
+            for _, argv in self.steps[:n]:
+                site.zfs.run(*argv)
+            booted = pool.boot_mounts()
+            for s in swaps:
+                claim = booted.get(s["mountpoint"], [])
+                self.assertLessEqual(len(claim), 1, "two datasets claim %s after step %d"
+                                     % (s["mountpoint"], n))
+                guids = [pool.datasets[c]["guid"] for c in claim]
+                if guids == [s["old_guid"]]:
+                    # The state from before: only while it still has the dataset's name.
+                    self.assertEqual(claim, [s["dataset"]], "step %d" % n)
+                elif not guids:
+                    windows += 1
+                else:
+                    self.assertEqual(guids, [s["new_guid"]])
+        # One step per dataset where a boot mounts neither (canmount goes off on one before it
+        # goes on on the other): never more.
+        self.assertEqual(windows, len(self.swaps))
+
+    def test_a_rerun_after_any_step_finishes_the_swap(self):
+        for n in range(len(self.steps) + 1):
+            for reboot in (False, True):
+                pool, site, swaps = copy.deepcopy((self.pool, self.site, self.swaps))
+                for _, argv in self.steps[:n]:
+                    site.zfs.run(*argv)
+                if reboot:  # the mounts as a boot makes them, then the rerun
+                    for d in pool.datasets.values():
+                        d["mounted"] = False
+                    pool.mount_all()
+                    if not any(d["mounted"] and d["mountpoint"] == "/srv/site"
+                               for d in pool.datasets.values()):
+                        # The documented recovery when bin/ is not there after a boot: the
+                        # dataset by its name (the old one, or the clone once renamed).
+                        pool.run("mount", "tank/site")
+                run_steps(site, swaps)
+                self.assert_swapped(pool)
+
+    def test_a_busy_dataset_is_detached_lazily_with_the_zfs_commands_privileges(self):
+        self.site.zfs.command = ["sudo", "-n", "zfs"]
+        self.site.zfs.busy.add("/srv/site")
+        ran = []
+        original = keep.subprocess.run
+
+        def fake_run(argv, **kw):
+            ran.append(argv)
+            self.pool.datasets["tank/site"]["mounted"] = False
+            return original(["true"], **kw)
+        keep.subprocess.run = fake_run
+        try:
+            run_steps(self.site, self.swaps)
+        finally:
+            keep.subprocess.run = original
+        self.assertEqual(ran, [["sudo", "-n", "umount", "-l", "/srv/site"]])
+        self.assert_swapped(self.pool)
+
+    def test_settle_promotes_marks_and_unmounts_for_good_each_step_on_its_own(self):
+        run_steps(self.site, self.swaps)
+        self.site.zfs.calls.clear()
+        failed = keep.settle(self.site, self.swaps, "before", STAMP)
+        self.assertEqual(failed, [])
+        for s in self.swaps:
+            kept = self.pool.datasets[s["kept"]]
+            self.assertEqual(self.pool.datasets[s["dataset"]]["origin"], "-")
+            self.assertEqual((kept["readonly"], kept["mountpoint"]), ("on", "none"))
+            self.assertEqual(kept["user"][keep.P + "kind"], keep.KIND)
+        # Settled again (a rerun): no second promote, which would swap the origins back.
+        self.site.zfs.calls.clear()
+        self.assertEqual(keep.settle(self.site, self.swaps, "before", STAMP), [])
+        self.assertNotIn("promote", [c[0] for c in self.site.zfs.calls])
+
+    def test_a_failed_settle_step_does_not_skip_the_others(self):
+        run_steps(self.site, self.swaps)
+        original = self.pool.run
+
+        def failing(*args, check=True):
+            if args[0] == "promote" and args[-1] == "tank/site":
+                self.pool.fail("cannot promote: permission denied")
+            return original(*args, check=check)
+        self.pool.run = failing
+        failed = keep.settle(self.site, self.swaps, "before", STAMP)
+        self.assertEqual(failed, ["zfs promote tank/site"])
+        kept = self.pool.datasets["tank/site-rolled-away-S"]
+        self.assertEqual((kept["readonly"], kept["mountpoint"]), ("on", "none"))
+
+    def test_the_dry_run_prints_what_a_run_runs(self):
+        self.pool, self.site, self.swaps = copy.deepcopy((self.pool, self.site, self.swaps))
+        printed = keep.commands(self.site, self.swaps, "before", STAMP)
+        self.pool.calls.clear()
+        pool, site, swaps = new_site()
+        clones = [["zfs"] + c for c in pool.calls]
+        pool.calls.clear()
+        run_steps(site, swaps)
+        keep.settle(site, swaps, "before", STAMP)
+        ran = clones + [["zfs"] + c for c in pool.calls]
+        # The marks carry who ran it and when: compare without their values.
+        strip = [[a.split("=")[0] if keep.P in a else a for a in argv] for argv in printed]
+        self.assertEqual(strip, [[a.split("=")[0] if keep.P in a else a for a in argv]
+                                 for argv in ran])
+
+    def test_undo_destroys_only_the_unmounted_clones_of_the_target(self):
+        self.pool.datasets["tank/site-fs-rollback-S"]["mounted"] = True  # not ours to drop now
+        keep.undo(self.site, self.swaps)
+        self.assertEqual(sorted(n for n in self.pool.datasets if "-rollback-" in n),
+                         ["tank/site-fs-rollback-S"])
+
+
+if __name__ == "__main__":
+    unittest.main()
