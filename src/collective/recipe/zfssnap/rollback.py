@@ -38,7 +38,7 @@ def supervisor_of(site):
         return None
     return Supervisor(config["supervisor_conf"], config.get("supervisord"),
                       config.get("supervisord_unit"), config.get("programs", ()),
-                      config.get("stop_timeout", 60))
+                      config.get("stop_timeout", 60), config.get("supervisord_files", ()))
 
 
 def record_of(site):

@@ -159,6 +159,52 @@ def run_command(argv, timeout, what, changes=True):
     return proc.stdout
 
 
+def listening_inodes(port):
+    """{inode: owner uid} of the TCP sockets listening on `port` (Linux /proc/net/tcp, tcp6)."""
+    inodes = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().split("\n")[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # sl local rem st tx:rx tr:when retr uid timeout inode; st 0A is LISTEN
+            if len(fields) > 9 and fields[3] == "0A" and \
+                    int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes[fields[9]] = int(fields[7])
+    return inodes
+
+
+def socket_owner(inodes):
+    """The pid of a process with one of the socket `inodes` open, or None if none is seen."""
+    wanted = {"socket:[%s]" % i for i in inodes}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fds = "/proc/%s/fd" % entry
+        try:
+            names = os.listdir(fds)
+        except OSError:
+            continue
+        for fd in names:
+            try:
+                if os.readlink(os.path.join(fds, fd)) in wanted:
+                    return int(entry)
+            except OSError:
+                continue
+    return None
+
+
+def cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return [w.decode("utf-8", "replace") for w in f.read().split(b"\0") if w]
+    except OSError:
+        return []
+
+
 def parse_cgroup_unit(text):
     """The systemd service of a /proc/PID/cgroup text ('0::/system.slice/site.service')."""
     for line in text.splitlines():
@@ -217,8 +263,9 @@ def wait_gone(pids, deadline):
 class Supervisor:
     """The site's supervisord: its programs, its own process, and how it is started."""
 
-    def __init__(self, conf, daemon=None, unit=None, programs=(), timeout=60):
+    def __init__(self, conf, daemon=None, unit=None, programs=(), timeout=60, pidfiles=()):
         self.conf = conf
+        self.pidfiles = [p for p in pidfiles if p.endswith(".pid")]
         self.daemon = list(daemon) if daemon else None
         self.unit = unit or None          # the systemd service running supervisord, if known
         self.programs = list(programs)    # empty: every program
@@ -234,6 +281,8 @@ class Supervisor:
     # -- the connection ---------------------------------------------------------------------
     def call(self, method, *args):
         if self._proxy is None:
+            if not self.url.startswith("unix://"):
+                self.check_listener()  # before the credentials are sent to it
             transport = _Transport(self.url, self.username, self.password, self.timeout + 10)
             self._proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport,
                                                     allow_none=True)
@@ -261,6 +310,43 @@ class Supervisor:
         if changes:
             crashpoint.done("supervisord %s %s" % (method, " ".join(map(str, args))))
         return result
+
+    def check_listener(self):
+        """On an inet socket anyone may listen while supervisord is down: refuse to talk to a
+        process that is not the site's supervisord (the one whose pid file the site has, or
+        one running the site's supervisord script or configuration)."""
+        parsed = re.match(r"^https?://([^/:]+|\[[^]]+\])(?::(\d+))?", self.url)
+        if not parsed or not os.path.isdir("/proc/self"):
+            return  # checked on Linux only; FreeBSD has no /proc to read it from
+        port = int(parsed.group(2) or 80)
+        inodes = listening_inodes(port)
+        if not inodes:
+            return  # nobody listens: connecting says so
+        pid = socket_owner(inodes)
+        if pid is None and set(inodes.values()) <= {0, os.geteuid()}:
+            return  # another user's processes are hidden from us, but none of them listens
+        if pid is None:
+            raise SupervisorError(
+                "cannot tell which process listens on port %d (the server URL of %s): run as "
+                "root, or give supervisord a unix socket (http-socket = unix)" % (port, self.conf))
+        if not self.is_site_supervisord(pid):
+            raise SupervisorError(
+                "the process listening on port %d (pid %d: %s) is not this site's supervisord "
+                "(%s): refusing to trust what it says; stop it, or start the site's supervisord"
+                % (port, pid, " ".join(cmdline(pid))[:200] or "?", self.conf))
+
+    def is_site_supervisord(self, pid):
+        for path in self.pidfiles:
+            try:
+                with open(path) as f:
+                    if int(f.read().strip() or 0) == pid:
+                        return True
+            except (OSError, ValueError):
+                continue
+        words = cmdline(pid)
+        wanted = {os.path.realpath(self.conf)} | (
+            {os.path.realpath(self.daemon[-1])} if self.daemon else set())
+        return any(os.path.realpath(w) in wanted for w in words if w.startswith("/"))
 
     def running(self):
         """True when supervisord answers, False when none listens; other errors raise.

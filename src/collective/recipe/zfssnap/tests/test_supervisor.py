@@ -201,3 +201,66 @@ class SupervisorAdapterTest(unittest.TestCase):
         self.assertTrue(self.sup.running())
         self.wait_running(["zeo", "client", "workers:one"])
         self.assertNotIn(self.sup.pid(), pids)
+
+
+IMPOSTOR = textwrap.dedent("""\
+    import http.server, sys
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            with open(sys.argv[2], "a") as f:
+                f.write(self.headers.get("Authorization", "-") + "\\n")
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = (b"<?xml version='1.0'?><methodResponse><params><param><value><struct>"
+                    b"<member><name>statename</name><value><string>RUNNING</string></value>"
+                    b"</member></struct></value></param></params></methodResponse>")
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+    """)
+
+
+@unittest.skipUnless(os.path.exists("/proc/net/tcp"), "reads Linux's /proc/net/tcp")
+class InetListenerTest(unittest.TestCase):
+    """Anyone may listen on supervisord's inet port while it is down: the adapter talks only
+    to the site's supervisord, and sends no credentials to anything else."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="zfssnap-inet-")
+        self.seen = os.path.join(self.dir, "requests")
+        self.proc = subprocess.Popen([sys.executable, "-c", IMPOSTOR, "-", self.seen],
+                                     stdout=subprocess.PIPE, text=True)
+        self.port = int(self.proc.stdout.readline())
+        self.conf = os.path.join(self.dir, "supervisord.conf")
+        with open(self.conf, "w") as f:
+            f.write("[supervisorctl]\nserverurl = http://127.0.0.1:%d\nusername = site\n"
+                    "password = s3cret\n" % self.port)
+
+    def tearDown(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+        shutil.rmtree(self.dir)
+
+    def test_another_process_on_the_port_is_not_trusted(self):
+        sup = supervisor.Supervisor(self.conf, timeout=5,
+                                    pidfiles=[os.path.join(self.dir, "supervisord.pid")])
+        with self.assertRaises(supervisor.SupervisorError) as caught:
+            sup.running()
+        self.assertIn("(pid %d: " % self.proc.pid, caught.exception.message)
+        self.assertIn("is not this site's supervisord", caught.exception.message)
+        self.assertFalse(os.path.exists(self.seen), "it was sent a request")
+
+    def test_the_process_of_the_sites_pid_file_is(self):
+        pidfile = os.path.join(self.dir, "supervisord.pid")
+        with open(pidfile, "w") as f:
+            f.write("%d\n" % self.proc.pid)
+        sup = supervisor.Supervisor(self.conf, timeout=5, pidfiles=[pidfile])
+        self.assertTrue(sup.running())
+        with open(self.seen) as f:
+            self.assertTrue(f.read().startswith("Basic "))
