@@ -38,7 +38,6 @@ from collective.recipe.zfssnap.tests.layers import wait_for
 
 SWEEP_SERIES = "2.3"
 LOG = "/tmp/crash-actions.log"
-TABLE = os.environ.get("ZFSSNAP_SWEEP_TABLE", "/mnt/share/crash-sweep.txt")
 
 
 def crashed_run(argv, after=None, log=None):
@@ -96,16 +95,6 @@ def record_path():
 class CrashSweepTest(unittest.TestCase):
     layer = Site
 
-    @classmethod
-    def setUpClass(cls):
-        cls.lines = []
-
-    @classmethod
-    def tearDownClass(cls):
-        if os.path.isdir(os.path.dirname(TABLE)):
-            with open(TABLE, "a") as f:
-                f.write("\n".join(cls.lines) + "\n")
-
     def setUp(self):
         if os.environ.get("ZFSSNAP_LAB_SERIES", SWEEP_SERIES) != SWEEP_SERIES:
             self.skipTest("the sweep runs on OpenZFS %s only" % SWEEP_SERIES)
@@ -113,8 +102,7 @@ class CrashSweepTest(unittest.TestCase):
 
     def line(self, script, n, action, result):
         text = "%-16s %3d  %-58s %s" % (script, n, action[:58], result)
-        print("\n  sweep: " + text, end="")
-        self.lines.append(text)
+        print("\n  sweep: " + text, end="", flush=True)
 
     # -- what every point checks ----------------------------------------------------------
     def check_boot(self, window_ok=False):
