@@ -62,6 +62,8 @@ class FakePool(zfsmod.Zfs):
         verb = args[0]
         if verb == "get":
             return self._get(args)
+        if verb == "list":
+            return self._list(args)
         self.calls.append(args)
         if verb == "clone":
             props = dict(a.split("=", 1) for a in args[1:-2] if "=" in a)
@@ -120,6 +122,22 @@ class FakePool(zfsmod.Zfs):
             self.fail("fake pool: unsupported %r" % args)
         return Result()
 
+    def _list(self, args):
+        """`list -r NAME...` of datasets (children by name), or `list -t all -o
+        name,type,userrefs -r NAME` with the snapshots."""
+        names = [a for a in args if a in self.datasets]
+        found = []
+        for top in names:
+            for name in sorted(self.datasets):
+                if name == top or name.startswith(top + "/"):
+                    found.append((name, "filesystem", "-"))
+            for snap in sorted(self.snapshots):
+                if snap.split("@")[0] == top:
+                    found.append((snap, "snapshot", "0"))
+        if "name,type,userrefs" in args:
+            return Result("".join("%s\t%s\t%s\n" % row for row in found))
+        return Result("".join(row[0] + "\n" for row in found if row[1] != "snapshot"))
+
     def _get(self, args):
         i = args.index("-o")  # get -H -p -o name,property,value PROPS NAME...
         props, names = args[i + 2], args[i + 3:]
@@ -146,6 +164,12 @@ class Out:
     def action(self, text):
         self.lines.append("> " + text)
 
+    def command(self, argv):
+        self.lines.append("$ " + " ".join(argv))
+
+    def log(self, text):
+        self.lines.append("log: " + text)
+
     def note(self, text):
         self.lines.append("note: " + text)
 
@@ -162,3 +186,7 @@ class FakeSite:
         self.datasets = datasets
         self.out = Out()
         self.config = {}
+        self.scripts = {"cleanup": "/srv/site/bin/cleanup"}
+
+    def permission_message(self, error, permissions):
+        return error.message

@@ -181,3 +181,65 @@ class SwapOrderTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class RefusalTest(unittest.TestCase):
+    """What --keep refuses before it changes anything, and what cleanup never destroys."""
+
+    def setUp(self):
+        self.pool = FakePool()
+        for name, mountpoint in LAYOUT:
+            self.pool.create(name, mountpoint)
+        self.site = FakeSite(self.pool, [name for name, _ in LAYOUT])
+        self.mountpoints = [m for _, m in LAYOUT]
+        self.original = keep.mountsmod.all_mountpoints
+        keep.mountsmod.all_mountpoints = lambda: ["/", "/tank"] + self.mountpoints
+
+    def tearDown(self):
+        keep.mountsmod.all_mountpoints = self.original
+
+    def refusal(self):
+        with self.assertRaises(keep.Stop) as caught:
+            keep.check(self.site, self.mountpoints)
+        self.assertEqual(caught.exception.code, keep.REFUSED)
+        self.assertEqual(self.pool.calls, [])  # nothing was changed
+        return caught.exception.message
+
+    def test_a_layout_it_handles(self):
+        keep.check(self.site, self.mountpoints)
+
+    def test_a_child_the_part_does_not_roll_back(self):
+        self.pool.create("tank/site/shared", "/srv/site/shared")  # in exclude-datasets
+        self.assertIn("would rename tank/site/shared along with its parent",
+                      self.refusal())
+
+    def test_something_else_mounted_inside(self):
+        keep.mountsmod.all_mountpoints = lambda: ["/", "/srv/site/var/cache"] + self.mountpoints
+        self.assertIn("would have to unmount /srv/site/var/cache, mounted inside the "
+                      "datasets", self.refusal())
+
+    def test_a_pool_root(self):
+        self.site.datasets = ["tank"]
+        self.assertIn("cannot rename the pool's root dataset tank", self.refusal())
+
+
+class CleanupOfKeptTest(unittest.TestCase):
+
+    def test_a_kept_dataset_with_a_foreign_child_is_not_destroyed(self):
+        from collective.recipe.zfssnap import cleanup
+        pool = FakePool()
+        pool.create("tank/site", "/srv/site")
+        pool.create("tank/site-rolled-away-S", "none", canmount="noauto", mounted=False)
+        pool.create("tank/site-rolled-away-S/shared", "none", mounted=False)
+        pool.snapshot("tank/site-rolled-away-S@newer")
+        site = FakeSite(pool, ["tank/site"])
+        kept = [{"name": "tank/site-rolled-away-S", "dataset": "tank/site"}]
+        self.assertEqual(cleanup.destroy_kept(site, kept, dry_run=False), [])
+        self.assertIn("tank/site-rolled-away-S/shared", pool.datasets)
+        self.assertIn("skipped the kept tank/site-rolled-away-S: it holds "
+                      "tank/site-rolled-away-S/shared, which is not kept state of this part",
+                      "\n".join(site.out.lines))
+        del pool.datasets["tank/site-rolled-away-S/shared"]
+        self.assertEqual(cleanup.destroy_kept(site, kept, dry_run=False),
+                         ["tank/site-rolled-away-S"])
+        self.assertNotIn("tank/site-rolled-away-S", pool.datasets)

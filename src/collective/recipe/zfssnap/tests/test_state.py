@@ -112,6 +112,36 @@ class StateFilesTest(unittest.TestCase):
         record.clear()
         self.assertIsNone(record.load())
 
+    def test_a_temp_file_left_by_a_failed_save_does_not_block_the_next(self):
+        record = state.Record(os.path.join(self.dir, "site.lock.rollback.json"))
+        record.save({"target": "zfssnap-1", "stage": "stopping"})
+        leftover = "%s.%d.tmp" % (record.path, os.getpid())
+        with open(leftover, "w") as f:
+            f.write("{half")
+        record.save({"target": "zfssnap-1", "stage": "stopped"})
+        self.assertEqual(record.load()["stage"], "stopped")
+        self.assertEqual(sorted(os.listdir(self.dir)), ["site.lock.rollback.json"])
+
+    def test_a_record_that_cannot_be_written_refuses_before_the_first_stop(self):
+        from collective.recipe.zfssnap import rollback
+        from collective.recipe.zfssnap.tests.fake_pool import FakePool
+        from collective.recipe.zfssnap.tests.fake_pool import FakeSite
+        os.makedirs(self.dir, mode=0o700)
+        site = FakeSite(FakePool(), ["tank/site"])
+        blocked = os.path.join(self.dir, "not-a-directory")
+        with open(blocked, "w"):
+            pass
+        site.config = {"lock_file": os.path.join(blocked, "site.lock")}
+        run = rollback.Run(site)
+        run.data = {"target": "zfssnap-1"}
+        with self.assertRaises(rollback.Stop) as caught:
+            run.save(required=True, stage="stopping")
+        self.assertEqual(caught.exception.code, rollback.FAILED)
+        self.assertIn("cannot record the rollback in %s" % blocked, caught.exception.message)
+        self.assertIn("nothing was stopped", caught.exception.message)
+        run.save(stage="rolling back")  # once the site is down: warned, not refused
+        self.assertIn("could not record the rollback's progress", site.out.lines[-1])
+
     def test_unreadable_record_is_an_error_not_nothing(self):
         os.makedirs(self.dir, mode=0o700)
         path = os.path.join(self.dir, "site.lock.rollback.json")
