@@ -192,6 +192,20 @@ def swap_steps(swaps, current):
     return steps
 
 
+def back_steps(swaps, current):
+    """The steps that put the old datasets back in place, while no dataset has been handed
+    over to its clone yet (no canmount changed, nothing renamed); None once one has."""
+    pairs = sorted(zip(swaps, current), key=lambda p: p[0]["mountpoint"] or "")
+    for s, f in pairs:
+        if f["old"] != s["dataset"] or f.get("old_canmount") != s["canmount"] or \
+                (f["new"] and f["new"] != s["new"]):
+            return None
+    steps = [(s, ["unmount", f["new"]]) for s, f in reversed(pairs) if f.get("new_mounted")]
+    steps += [(s, ["mount", s["dataset"]]) for s, f in pairs
+              if s["mounted"] and not f.get("old_mounted")]
+    return steps
+
+
 def settle_steps(site, swaps, current, target, stamp):
     """What is left to do once the site runs again: [(swap, argv)]."""
     marks = {P + "part": site.part, P + "buildout": site.directory, P + "kind": KIND,
@@ -254,8 +268,12 @@ def undo(site, swaps):
 def swap(site, swaps):
     """While the site is down: each dataset's clone takes its place, from where ZFS says the
     swap stands (a killed run may have done part of it)."""
+    run_steps(site, swap_steps(swaps, facts(site, swaps)))
+
+
+def run_steps(site, steps):
     os.chdir("/")  # this process's own working directory must not keep a dataset busy
-    for s, argv in swap_steps(swaps, facts(site, swaps)):
+    for s, argv in steps:
         site.out.action(" ".join(site.zfs.command + argv))
         if argv[0] == "unmount":
             unmount(site, s, argv[1])

@@ -92,6 +92,12 @@ def zfs_mounts():
     return parse_fstab(proc.stdout) if proc.returncode == 0 else []
 
 
+def is_mountpoint(path):
+    """Is something mounted at `path` and not covered (a mount made over its parent later
+    hides it)?"""
+    return os.path.ismount(path)
+
+
 def is_inside(path, directory):
     """Is `path` `directory` or below it (both real paths)?"""
     return path == directory or path.startswith(directory.rstrip("/") + "/")

@@ -476,6 +476,7 @@ class Run:
         except (zfsmod.ZfsError, OSError) as e:
             reason = getattr(e, "message", None) or str(e)
             self.out.log("rollback --keep FAILED: %s" % reason)
+            self.swap_back(reason)
             zfs = self.site.zfs.command
             try:
                 left = keepmod.swap_steps(self.swaps, keepmod.facts(self.site, self.swaps))
@@ -491,6 +492,21 @@ class Run:
         for s in self.swaps:
             self.out.log("rollback %s: %s is now a clone of the snapshot, the state before is "
                          "kept in %s" % (target, s["dataset"], s["kept"]))
+
+    def swap_back(self, reason):
+        """A swap that failed before any dataset was handed over to its clone: the old
+        datasets mounted again, the clones destroyed, the site started (Aborted). Returns when
+        that is not possible any more (or fails): then only going forward finishes the job."""
+        try:
+            back = keepmod.back_steps(self.swaps, keepmod.facts(self.site, self.swaps))
+            if back is None:
+                return
+            keepmod.run_steps(self.site, back)
+        except (zfsmod.ZfsError, OSError) as e:
+            self.out.warn("putting the datasets back failed too: %s" % (
+                getattr(e, "message", None) or e))
+            return
+        self.abort(reason)
 
     def settle(self, target):
         """--keep, once the swap is done: the commands that failed (already warned about)."""
@@ -514,6 +530,13 @@ class Run:
             elif holder is None or holder.dataset != dataset:
                 problems.append("%s holds %s, not %s" % (
                     holder.dataset if holder else "no ZFS dataset", mountpoint, dataset))
+            elif not mountsmod.is_mountpoint(mountpoint):
+                # Mounted before its parent was mounted over it: hidden.
+                problems.append("%s is mounted at %s, but hidden under %s" % (
+                    dataset, mountpoint, mountsmod.holding(os.path.dirname(mountpoint),
+                                                           table).dataset
+                    if mountsmod.holding(os.path.dirname(mountpoint), table) else "another "
+                    "mount"))
         if problems:
             raise Stop("rolled back every dataset to %s, but they are not mounted as the site "
                        "needs: %s; nothing was started: mount them (zfs mount -a), then run %s "

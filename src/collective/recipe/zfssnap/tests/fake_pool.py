@@ -170,6 +170,9 @@ class Out:
     def log(self, text):
         self.lines.append("log: " + text)
 
+    def say(self, text):
+        self.lines.append(text)
+
     def note(self, text):
         self.lines.append("note: " + text)
 

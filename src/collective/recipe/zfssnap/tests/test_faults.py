@@ -92,6 +92,18 @@ class KilledRunTest(unittest.TestCase):
         self.assertEqual(state["counter"], self.before["counter"])
         self.assertEqual(version_on_disk(), "1.0")
 
+    def test_a_refusal_while_stopping_leaves_no_record_behind(self):
+        configure(supervisord=None)  # supervisord must go down, and could not start again
+        rc, out, err = bin_("rollback", "--yes", self.name)
+        self.assertEqual(rc, 3, out + err)
+        self.assertIn("the supervisord option is none", err)
+        self.assertFalse(os.path.exists(script_config()["lock_file"] + ".rollback.json"))
+        self.assertEqual(program_states(), RUNNING)
+        # So another target is not refused as "an unfinished rollback".
+        other = take_snapshot("other")
+        rc, out, err = bin_("rollback", "--yes", "--dry-run", other)
+        self.assertEqual(rc, 0, out + err)
+
     def test_kill_9_while_stopping_then_rollback_again_starts_what_ran(self):
         kill_while_stopping()
         rc, out, err = bin_("rollback", "--yes")

@@ -87,6 +87,9 @@ class ForensicsTest(unittest.TestCase):
         self.assertIn("keeps the newer tank/site-filestorage@held", out)
         self.assertIn("ZODB %s: keeps apart 2 transactions" % DATAFS, out)
         self.assertIn("The state rolled away from is kept in", out)
+        # Typed in the site directory: its shell is told where it is.
+        self.assertIn("Your shell's working directory is still in the state rolled away "
+                      "from: type cd %s to see the restored one." % SITE, out)
         self.assertEqual(program_states(), RUNNING)
         self.assertEqual(wait_for(app)["counter"], self.before["counter"])
         # The datasets have their own properties still.

@@ -2,6 +2,7 @@
 step, what a boot would mount, and that a rerun finishes the job from there. The guest's
 crash-point sweep proves the same on real OpenZFS."""
 import copy
+import os
 import unittest
 
 from collective.recipe.zfssnap import keep
@@ -44,6 +45,7 @@ class SwapOrderTest(unittest.TestCase):
     def setUp(self):
         self.pool, self.site, self.swaps = new_site()
         self.steps = keep.swap_steps(self.swaps, keep.facts(self.site, self.swaps))
+        self.addCleanup(os.chdir, os.getcwd())  # the swap leaves its working directory
 
     def assert_swapped(self, pool):
         for s in self.swaps:
@@ -127,6 +129,24 @@ class SwapOrderTest(unittest.TestCase):
             keep.subprocess.run = original
         self.assertEqual(ran, [["sudo", "-n", "umount", "-l", "/srv/site"]])
         self.assert_swapped(self.pool)
+
+    def test_a_failure_before_any_handover_puts_the_old_datasets_back(self):
+        first_set = [argv[0] for _, argv in self.steps].index("set")
+        for n in range(len(self.steps) + 1):
+            pool, site, swaps = copy.deepcopy((self.pool, self.site, self.swaps))
+            for _, argv in self.steps[:n]:
+                site.zfs.run(*argv)
+            back = keep.back_steps(swaps, keep.facts(site, swaps))
+            if n > first_set:
+                self.assertIsNone(back, "step %d: only forward from here" % n)
+                continue
+            keep.run_steps(site, back)
+            keep.undo(site, swaps)
+            for s in swaps:
+                old = pool.datasets[s["dataset"]]
+                self.assertEqual((old["guid"], old["canmount"], old["mounted"]),
+                                 (s["old_guid"], "on", True), "step %d" % n)
+                self.assertNotIn(s["new"], pool.datasets)
 
     def test_settle_promotes_marks_and_unmounts_for_good_each_step_on_its_own(self):
         run_steps(self.site, self.swaps)
@@ -243,3 +263,65 @@ class CleanupOfKeptTest(unittest.TestCase):
         self.assertEqual(cleanup.destroy_kept(site, kept, dry_run=False),
                          ["tank/site-rolled-away-S"])
         self.assertNotIn("tank/site-rolled-away-S", pool.datasets)
+
+
+class BeforeStartTest(unittest.TestCase):
+    """What the rollback checks before it starts anything again."""
+
+    def setUp(self):
+        import tempfile
+        self.top = tempfile.mkdtemp(prefix="zfssnap-mounts-")
+        self.fs = os.path.join(self.top, "var", "filestorage")
+        os.makedirs(self.fs)
+        self.addCleanup(__import__("shutil").rmtree, self.top)
+        self.site = FakeSite(FakePool(), ["tank/site", "tank/fs"])
+        self.site.config = {"mounts": {"tank/site": self.top, "tank/fs": self.fs},
+                            "lock_file": os.path.join(self.top, "lock")}
+        self.site.scripts["rollback"] = "/srv/site/bin/rollback"
+        self.addCleanup(setattr, keep.mountsmod, "zfs_mounts", keep.mountsmod.zfs_mounts)
+        self.addCleanup(setattr, keep.mountsmod, "is_mountpoint", keep.mountsmod.is_mountpoint)
+
+    def mounted(self, *pairs, hidden=()):
+        keep.mountsmod.zfs_mounts = lambda: [keep.mountsmod.Mount(d, m) for d, m in pairs]
+        keep.mountsmod.is_mountpoint = lambda path: path not in hidden
+
+    def test_every_dataset_where_buildout_found_it(self):
+        from collective.recipe.zfssnap import rollback
+        self.mounted(("tank/site", self.top), ("tank/fs", self.fs))
+        rollback.Run(self.site).check_mounted("zfssnap-1")
+
+    def test_a_hidden_or_missing_mount_starts_nothing(self):
+        from collective.recipe.zfssnap import rollback
+        # The parent's rollback hid the child (OpenZFS #11511): mounted, but under the parent.
+        self.mounted(("tank/fs", self.fs), ("tank/site", self.top), hidden=(self.fs,))
+        with self.assertRaises(rollback.Stop) as caught:
+            rollback.Run(self.site).check_mounted("zfssnap-1")
+        self.assertEqual(caught.exception.code, rollback.INCOMPLETE)
+        self.assertIn("rolled back every dataset to zfssnap-1, but they are not mounted as the "
+                      "site needs: tank/fs is mounted at %s, but hidden under tank/site; "
+                      "nothing was started" % self.fs, caught.exception.message)
+        self.mounted(("tank/site", self.top))
+        with self.assertRaises(rollback.Stop) as caught:
+            rollback.Run(self.site).check_mounted("zfssnap-1")
+        self.assertIn("tank/fs is not mounted (it belongs at %s)" % self.fs,
+                      caught.exception.message)
+
+
+class ResumeThroughTheUnitTest(unittest.TestCase):
+
+    def test_a_resumed_rollback_starts_supervisord_through_the_unit_that_stopped_it(self):
+        import tempfile
+        from collective.recipe.zfssnap import rollback
+        top = tempfile.mkdtemp(prefix="zfssnap-unit-")
+        self.addCleanup(__import__("shutil").rmtree, top)
+        conf = os.path.join(top, "supervisord.conf")
+        with open(conf, "w") as f:
+            f.write("[supervisorctl]\nserverurl = unix://%s/nobody.sock\n" % top)
+        site = FakeSite(FakePool(), ["tank/site"])
+        site.config = {"supervisor_conf": conf, "supervisord": ["/srv/site/bin/supervisord"],
+                       "lock_file": os.path.join(top, "lock")}
+        run = rollback.Run(site)
+        procs, pid, data = run.survey({"target": "zfssnap-1", "unit": "site.service",
+                                       "daemon_was_running": True, "running_before": ["app"]})
+        self.assertEqual((run.sup.unit, data["unit"]), ("site.service", "site.service"))
+        self.assertEqual(run.sup.start_hint(), "systemctl start site.service")
