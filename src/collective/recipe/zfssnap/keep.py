@@ -63,6 +63,11 @@ def check(site, mountpoints):
     legacy = [d for d in site.datasets if values.get(d, {}).get("mountpoint") == "legacy"]
     if legacy:
         refuse("does not handle datasets with mountpoint=legacy (%s)" % ", ".join(legacy))
+    for a in site.datasets:
+        for b in site.datasets:
+            if b.startswith(a + "/"):
+                refuse("cannot roll back %s and its child %s (renaming the parent renames the "
+                       "child)" % (a, b))
     children = [d for d in site.zfs.descendants(site.datasets) if d not in site.datasets]
     if children:
         refuse("would rename %s along with %s, and the part does not roll %s back" % (
@@ -216,9 +221,10 @@ def settle_steps(site, swaps, current, target, stamp):
             continue  # not swapped: nothing of this dataset to settle
         if f.get("new_origin") is None or f["new_origin"].startswith(s["kept"] + "@"):
             steps.append((s, ["promote", s["dataset"]]))
-        steps.append((s, ["set", "readonly=on"] + ["%s=%s" % (k, v) for k, v in sorted(
-            dict(marks, **{P + "dataset": s["dataset"]}).items())] + [s["kept"]]))
-        steps.append((s, ["set", "mountpoint=none", s["kept"]]))
+        # One `zfs set`: all of them or none (a rerun sets them again).
+        steps.append((s, ["set", "readonly=on", "mountpoint=none"] + ["%s=%s" % (k, v) for k, v
+                                                                      in sorted(dict(
+            marks, **{P + "dataset": s["dataset"]}).items())] + [s["kept"]]))
     return steps
 
 

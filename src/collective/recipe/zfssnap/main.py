@@ -148,8 +148,7 @@ class Deferred:
 def rollback(config, argv=None):
     # Everything a rollback uses, imported now: the rollback replaces the eggs under us (and
     # a virtualenv inside the buildout with them).
-    import urllib.error  # noqa: F401 (the health check)
-    import urllib.request  # noqa: F401
+    from collective.recipe.zfssnap import health  # noqa: F401
     from collective.recipe.zfssnap import keep  # noqa: F401
     from collective.recipe.zfssnap import processes  # noqa: F401
     from collective.recipe.zfssnap import rollback as rollbackmod

@@ -7,6 +7,7 @@ every step, so that a rollback killed or failed at any point is finished by runn
 import os
 import time
 
+from collective.recipe.zfssnap import health
 from collective.recipe.zfssnap import keep as keepmod
 from collective.recipe.zfssnap import mounts as mountsmod
 from collective.recipe.zfssnap import processes
@@ -301,7 +302,8 @@ class Run:
                            "it down, but the supervisord option is none and it could not be "
                            "started again: set the option (bin/supervisord); nothing was "
                            "changed", REFUSED)
-            self.save(unit=sup.unit)
+            if sup.unit != self.data.get("unit"):
+                self.save(unit=sup.unit)
             self.out.action("shutdown supervisord (its files are on the datasets%s), stopping "
                             "%s" % (", through systemctl: unit " + sup.unit if sup.unit else "",
                                     ", ".join(self.data["running_before"]) or "no program"))
@@ -437,22 +439,18 @@ class Run:
         if not check or not (self.data or {}).get("running_before"):
             return  # nothing ran before the rollback: nothing is expected to answer
         timeout = self.site.config.get("stop_timeout", 60)
-        started = time.monotonic()
-        what = check.get("url") or " ".join(check["command"])
+        what = health.describe(check)
         self.out.action("health check: " + what)
-        while True:
-            ok, why = probe(check, self.site.directory)
-            if ok:
-                self.out.data["health_seconds"] = round(time.monotonic() - started, 2)
-                self.out.log("health check passed: %s" % what)
-                return
-            if time.monotonic() - started > timeout:
-                self.out.log("health check failed: %s: %s" % (what, why))
-                raise HealthFailed(
-                    "rolled back every dataset to %s and started what ran before, but the "
-                    "health check %s did not pass within %d s (%s): the site does not answer as "
-                    "it should; look at its logs" % (target, what, timeout, why), FAILED)
-            time.sleep(0.2)
+        ok, why, seconds = health.wait(check, self.site.directory, timeout)
+        if ok:
+            self.out.data["health_seconds"] = round(seconds, 2)
+            self.out.log("health check passed: %s" % what)
+            return
+        self.out.log("health check failed: %s: %s" % (what, why))
+        raise HealthFailed(
+            "rolled back every dataset to %s and started what ran before, but the health "
+            "check %s did not pass within %d s (%s): the site does not answer as it should; "
+            "look at its logs" % (target, what, timeout, why), FAILED)
 
     # -- the datasets -----------------------------------------------------------------------
     def roll_back(self, plan, commands):
@@ -484,11 +482,10 @@ class Run:
             except zfsmod.ZfsError:
                 steps = "see %s --dry-run" % self.site.scripts["rollback"]
             raise Stop("the --keep rollback failed half-way (%s); nothing was started again: fix "
-                       "the cause and run %s again (it finishes from where this one stopped; if "
-                       "the site directory is empty, run zfs mount -a first), or finish by "
-                       "hand (%s) and start the site (%s)" % (
-                           reason, self.site.scripts["rollback"], steps, self.start_hint()),
-                       INCOMPLETE)
+                       "the cause and run %s again: it finishes from where this one stopped "
+                       "(left to do: %s), starts the site and sets up the kept state; if the "
+                       "site directory is empty, run zfs mount -a first" % (
+                           reason, self.site.scripts["rollback"], steps), INCOMPLETE)
         for s in self.swaps:
             self.out.log("rollback %s: %s is now a clone of the snapshot, the state before is "
                          "kept in %s" % (target, s["dataset"], s["kept"]))
@@ -524,6 +521,7 @@ class Run:
         for dataset, mountpoint in sorted(self.site.config.get("mounts", {}).items()):
             now = mountsmod.where(dataset, table)
             holder = mountsmod.holding(mountpoint, table) if os.path.isdir(mountpoint) else None
+            above = mountsmod.holding(os.path.dirname(mountpoint), table)
             if now != mountpoint:
                 problems.append("%s is %s" % (dataset, "mounted at " + now if now else
                                               "not mounted (it belongs at %s)" % mountpoint))
@@ -533,10 +531,7 @@ class Run:
             elif not mountsmod.is_mountpoint(mountpoint):
                 # Mounted before its parent was mounted over it: hidden.
                 problems.append("%s is mounted at %s, but hidden under %s" % (
-                    dataset, mountpoint, mountsmod.holding(os.path.dirname(mountpoint),
-                                                           table).dataset
-                    if mountsmod.holding(os.path.dirname(mountpoint), table) else "another "
-                    "mount"))
+                    dataset, mountpoint, above.dataset if above else "another mount"))
         if problems:
             raise Stop("rolled back every dataset to %s, but they are not mounted as the site "
                        "needs: %s; nothing was started: mount them (zfs mount -a), then run %s "
@@ -569,6 +564,7 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
     out = site.out
     run = Run(site, force)
     pending = run.record.load()
+    carried = None  # what ran before, from a run killed before it stopped anything
     if pending:
         out.plan(describe_record(pending))
         if wanted is not None and wanted not in (pending["target"],) and \
@@ -587,9 +583,7 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
             # what ran then is still what is to run afterwards.
             if not dry_run:
                 keepmod.undo(site, pending.get("keep") or [])
-            pending = {k: pending[k] for k in ("target", "daemon_was_running", "running_before",
-                                               "unit", "stage") if k in pending}
-            pending["stage"] = "stopping"
+            carried, pending = pending, None
     stage = pending.get("stage") if pending else None
     if stage in ("rolled back", "settling") or (keep and stage == "rolling back"):
         # The datasets are (being) replaced: their layout and snapshots are not what the plan
@@ -622,7 +616,7 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
         raise Stop("not confirmed: nothing was changed", REFUSED)
     if critical:
         critical()
-    procs, daemon_pid, run.data = run.survey(pending)
+    procs, daemon_pid, run.data = run.survey(pending or carried)
     run.data.update(target=target.short, keep=swaps or None, stamp=stamp)
     run.swaps = swaps
     managed = processes.with_descendants([daemon_pid or 0] + [p.pid for p in procs.values()
@@ -688,9 +682,10 @@ def finish(run, target, start=True):
         if start:
             run.finish_start(target)
     except HealthFailed:
-        if run.swaps:
-            run.settle(target)
-        run.record.clear()  # it ran: a rerun has nothing left to do
+        if run.swaps and run.settle(target):
+            run.save(stage="settling")  # the rerun settles what is left
+        else:
+            run.record.clear()  # it ran: a rerun has nothing left to do
         raise
     except Stop:
         if run.swaps:
@@ -732,6 +727,7 @@ def restore_guard_record(site, target):
 
 def say_kept(run):
     site = run.site
+    run.out.data["kept"] = [s["kept"] for s in run.swaps]
     run.out.say("The state rolled away from is kept in %s (read-only, not mounted): look inside "
                 "with zfs set mountpoint=/mnt/rolled-away DATASET; %s --list shows them, %s "
                 "destroys them." % (", ".join(s["kept"] for s in run.swaps),
@@ -790,31 +786,6 @@ def resume(run, pending, yes, dry_run, confirm, critical):
     run.check_mounted(target)
     finish(run, target)
     return None
-
-
-def probe(check, directory):
-    """(passed, why not) of one try of a health check: a URL (a status below 400) or a
-    command run in the buildout directory (exit code 0)."""
-    import subprocess
-    if check.get("url"):
-        import urllib.error
-        import urllib.request
-        try:
-            with urllib.request.urlopen(check["url"], timeout=5) as response:
-                return response.status < 400, "HTTP %d" % response.status
-        except urllib.error.HTTPError as e:
-            return False, "HTTP %d" % e.code
-        except (OSError, ValueError) as e:
-            return False, str(getattr(e, "reason", e))
-    try:
-        proc = subprocess.run(check["command"], cwd=directory, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              timeout=30, start_new_session=True)
-    except subprocess.TimeoutExpired:
-        return False, "it did not finish within 30 s"
-    except OSError as e:
-        return False, e.strerror
-    return proc.returncode == 0, "exit %d" % proc.returncode
 
 
 def report(run, target):
