@@ -131,6 +131,11 @@ def facts(site, swaps):
     names = [n for s in swaps for n in (s["dataset"], s["kept"], s["new"])]
     proc = site.zfs.run("get", "-H", "-p", "-o", "name,property,value", ",".join(FACTS),
                         *names, check=False)  # some of the names do not exist: not an error
+    problems = [line for line in proc.stderr.split("\n")
+                if line.strip() and "does not exist" not in line]
+    if proc.returncode != 0 and problems:
+        raise zfsmod.ZfsError("'zfs get' of the datasets being swapped failed: %s"
+                              % problems[0].strip(), stderr=proc.stderr)
     seen = {}
     for line in proc.stdout.split("\n"):
         fields = line.split("\t")
@@ -193,7 +198,7 @@ def swap_steps(swaps, current):
         if f["old"] == s["dataset"]:
             steps.append((s, ["rename", "-u", s["dataset"], s["kept"]]))
         if f["new"] != s["dataset"]:
-            steps.append((s, ["rename", "-u", f["new"] or s["new"], s["dataset"]]))
+            steps.append((s, ["rename", "-u", f["new"], s["dataset"]]))
     return steps
 
 
@@ -245,6 +250,7 @@ def make_clones(site, swaps):
     for s, f in zip(swaps, current):
         if f["new"]:
             continue
+        s["new_guid"] = None  # a clone of an earlier try, destroyed since: not this one
         site.out.action(" ".join(site.zfs.command + clone_argv(s)))
         site.zfs.run(*clone_argv(s))
     missing = [s["new"] for s in swaps if not s["new_guid"]]
@@ -262,6 +268,7 @@ def undo(site, swaps):
     for s, f in zip(swaps, facts(site, swaps)):
         if f["new"] != s["new"] or f.get("new_mounted") or f.get("new_origin") != s["snapshot"]:
             continue
+        s["new_guid"] = None
         try:
             site.zfs.destroy(s["new"])
         except zfsmod.ZfsError as e:
@@ -274,7 +281,14 @@ def undo(site, swaps):
 def swap(site, swaps):
     """While the site is down: each dataset's clone takes its place, from where ZFS says the
     swap stands (a killed run may have done part of it)."""
-    run_steps(site, swap_steps(swaps, facts(site, swaps)))
+    current = facts(site, swaps)
+    lost = [s["dataset"] for s, f in zip(swaps, current) if not f["old"] or not f["new"]]
+    if lost:
+        # Never act on a name whose guid is not the one recorded: it is not ours to touch.
+        raise zfsmod.ZfsError("cannot find %s or its clone by the guids the rollback recorded: "
+                              "look at zfs list, then run bin/rollback --forget and finish by "
+                              "hand" % ", ".join(lost))
+    run_steps(site, swap_steps(swaps, current))
 
 
 def run_steps(site, steps):

@@ -50,7 +50,8 @@ def mountpoints_in_mountinfo(text):
     points = []
     for line in text.split("\n"):
         fields = line.split(" ")
-        if len(fields) > 4:
+        if len(fields) > 4 and "/.zfs/snapshot/" not in fields[4]:
+            # Snapshots mounted on access (a look into .zfs/snapshot) go with their dataset.
             points.append(unescape(fields[4]))
     return points
 
@@ -66,7 +67,7 @@ def all_mountpoints():
     except OSError:
         return []
     return [unescape(line.split()[1]) for line in proc.stdout.split("\n")
-            if len(line.split()) >= 2]
+            if len(line.split()) >= 2 and "/.zfs/snapshot/" not in line.split()[1]]
 
 
 def parse_fstab(text):

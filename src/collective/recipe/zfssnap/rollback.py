@@ -242,6 +242,7 @@ class Run:
         self.stopped_at = None
         self.swaps = []  # with --keep: the clones made to take the datasets' places
         self.up_at = None  # when the site ran again
+        self.committed = False  # datasets are being replaced: no way back, only forward
         try:
             self.cwd = os.path.realpath(os.getcwd())
         except OSError:
@@ -310,7 +311,7 @@ class Run:
             self.stopped_at = time.monotonic()
             pids = [daemon_pid] + [p.pid for p in procs.values() if p.pid]
             alive = sup.shutdown(pids, time.monotonic() + sup.timeout)
-            self.save(daemon_down=True)
+            self.data["daemon_down"] = True  # saved with the next step: a rerun asks anyway
             self.out.log("stop supervisord")
             if alive:
                 # supervisord stops its programs one after another, in reverse priority
@@ -345,7 +346,12 @@ class Run:
             self.abort("%s did not stop within %d s" % (", ".join(late), sup.timeout))
 
     def abort(self, reason, code=FAILED, advice=""):
-        """Nothing was rolled back: start again what was stopped, and Stop with `reason`."""
+        """Nothing was rolled back: start again what was stopped, and Stop with `reason`.
+        Once datasets are (partly) replaced, only going forward is safe: say what to do."""
+        if self.committed:
+            raise Stop("%s, while the datasets are partly rolled back: nothing was started; "
+                       "stop it, then run %s again to finish" % (
+                           reason, self.site.scripts["rollback"]), INCOMPLETE)
         self.out.log("rollback aborted before any dataset was rolled back: %s" % reason)
         keepmod.undo(self.site, self.swaps)
         try:
@@ -368,11 +374,11 @@ class Run:
         if sup is None or not self.data["daemon_was_running"]:
             return []
         wanted = self.data["running_before"]
-        if self.data["daemon_down"] or not sup.running():
+        if not sup.running():  # asked, not read from the record: a rerun may find it up
             self.out.action("start supervisord" + (" (systemctl start %s)" % sup.unit
                                                    if sup.unit else ""))
             sup.start_daemon()
-            self.save(daemon_down=False)
+            self.data["daemon_down"] = False
             self.out.log("start supervisord")
             procs = sup.processes()
             # supervisord starts its autostart programs: put each back as it was before.
@@ -402,7 +408,10 @@ class Run:
         if self.sup is None:
             return "nothing to start"
         hints = []
-        if not self.sup.running():
+        try:
+            if not self.sup.running():
+                hints.append(self.sup.start_hint())
+        except SupervisorError:
             hints.append(self.sup.start_hint())
         ctl = self.site.config.get("supervisorctl")
         if self.data and self.data["running_before"]:
@@ -460,7 +469,9 @@ class Run:
                 self.out.action(" ".join(argv))
                 self.site.zfs.rollback(entry["snapshot"], destroy_newer=bool(entry["newer"]))
                 done.append(entry["dataset"])
-                self.save(rolled_back=list(done))
+                # Saved with the next stage: a rerun rolls back again what is done (the site is
+                # down, so nothing is lost by that), and so finishes from any point.
+                self.data["rolled_back"] = list(done)
                 self.out.log("rollback %s%s" % (entry["snapshot"], " (destroyed %s)" % ",".join(
                     entry["newer"]) if entry["newer"] else ""))
         except zfsmod.ZfsError as e:
@@ -548,6 +559,7 @@ class Run:
                 self.abort(reason, code, advice)
             except Stop as stop:
                 return stop
+        self.save(rolled_back=list(done))
         out.log("rollback FAILED after %s: %s" % (",".join(done), reason))
         target = plan["target"].short
         return Stop(
@@ -577,6 +589,9 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
         if pending.get("keep") and not keep:
             out.note("the unfinished rollback keeps the state rolled away from (--keep): so "
                      "does this one")
+        elif keep and not pending.get("keep"):
+            out.note("the unfinished rollback does not keep the state rolled away from (it "
+                     "was started without --keep): neither does this one")
         keep = bool(pending.get("keep"))
         if pending.get("stage") == "preparing":
             # Killed before it stopped anything: nothing to finish, only its clones to remove;
@@ -649,7 +664,7 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
             keepmod.undo(site, swaps)
             run.record.clear()
         raise
-    run.save(stage="stopped")
+    run.data["stage"] = "stopped"
     try:
         fresh = plan_rollback(site, target, written=False, keep=keep)
         if not same_plan(plan, fresh):
@@ -664,8 +679,12 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
         raise run.failed_midway(plan, [], e.message, e.code)
     except zfsmod.ZfsError as e:
         raise run.failed_midway(plan, [], e.message)
-    run.save(stage="rolling back")
+    try:
+        run.save(required=keep, stage="rolling back")
+    except Stop as e:  # the rerun could not tell a half-done swap: do not start one
+        raise run.failed_midway(plan, [], e.message)
     if keep:
+        run.committed = True
         run.swap(plan, target.short)
     else:
         run.roll_back(plan, commands)
@@ -682,10 +701,13 @@ def finish(run, target, start=True):
         if start:
             run.finish_start(target)
     except HealthFailed:
+        restore_guard_record(run.site, target)
         if run.swaps and run.settle(target):
             run.save(stage="settling")  # the rerun settles what is left
         else:
             run.record.clear()  # it ran: a rerun has nothing left to do
+        if run.swaps:
+            say_kept(run)
         raise
     except Stop:
         if run.swaps:
@@ -699,8 +721,8 @@ def finish(run, target, start=True):
                        "in %s failed (above): run %s again to finish it, or by hand: %s" % (
                            target, ", ".join(s["kept"] for s in run.swaps),
                            run.site.scripts["rollback"], "; ".join(failed)), INCOMPLETE)
-    run.record.clear()
     restore_guard_record(run.site, target)
+    run.record.clear()
     report(run, target)
     if run.swaps:
         say_kept(run)
@@ -770,6 +792,7 @@ def resume(run, pending, yes, dry_run, confirm, critical):
         critical()
     run.stopped_at = None
     if stage == "rolling back":
+        run.committed = True
         if run.sup and run.sup.running():
             # Started since (by hand, or at boot): nothing may run while datasets are swapped.
             run.pending_names = list(pending.get("running_before", []))
@@ -815,6 +838,8 @@ def forget(site):
         site.out.say("No unfinished rollback is recorded.")
         return
     site.out.say(describe_record(data))
+    if data.get("keep") and data.get("stage") in ("preparing", "stopping"):
+        keepmod.undo(site, data["keep"])  # made for a swap that never began
     record.clear()
     site.out.log("forgot the unfinished rollback to %s" % data["target"])
     site.out.say("Forgotten: start what should run by hand.")
