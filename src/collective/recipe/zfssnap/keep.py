@@ -197,7 +197,7 @@ def swap_steps(swaps, current):
     for s, f in pairs:
         if f["old"] == s["dataset"]:
             steps.append((s, ["rename", "-u", s["dataset"], s["kept"]]))
-        if f["new"] != s["dataset"]:
+        if f["new"] and f["new"] != s["dataset"]:
             steps.append((s, ["rename", "-u", f["new"], s["dataset"]]))
     return steps
 

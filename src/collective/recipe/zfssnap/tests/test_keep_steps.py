@@ -199,9 +199,6 @@ class SwapOrderTest(unittest.TestCase):
                          ["tank/site-fs-rollback-S"])
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 class RefusalTest(unittest.TestCase):
     """What --keep refuses before it changes anything, and what cleanup never destroys."""
@@ -325,3 +322,28 @@ class ResumeThroughTheUnitTest(unittest.TestCase):
                                        "daemon_was_running": True, "running_before": ["app"]})
         self.assertEqual((run.sup.unit, data["unit"]), ("site.service", "site.service"))
         self.assertEqual(run.sup.start_hint(), "systemctl start site.service")
+
+
+class ReadingTest(unittest.TestCase):
+
+    def test_snapshots_mounted_on_access_are_not_other_mounts(self):
+        from collective.recipe.zfssnap import mounts
+        text = ("36 26 0:32 / /srv/site rw - zfs tank/site rw\n"
+                "40 36 0:40 / /srv/site/var/filestorage/.zfs/snapshot/zfssnap-1 ro - zfs "
+                "tank/site-filestorage@zfssnap-1 ro\n"
+                "41 36 0:41 / /srv/site/var/cache rw - tmpfs tmpfs rw\n")
+        self.assertEqual(mounts.mountpoints_in_mountinfo(text),
+                         ["/srv/site", "/srv/site/var/cache"])
+
+    def test_a_failing_zfs_get_is_an_error_not_missing_datasets(self):
+        pool, site, swaps = new_site()
+        original = pool._get
+
+        def denied(args):
+            result = original(args)
+            result.returncode, result.stderr = 1, "permission denied\n"
+            return result
+        pool._get = denied
+        with self.assertRaises(keep.zfsmod.ZfsError):
+            keep.facts(site, swaps)
+        self.assertEqual({c[0] for c in pool.calls}, {"clone"})  # only new_site's clones
