@@ -469,9 +469,9 @@ class Run:
                 self.out.action(" ".join(argv))
                 self.site.zfs.rollback(entry["snapshot"], destroy_newer=bool(entry["newer"]))
                 done.append(entry["dataset"])
-                # Saved with the next stage: a rerun rolls back again what is done (the site is
-                # down, so nothing is lost by that), and so finishes from any point.
-                self.data["rolled_back"] = list(done)
+                # The rerun would finish without it (it rolls back again what is done; the site
+                # is down, so nothing is lost), but the report names which dataset is where.
+                self.save(rolled_back=list(done))
                 self.out.log("rollback %s%s" % (entry["snapshot"], " (destroyed %s)" % ",".join(
                     entry["newer"]) if entry["newer"] else ""))
         except zfsmod.ZfsError as e:
