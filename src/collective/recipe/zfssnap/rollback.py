@@ -771,10 +771,15 @@ def resume(run, pending, yes, dry_run, confirm, critical):
         run.sup.unit = pending["unit"]  # stopped through its unit: started through it too
     stage = pending["stage"]
     if stage == "rolling back":
-        left = keepmod.swap_steps(run.swaps, keepmod.facts(run.site, run.swaps))
-        out.plan("The datasets are being replaced by clones of %s; this run finishes that (%d "
-                 "zfs command%s), then starts what ran before: %s." % (
-                     target, len(left), "" if len(left) == 1 else "s",
+        current = keepmod.facts(run.site, run.swaps)
+        left = keepmod.swap_steps(run.swaps, current)
+        where = ["%s %s" % (s["dataset"], "is the clone of %s" % target
+                            if f["new"] == s["dataset"] else "is being replaced"
+                            if f.get("new_mounted") else "is as it was")
+                 for s, f in zip(run.swaps, current)]
+        out.plan("The datasets are being replaced by clones of %s (%s); this run finishes that "
+                 "(%d zfs command%s), then starts what ran before: %s." % (
+                     target, "; ".join(where), len(left), "" if len(left) == 1 else "s",
                      ", ".join(pending.get("running_before", [])) or "nothing"))
         if dry_run:
             for _, argv in left:
