@@ -65,6 +65,7 @@ def release(version="2.0", buildout=True):
         f.write("new file in var/")
 
 
+@full_series_only
 class WorkflowTest(unittest.TestCase):
     layer = Site
 
@@ -378,6 +379,7 @@ class RefusalTest(unittest.TestCase):
         self.assertEqual(wait_for(app)["version"], "1.0")
 
 
+@full_series_only
 class RecursiveTest(unittest.TestCase):
     layer = Site
 
@@ -522,6 +524,7 @@ class SystemdTest(unittest.TestCase):
         self.assertEqual(wait_for(app)["counter"], counter - 1)
 
 
+@full_series_only
 class InstallTest(unittest.TestCase):
     layer = Site
 
