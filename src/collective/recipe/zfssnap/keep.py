@@ -141,6 +141,8 @@ def facts(site, swaps):
         fields = line.split("\t")
         if len(fields) == 3:
             seen.setdefault(fields[0], {})[fields[1]] = fields[2]
+    # Where each name is in the mount table: a mount made later may cover an earlier one.
+    order = {m.dataset: i for i, m in enumerate(mountsmod.zfs_mounts())}
     result = []
     for s in swaps:
         fact = {"old": None, "new": None}
@@ -158,6 +160,8 @@ def facts(site, swaps):
             fact.update({"new": s["new"], "new_mounted": values.get("mounted") == "yes",
                          "new_canmount": values.get("canmount"),
                          "new_origin": values.get("origin")})
+        fact["old_order"] = order.get(fact["old"])
+        fact["new_order"] = order.get(fact["new"])
         result.append(fact)
     return result
 
@@ -174,24 +178,37 @@ def swap_steps(swaps, current):
     pairs = sorted(zip(swaps, [dict(f) for f in current]),
                    key=lambda p: p[0]["mountpoint"] or "")
     to_mount = [s["mountpoint"] for s, f in pairs if s["mounted"] and not f.get("new_mounted")]
-    steps = []
-    for s, f in reversed(pairs):  # the innermost mounts first
+    unmounts = []  # (mount table position, mountpoint, swap, name)
+    for s, f in pairs:
         if f["old"] and f.get("old_mounted"):
-            steps.append((s, ["unmount", f["old"]]))
+            unmounts.append((f.get("old_order"), s["mountpoint"], s, f["old"]))
         if f.get("new_mounted") and any(m != s["mountpoint"] and mountsmod.is_inside(
                 s["mountpoint"], m) for m in to_mount):
             # Mounted below a mountpoint still to be mounted (as a boot left it): mounting over
             # it would hide it.
-            steps.append((s, ["unmount", f["new"]]))
+            unmounts.append((f.get("new_order"), s["mountpoint"], s, f["new"]))
             f["new_mounted"] = False
+    if all(u[0] is not None for u in unmounts):
+        # The last mounted first: also a dataset mounted over the ones inside it (the
+        # buildout's, mounted by hand after a boot that mounted the data datasets) comes off
+        # before them, which are hidden until it does.
+        unmounts.sort(key=lambda u: u[0], reverse=True)
+    else:
+        unmounts.sort(key=lambda u: u[1] or "", reverse=True)  # the innermost first
+    steps = [(s, ["unmount", name]) for _, _, s, name in unmounts]
     for s, f in pairs:  # the outermost first: bin/ is back before the data is
         if s["mounted"] and not f.get("new_mounted"):
             steps.append((s, ["mount", f["new"] or s["new"]]))
+    # canmount: off on every old dataset (the outermost first), then on on every clone (the
+    # innermost first). A boot mounts, at each path, the old dataset or the clone, never both
+    # and never the kept one; and the buildout's dataset only while every dataset inside it
+    # is mountable too: a site started at boot never finds an empty var/filestorage (a Zope
+    # would create a new, empty Data.fs there). From the first change to the last, a boot
+    # leaves the buildout's path empty, so nothing of the site starts.
     for s, f in pairs:
-        # One step apart: a boot mounts the old dataset before, the clone after, and for the
-        # step between, neither (never both at one mountpoint, never the kept one).
         if f["old"] and f.get("old_canmount") != "noauto":
             steps.append((s, ["set", "canmount=noauto", f["old"]]))
+    for s, f in reversed(pairs):
         if f.get("new_canmount") != s["canmount"]:
             steps.append((s, ["set", "canmount=" + s["canmount"], f["new"] or s["new"]]))
     for s, f in pairs:

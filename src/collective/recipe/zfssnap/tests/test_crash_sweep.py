@@ -159,11 +159,15 @@ class CrashSweepTest(unittest.TestCase):
             self.assertEqual(there, dataset, "%s holds %s" % (mountpoint, there))
         if empty:
             self.assertTrue(window_ok, "nothing mounted at %s after the boot" % empty)
-            # The documented recovery: mount the dataset by its name, then rerun.
-            for dataset in empty:
-                sh("zfs", "mount", dataset, check=False)
-            return "boot: %s empty, zfs mount" % ",".join(d.split("/")[-1] for d in empty)
-        return "boot ok"
+        return empty
+
+    def recover(self, empty):
+        """The documented recovery when a boot left a site path empty: mount the dataset by
+        its name (the old one still has it in that step), then rerun."""
+        for dataset in empty:
+            sh("zfs", "mount", dataset)
+        return ("boot: %s empty, zfs mount" % ",".join(d.split("/")[-1] for d in empty)
+                if empty else "boot ok")
 
     def check_site(self, expected_version, target=None):
         state = wait_for(app, what="the app to answer")
@@ -194,7 +198,7 @@ class CrashSweepTest(unittest.TestCase):
             rc, out = crashed_run(argv, after=n)
             self.assertEqual(rc, -signal.SIGKILL, out)
             power_cut()
-            boot = self.check_boot()
+            boot = self.recover(self.check_boot())
             sh(SITE + "/bin/supervisord")
             self.check_site("1.0")
             rc, out = crashed_run(argv)
@@ -214,7 +218,7 @@ class CrashSweepTest(unittest.TestCase):
             rc, out = crashed_run(argv, after=n)
             self.assertEqual(rc, -signal.SIGKILL, out)
             power_cut()
-            boot = self.check_boot()
+            boot = self.recover(self.check_boot())
             rc, out = crashed_run(argv)
             self.assertEqual(rc, 0, out)
             sh(SITE + "/bin/supervisord")
@@ -236,8 +240,9 @@ class CrashSweepTest(unittest.TestCase):
             self.assertEqual(rc, -signal.SIGKILL, "run killed after %d: %s" % (n, out))
             clock("crash")
             power_cut()
-            boot = self.check_boot(window_ok="--keep" in extra)
-            boot_start()
+            empty = self.check_boot(window_ok="--keep" in extra)
+            boot_start()  # it fails where bin/ is not there, as a boot's would
+            boot = self.recover(empty)
             clock("cut")
             rc, out = crashed_run(argv)
             self.assertEqual(rc, 0, "rerun after a crash after %d (%s): %s" % (n, action, out))

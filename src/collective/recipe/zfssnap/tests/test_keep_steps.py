@@ -72,12 +72,14 @@ class SwapOrderTest(unittest.TestCase):
                       self.pool.calls)
 
     def test_after_every_step_a_boot_mounts_the_old_or_the_new_dataset_never_the_kept(self):
-        windows = 0
+        top = self.swaps[0]["mountpoint"]  # the buildout's: bin/ and what a boot starts
+        empty_points = 0
         for n in range(len(self.steps) + 1):
             pool, site, swaps = copy.deepcopy((self.pool, self.site, self.swaps))
             for _, argv in self.steps[:n]:
                 site.zfs.run(*argv)
             booted = pool.boot_mounts()
+            empty = []
             for s in swaps:
                 claim = booted.get(s["mountpoint"], [])
                 self.assertLessEqual(len(claim), 1, "two datasets claim %s after step %d"
@@ -87,12 +89,17 @@ class SwapOrderTest(unittest.TestCase):
                     # The state from before: only while it still has the dataset's name.
                     self.assertEqual(claim, [s["dataset"]], "step %d" % n)
                 elif not guids:
-                    windows += 1
+                    empty.append(s["mountpoint"])
                 else:
                     self.assertEqual(guids, [s["new_guid"]])
-        # One step per dataset where a boot mounts neither (canmount goes off on one before it
-        # goes on on the other): never more.
-        self.assertEqual(windows, len(self.swaps))
+            if empty:
+                empty_points += 1
+                # Never the buildout mounted over an empty data directory: the site would start
+                # on it at boot.
+                self.assertIn(top, empty, "step %d: %s empty under a mounted %s"
+                              % (n, empty, top))
+        # Only from the first canmount change to the last.
+        self.assertEqual(empty_points, 2 * len(self.swaps) - 1)
 
     def test_a_rerun_after_any_step_finishes_the_swap(self):
         for n in range(len(self.steps) + 1):
