@@ -8,8 +8,9 @@ right after action N (crashpoint.py), the power is cut (every process of the sit
 invariants are checked:
 
 - after the boot: each site path holds the dataset of that name (the old state or the
-  restored one), or, at the one step per dataset where --keep turns canmount off on the old
-  one before it turns it on on the clone, nothing; never a kept (rolled-away) dataset;
+  restored one), or, while --keep changes canmount (off on the old datasets, then on on the
+  clones), nothing; never a kept (rolled-away) dataset. The site starts as a boot starts it
+  (bin/supervisord, where bin/ is there); the recovery for an empty path is typed after that;
 - after the rerun: the site answers at the target's state (rollback) or unchanged (snapshot,
   cleanup); every dataset at the target snapshot with nothing newer; the other tool's
   snapshot untouched; with --keep, the kept state holds what was written after the snapshot;
