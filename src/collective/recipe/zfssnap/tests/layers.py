@@ -363,6 +363,8 @@ class Site(GuestPool):
                 if origin.startswith(name + "@"):
                     sh("zfs", "promote", dataset, check=False)
                 sh("zfs", "destroy", "-R", name, check=False)
+        for dataset in DATASETS:  # what a killed --keep may have left off
+            sh("zfs", "set", "canmount=on", dataset, check=False)
         sh("zfs", "mount", "-a", check=False)
         for dataset in DATASETS:
             sh("zfs", "rollback", "-r", "%s@%s" % (dataset, BASELINE))
