@@ -58,15 +58,12 @@ def mountpoints_in_mountinfo(text):
 
 def all_mountpoints():
     """Every mountpoint of this machine, whatever is mounted there."""
-    if os.path.exists("/proc/self/mountinfo"):
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            return mountpoints_in_mountinfo(f.read())
-    try:
-        proc = subprocess.run(["mount", "-p"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True, errors="surrogateescape", stdin=subprocess.DEVNULL)
-    except OSError:
-        return []
-    return [unescape(line.split()[1]) for line in proc.stdout.split("\n")
+    return read_table(mountpoints_in_mountinfo, mountpoints_in_fstab)
+
+
+def mountpoints_in_fstab(text):
+    """Every mountpoint in `mount -p` output (FreeBSD), snapshots mounted on access left out."""
+    return [unescape(line.split()[1]) for line in text.split("\n")
             if len(line.split()) >= 2 and "/.zfs/snapshot/" not in line.split()[1]]
 
 
@@ -82,15 +79,21 @@ def parse_fstab(text):
 
 def zfs_mounts():
     """The ZFS filesystems mounted now, in mount order (a later one may hide an earlier one)."""
+    return read_table(parse_mountinfo, parse_fstab)
+
+
+def read_table(mountinfo_parser, fstab_parser):
+    """This machine's mount table, read by one of the parsers: /proc/self/mountinfo (Linux)
+    or `mount -p` (FreeBSD); [] when neither can be read."""
     if os.path.exists("/proc/self/mountinfo"):
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            return parse_mountinfo(f.read())
+            return mountinfo_parser(f.read())
     try:
         proc = subprocess.run(["mount", "-p"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True, errors="surrogateescape", stdin=subprocess.DEVNULL)
     except OSError:
         return []
-    return parse_fstab(proc.stdout) if proc.returncode == 0 else []
+    return fstab_parser(proc.stdout) if proc.returncode == 0 else []
 
 
 def is_mountpoint(path):
