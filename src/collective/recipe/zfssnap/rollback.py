@@ -478,8 +478,8 @@ class Run:
             raise self.failed_midway(plan, done, self.site.permission_message(
                 e, "rollback,destroy,mount"))
 
-    def swap(self, plan, target):
-        """--keep: the clones take the datasets' places, step by step, each step recorded."""
+    def swap(self, target):
+        """--keep: the clones take the datasets' places, from where ZFS says the swap stands."""
         try:
             keepmod.swap(self.site, self.swaps)
         except (zfsmod.ZfsError, OSError) as e:
@@ -685,7 +685,7 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
         raise run.failed_midway(plan, [], e.message)
     if keep:
         run.committed = True
-        run.swap(plan, target.short)
+        run.swap(target.short)
     else:
         run.roll_back(plan, commands)
     run.save(stage="rolled back")
@@ -808,7 +808,7 @@ def resume(run, pending, yes, dry_run, confirm, critical):
                 raise Stop("supervisord runs, and stopping it before the rest of the swap "
                            "failed: %s; stop it, then run %s again" % (
                                e.message, run.site.scripts["rollback"]), INCOMPLETE)
-        run.swap(None, target)
+        run.swap(target)
         run.save(stage="rolled back")
     # What ran before runs again (a boot may have come between): started if it does not.
     run.check_mounted(target)
