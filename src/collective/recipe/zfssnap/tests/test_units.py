@@ -1,5 +1,6 @@
 """Unit tests of the process scan, the mount table, FreeBSD's tools' output (no ZFS needed)."""
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,8 @@ class OpenFilesTest(unittest.TestCase):
                             "print('ready', flush=True)\nprint(c.pid, flush=True)\n"
                             "time.sleep(60)")
         child = int(parent.stdout.readline())
+        # The grandchild holds the runner's stderr: left alive, it keeps a pipe reader waiting.
+        self.addCleanup(os.kill, child, signal.SIGKILL)
         self.assertEqual(processes.with_descendants([parent.pid]), {parent.pid, child})
 
 
