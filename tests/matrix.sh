@@ -8,6 +8,9 @@ set -eu
 run=$1
 top=$(cd "$(dirname "$0")/.." && pwd)
 dir=$top/.matrix/$run
+# The virtualenvs and the eggs outside the checkout (a clean clone finds them again); what
+# points into the checkout (develop eggs, scripts, parts) stays under .matrix.
+cache=${ZFSSNAP_MATRIX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/collective.recipe.zfssnap-matrix}
 python=python3
 buildout=6.0.1
 pins=()
@@ -41,13 +44,21 @@ print("\n".join("versions:%s=" % n for n in c["versions"] if not n.startswith("z
     *) echo "matrix.sh: unknown run '$run'" >&2; exit 2 ;;
 esac
 echo "matrix: $run ($("$python" --version), zc.buildout $buildout)"
-if [ ! -x "$dir/venv/bin/buildout" ]; then
-    "$top/tests/bootstrap-venv.sh" "$python" "$dir/venv" "zc.buildout==$buildout"
+venv=$cache/$run/venv
+stamp="$(command -v "$python") $("$python" --version 2>&1) zc.buildout==$buildout"
+if [ "$(cat "$venv/.complete" 2> /dev/null)" != "$stamp" ] || ! "$venv/bin/python" -c '' 2> /dev/null; then
+    # The stamp is written last: an interrupted bootstrap, or one of another Python, is made
+    # again, not trusted.
+    rm -rf "$venv"
+    mkdir -p "$cache/$run"
+    "$top/tests/bootstrap-venv.sh" "$python" "$venv" "zc.buildout==$buildout"
+    echo "$stamp" > "$venv/.complete"
 fi
 cd "$top"
-"$dir/venv/bin/buildout" -q -c buildout.cfg \
+"$venv/bin/buildout" -q -c buildout.cfg \
     "buildout:bin-directory=$dir/bin" "buildout:parts-directory=$dir/parts" \
-    "buildout:develop-eggs-directory=$dir/develop-eggs" "buildout:eggs-directory=$dir/eggs" \
+    "buildout:develop-eggs-directory=$dir/develop-eggs" \
+    "buildout:eggs-directory=$cache/$run/eggs" \
     "buildout:installed=$dir/.installed.cfg" "versions:zc.buildout=$buildout" "${pins[@]}" \
     2> >(grep -v -e 'UserWarning: Module' -e 'ws.add(_d' >&2)
 exec "$dir/bin/test"

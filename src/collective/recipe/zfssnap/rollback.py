@@ -66,6 +66,7 @@ def plan_rollback(site, target, written=True, keep=False):
     blockers = []
     all_newer = site.zfs.newer(site.datasets, {d: target.members[d].createtxg
                                                for d in site.datasets})
+    written = site.zfs.written_since(site.datasets, target.short) if written else {}
     for dataset in site.datasets:
         snap = target.members[dataset]
         newer = all_newer[dataset]
@@ -76,7 +77,7 @@ def plan_rollback(site, target, written=True, keep=False):
                 blockers.append("%s has clones (%s)" % (s.name, ", ".join(s.clones)))
         plan["datasets"].append({
             "dataset": dataset, "snapshot": snap.name, "newer": [s.name for s in newer],
-            "written": site.zfs.written_since(dataset, target.short) if written else None})
+            "written": written.get(dataset)})
     if blockers:
         raise Stop("refusing to roll back: newer snapshots must be destroyed by the rollback "
                    "but ZFS would stop half-way on these: %s; release the holds (zfs release) "

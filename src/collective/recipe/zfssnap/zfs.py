@@ -333,6 +333,11 @@ class Zfs:
                 return int(parts[1])
         return 0
 
-    def written_since(self, dataset, short):
-        value = self.get([dataset], ["written@" + short])[dataset]["written@" + short]
-        return int(value) if value.isdigit() else 0
+    def written_since(self, datasets, short):
+        """{dataset: bytes written since its snapshot `short`}, in one zfs call."""
+        values = self.get(list(datasets), ["written@" + short])
+        found = {}
+        for dataset in datasets:
+            value = values.get(dataset, {}).get("written@" + short, "")
+            found[dataset] = int(value) if value.isdigit() else 0
+        return found

@@ -52,8 +52,7 @@ class DemoSite(layers.Site):
 
 
 def main():
-    print("Building a throwaway site on pool tank (datasets tank/site, tank/site-filestorage, "
-          "tank/site-blobstorage)...", flush=True)
+    print("Building a throwaway site (datasets %s)..." % ", ".join(layers.DATASETS), flush=True)
     layers.GuestPool.setUp()
     DemoSite.setUp()
     print("The site runs: %s\n" % app(), flush=True)

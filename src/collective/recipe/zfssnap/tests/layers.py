@@ -5,15 +5,20 @@ sparse file on the host for every boot), and destroys them when it is torn down:
 does can leak into another layer or another run.
 """
 import ast
+import base64
+import configparser
+import http.client
 import json
 import os
 import pty
 import select
 import signal
+import socket
 import subprocess
 import time
 import unittest
 import urllib.request
+import xmlrpc.client
 
 
 SCRATCH = os.environ.get("ZFSSNAP_LAB_SCRATCH", "/scratch")
@@ -72,10 +77,15 @@ class GuestPool:
 
 SITE = "/srv/site"
 # The site's datasets, the buildout's first: Data.fs and blobs on datasets of their own.
+# On the series that runs the core workflow only, Data.fs and blobs live on the second pool:
+# the --keep sweep and the forensics tests run there with a snapshot set over two pools.
+STORAGE_POOL = "tank" if os.environ.get("ZFSSNAP_LAB_SERIES") in (None, FULL_SERIES) else "data"
+FILESTORAGE = STORAGE_POOL + "/site-filestorage"
+BLOBSTORAGE = STORAGE_POOL + "/site-blobstorage"
 DATASETS = {
     "tank/site": SITE,
-    "tank/site-filestorage": SITE + "/var/filestorage",
-    "tank/site-blobstorage": SITE + "/var/blobstorage",
+    FILESTORAGE: SITE + "/var/filestorage",
+    BLOBSTORAGE: SITE + "/var/blobstorage",
 }
 PORT = 8080
 TEMPLATES = os.path.join(os.path.dirname(__file__), "site")
@@ -190,7 +200,53 @@ def supervisorctl(*args):
     return run_in_site(SITE + "/bin/supervisorctl", *args)[1]
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost", timeout=30)
+        self.socket_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(self.socket_path)
+
+
 def program_states():
+    """{program: state} as `supervisorctl status` shows them ({} when supervisord is down).
+
+    Asked over supervisord's unix socket from this process: a bin/supervisorctl per poll costs
+    a second of emulated CPU, and the tests poll often."""
+    path = script_config()["supervisor_conf"]
+    conf = configparser.RawConfigParser(strict=False, inline_comment_prefixes=(";", "#"))
+    conf.read(path)
+    url = conf.get("supervisorctl", "serverurl", fallback="").replace(
+        "%(here)s", os.path.dirname(path))
+    if not url.startswith("unix://"):
+        return program_states_by_supervisorctl()
+    headers = {"Content-Type": "text/xml"}
+    user = conf.get("supervisorctl", "username", fallback="").strip()
+    if user:
+        password = conf.get("supervisorctl", "password", fallback="").strip()
+        headers["Authorization"] = "Basic " + base64.b64encode(
+            ("%s:%s" % (user, password)).encode()).decode()
+    connection = _UnixHTTPConnection(url[len("unix://"):])
+    try:
+        connection.request("POST", "/RPC2",
+                           xmlrpc.client.dumps((), "supervisor.getAllProcessInfo"), headers)
+        response = connection.getresponse()
+        body = response.read()
+    except OSError:
+        return {}
+    finally:
+        connection.close()
+    if response.status != 200:
+        return program_states_by_supervisorctl()
+    (infos,), _ = xmlrpc.client.loads(body)
+    return {(i["name"] if i["group"] == i["name"] else "%s:%s" % (i["group"], i["name"])):
+            i["statename"] for i in infos}
+
+
+def program_states_by_supervisorctl():
     states = {}
     for line in supervisorctl("status").splitlines():
         words = line.split()
@@ -363,8 +419,12 @@ class Site(GuestPool):
                 if origin.startswith(name + "@"):
                     sh("zfs", "promote", dataset, check=False)
                 sh("zfs", "destroy", "-R", name, check=False)
-        for dataset in DATASETS:  # what a killed --keep may have left off
-            sh("zfs", "set", "canmount=on", dataset, check=False)
+        # What a killed --keep may have left off (one zfs get: each zfs call costs here).
+        for line in sh("zfs", "get", "-H", "-o", "name,value", "canmount", *DATASETS,
+                       check=False).splitlines():
+            name, _, value = line.partition("\t")
+            if name in DATASETS and value != "on":
+                sh("zfs", "set", "canmount=on", name, check=False)
         sh("zfs", "mount", "-a", check=False)
         for dataset in DATASETS:
             sh("zfs", "rollback", "-r", "%s@%s" % (dataset, BASELINE))

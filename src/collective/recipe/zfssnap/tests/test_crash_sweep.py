@@ -27,6 +27,7 @@ import unittest
 
 from collective.recipe.zfssnap.tests.layers import BASELINE
 from collective.recipe.zfssnap.tests.layers import DATASETS
+from collective.recipe.zfssnap.tests.layers import FILESTORAGE
 from collective.recipe.zfssnap.tests.layers import SITE
 from collective.recipe.zfssnap.tests.layers import Site
 from collective.recipe.zfssnap.tests.layers import app
@@ -250,6 +251,8 @@ class CrashSweepTest(unittest.TestCase):
             rc, out = crashed_run(argv)
             self.assertEqual(rc, 0, "rerun after a crash after %d (%s): %s" % (n, action, out))
             clock("rerun")
+            if not extra:
+                self.check_rerun_says(action, target, out)
             state = self.check_site("1.0", target)
             self.assertEqual(state["counter"], before["counter"], "point %d" % n)
             self.assertNotIn("release", state["blobs"])
@@ -262,13 +265,23 @@ class CrashSweepTest(unittest.TestCase):
                 for name in kept:
                     self.assertEqual(sh("zfs", "get", "-H", "-o", "value", "readonly",
                                         name).strip(), "on", name)
-                fs = [k for k in kept if k.startswith("tank/site-filestorage-")][0]
+                fs = [k for k in kept if k.startswith(FILESTORAGE + "-")][0]
                 self.assertGreater(int(sh("zfs", "get", "-H", "-p", "-o", "value", "written",
                                           fs)), 0, "the kept Data.fs lost the release's "
                                    "transactions (%s)" % written)
                 self.clear_kept()
             clock("check")
             self.line(script, n, action, "%s; rerun ok %s" % (boot, clock))
+
+    def check_rerun_says(self, action, target, out):
+        """What the rerun of a plain rollback tells the operator about the killed run."""
+        if action.startswith("supervisord supervisor.shutdown"):
+            self.assertIn("An unfinished rollback to %s is recorded" % target, out)
+            self.assertIn("to run again afterwards: app, worker", out)
+        if action.startswith("zfs rollback tank/site-filestorage@"):
+            self.assertIn("stopped at 'rolling back'", out)
+            self.assertIn("datasets rolled back: tank/site, tank/site-filestorage; not yet: "
+                          "tank/site-blobstorage", out)
 
     def clear_kept(self):
         for name in self.kept():

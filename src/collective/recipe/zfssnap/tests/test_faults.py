@@ -118,34 +118,6 @@ class KilledRunTest(unittest.TestCase):
         rc, out, err = bin_("rollback", "--yes", "--dry-run", other)
         self.assertEqual(rc, 0, out + err)
 
-    def test_kill_9_while_stopping_then_rollback_again_starts_what_ran(self):
-        kill_while_stopping()
-        rc, out, err = bin_("rollback", "--yes")
-        self.assertEqual(rc, 0, out + err)
-        self.assertIn("An unfinished rollback to %s is recorded" % self.name, err + out)
-        self.assertIn("to run again afterwards: app, worker", err + out)
-        self.assertRolledBack()
-
-    def test_kill_9_between_two_datasets_then_rollback_again_finishes(self):
-        # The third dataset's rollback kills bin/rollback itself (a power cut of the script).
-        zfs_wrapper("/tmp/zfs-killer", 'if [ "$1" = rollback ] && [ ! -e /tmp/killed ] && '
-                    'echo "$*" | grep -q blobstorage; then touch /tmp/killed; '
-                    'kill -9 $PPID; exit 1; fi')
-        if os.path.exists("/tmp/killed"):
-            os.remove("/tmp/killed")
-        configure(zfs=["/tmp/zfs-killer"])
-        rc, out, err = bin_("rollback", "--yes")
-        self.assertEqual(rc, -9, out + err)
-        self.assertIn(" rollback tank/site-filestorage@" + self.name, out)
-        self.assertEqual(program_states(), {})  # the site is down: the record says why
-        rc, out, err = bin_("rollback", "--yes")
-        self.assertEqual(rc, 0, out + err)
-        self.assertIn("stopped at 'rolling back'", out + err)
-        self.assertIn("datasets rolled back: tank/site, tank/site-filestorage; not yet: "
-                      "tank/site-blobstorage", out + err)
-        self.assertRolledBack()
-        self.assertEqual(sorted(wait_for(app)["blobs"]), sorted(self.before["blobs"]))
-
     def test_stale_record_is_shown_refused_for_another_target_and_forgotten(self):
         kill_while_stopping()
         later = take_snapshot("later")

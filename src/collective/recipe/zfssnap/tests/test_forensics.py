@@ -4,6 +4,7 @@ import json
 import unittest
 
 from collective.recipe.zfssnap.tests.layers import DATASETS
+from collective.recipe.zfssnap.tests.layers import FILESTORAGE
 from collective.recipe.zfssnap.tests.layers import RUNNING
 from collective.recipe.zfssnap.tests.layers import SITE
 from collective.recipe.zfssnap.tests.layers import Site
@@ -53,9 +54,9 @@ class ForensicsTest(unittest.TestCase):
                 sh("zfs", "promote", dataset, check=False)
             sh("zfs", "release", "-r", "hold-test", name + "@held", check=False)
             sh("zfs", "destroy", "-r", name, check=False)
-        sh("zfs", "release", "hold-test", "tank/site-filestorage@held", check=False)
-        sh("zfs", "set", "quota=none", "tank/site-filestorage", check=False)
-        sh("zfs", "inherit", "org.example:tag", "tank/site-filestorage", check=False)
+        sh("zfs", "release", "hold-test", FILESTORAGE + "@held", check=False)
+        sh("zfs", "set", "quota=none", FILESTORAGE, check=False)
+        sh("zfs", "inherit", "org.example:tag", FILESTORAGE, check=False)
 
     def test_the_plan_lists_the_transactions_since_the_snapshot(self):
         edit_content()
@@ -74,17 +75,17 @@ class ForensicsTest(unittest.TestCase):
         self.assertEqual(view["transactions"][0]["tid"], app()["last_tid"])
 
     def test_keep_rolls_back_and_keeps_the_rolled_away_state(self):
-        sh("zfs", "set", "quota=1G", "org.example:tag=kept-property", "tank/site-filestorage")
+        sh("zfs", "set", "quota=1G", "org.example:tag=kept-property", FILESTORAGE)
         edit_content()
         tid_after = app()["last_tid"]
         # A held newer snapshot blocks a plain rollback; --keep keeps it instead.
-        sh("zfs", "snapshot", "tank/site-filestorage@held")
-        sh("zfs", "hold", "hold-test", "tank/site-filestorage@held")
+        sh("zfs", "snapshot", FILESTORAGE + "@held")
+        sh("zfs", "hold", "hold-test", FILESTORAGE + "@held")
         rc, out, err = bin_("rollback", "--yes")
         self.assertEqual(rc, 3, out + err)
         rc, out, err = bin_("rollback", "--yes", "--keep")
         self.assertEqual(rc, 0, out + err)
-        self.assertIn("keeps the newer tank/site-filestorage@held", out)
+        self.assertIn("keeps the newer %s@held" % FILESTORAGE, out)
         self.assertIn("ZODB %s: keeps apart 2 transactions" % DATAFS, out)
         self.assertIn("The state rolled away from is kept in", out)
         # Typed in the site directory: its shell is told where it is.
@@ -93,11 +94,11 @@ class ForensicsTest(unittest.TestCase):
         self.assertEqual(program_states(), RUNNING)
         self.assertEqual(wait_for(app)["counter"], self.before["counter"])
         # The datasets have their own properties still.
-        self.assertEqual(prop("quota", "tank/site-filestorage"), str(1 << 30))
-        self.assertEqual(prop("org.example:tag", "tank/site-filestorage"), "kept-property")
+        self.assertEqual(prop("quota", FILESTORAGE), str(1 << 30))
+        self.assertEqual(prop("org.example:tag", FILESTORAGE), "kept-property")
         names = kept()
         self.assertEqual(sorted(n.split("-rolled-away-")[0] for n in names), sorted(DATASETS))
-        fs = [n for n in names if n.startswith("tank/site-filestorage-")][0]
+        fs = [n for n in names if n.startswith(FILESTORAGE + "-")][0]
         self.assertEqual(prop("readonly", fs), "on")
         self.assertEqual(prop("mounted", fs), "no")
         self.assertIn(fs + "@held", snapshots(fs))
