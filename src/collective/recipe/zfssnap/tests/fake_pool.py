@@ -7,6 +7,8 @@ guest suite (test_crash_sweep), never by this file.
 """
 import itertools
 
+from collective.recipe.zfssnap import crashpoint
+from collective.recipe.zfssnap import mounts as mountsmod
 from collective.recipe.zfssnap import zfs as zfsmod
 
 
@@ -19,22 +21,61 @@ class FakePool(zfsmod.Zfs):
     """Datasets as dicts; `calls` records every argv that changed something."""
 
     _guids = itertools.count(1000)
+    _txgs = itertools.count(100)
 
     def __init__(self):
         super().__init__(["zfs"])
         self.datasets = {}
-        self.snapshots = {}  # name -> dataset guid
+        self.snapshot_guids = {}  # name -> dataset guid
+        self.snapshot_info = {}  # name -> {createtxg, content, properties}
         self.calls = []
         self.busy = set()  # mountpoints some process works in: unmount says busy
+        self.mount_order = itertools.count()
 
-    def create(self, name, mountpoint, canmount="on", mounted=True, origin="-"):
+    def create(self, name, mountpoint, canmount="on", mounted=True, origin="-", content=None):
         self.datasets[name] = {"guid": str(next(self._guids)), "canmount": canmount,
                                "mountpoint": mountpoint, "mounted": mounted, "origin": origin,
-                               "user": {}, "readonly": "off"}
+                               "user": {}, "readonly": "off", "content": content,
+                               "seq": next(self.mount_order)}
 
-    def snapshot(self, name):
+    def snapshot(self, name, properties=None):
         dataset = name.split("@")[0]
-        self.snapshots[name] = self.datasets[dataset]["guid"]
+        self.snapshot_guids[name] = self.datasets[dataset]["guid"]
+        self.snapshot_info[name] = {"createtxg": next(self._txgs), "properties": properties or {},
+                                    "content": self.datasets[dataset]["content"]}
+
+    def snapshots_of(self, dataset):
+        """The snapshot names of `dataset` (by its guid: a rename takes them along)."""
+        guid = self.datasets[dataset]["guid"]
+        names = [n for n, g in self.snapshot_guids.items() if g == guid]
+        return sorted(names, key=lambda n: self.snapshot_info[n]["createtxg"])
+
+    def _rename_snapshots(self, old, new):
+        for name in list(self.snapshot_guids):
+            if name.split("@")[0] == old:
+                short = name.split("@")[1]
+                self.snapshot_guids[new + "@" + short] = self.snapshot_guids.pop(name)
+                self.snapshot_info[new + "@" + short] = self.snapshot_info.pop(name)
+
+    def mounts(self):
+        """The mount table (mountsmod.Mount), in the order the mounts were made."""
+        mounted = [(d["seq"], n, d["mountpoint"]) for n, d in self.datasets.items()
+                   if d["mounted"]]
+        return [mountsmod.Mount(n, m) for _, n, m in sorted(mounted)]
+
+    # -- the reading side of the adapter, at its own level (parsing is tested elsewhere) ----
+    def snapshots(self, datasets, own_properties=()):
+        result = {d: [] for d in datasets}
+        for d in datasets:
+            for name in self.snapshots_of(d) if d in self.datasets else ():
+                info = self.snapshot_info[name]
+                result[d].append(zfsmod.Snapshot(
+                    name, str(info["createtxg"]), properties=dict(info["properties"])))
+        return result, {d: 0 for d in datasets}
+
+    def newer(self, datasets, createtxgs):
+        found, _ = self.snapshots(datasets)
+        return {d: [s for s in found[d] if s.createtxg > createtxgs[d]] for d in datasets}
 
     def by_guid(self, guid):
         return [n for n, d in self.datasets.items() if d["guid"] == guid]
@@ -65,13 +106,27 @@ class FakePool(zfsmod.Zfs):
         if verb == "list":
             return self._list(args)
         self.calls.append(args)
+        result = self._change(args, check)
+        if result.returncode == 0:
+            # As Zfs.run does: the crash-point sweeps count this action.
+            crashpoint.done("zfs " + " ".join(args))
+        return result
+
+    def _change(self, args, check):
+        verb = args[0]
         if verb == "clone":
             props = dict(a.split("=", 1) for a in args[1:-2] if "=" in a)
             snap, new = args[-2], args[-1]
             if new in self.datasets:
                 self.fail("dataset already exists")
             self.create(new, props.get("mountpoint", "/" + new), props.get("canmount", "on"),
-                        mounted=props.get("canmount", "on") == "on", origin=snap)
+                        mounted=props.get("canmount", "on") == "on", origin=snap,
+                        content=self.snapshot_info.get(snap, {}).get("content"))
+            for key, value in props.items():
+                if ":" in key:
+                    self.datasets[new]["user"][key] = value
+                elif key not in ("mountpoint", "canmount"):
+                    self.datasets[new][key] = value
         elif verb == "unmount":
             d = self.datasets[args[-1]]
             if not d["mounted"]:
@@ -90,6 +145,7 @@ class FakePool(zfsmod.Zfs):
                    for o in self.datasets.values()):
                 self.fail("mountpoint is busy")  # as overlay=off would
             d["mounted"] = True
+            d["seq"] = next(self.mount_order)
         elif verb == "set":
             name = args[-1]
             for pair in args[1:-1]:
@@ -103,6 +159,7 @@ class FakePool(zfsmod.Zfs):
             if new in self.datasets:
                 self.fail("dataset already exists")
             self.datasets[new] = self.datasets.pop(old)
+            self._rename_snapshots(old, new)
             for d in self.datasets.values():
                 if d["origin"].startswith(old + "@"):
                     d["origin"] = new + d["origin"][len(old):]
@@ -113,11 +170,42 @@ class FakePool(zfsmod.Zfs):
             snap_short = d["origin"].split("@")[1]
             d["origin"] = "-"
             self.datasets[origin_ds]["origin"] = "%s@%s" % (name, snap_short)
+            # The origin snapshot and the older ones move to the promoted clone.
+            limit = self.snapshot_info[origin_ds + "@" + snap_short]["createtxg"]
+            for snap in self.snapshots_of(origin_ds):
+                if self.snapshot_info[snap]["createtxg"] <= limit:
+                    moved = name + "@" + snap.split("@")[1]
+                    self.snapshot_guids.pop(snap)
+                    self.snapshot_guids[moved] = d["guid"]
+                    self.snapshot_info[moved] = self.snapshot_info.pop(snap)
+
         elif verb == "destroy":
             name = args[-1]
+            if "@" in name:
+                dataset, shorts = name.split("@")
+                for short in shorts.split(","):
+                    self.snapshot_guids.pop(dataset + "@" + short, None)
+                    self.snapshot_info.pop(dataset + "@" + short, None)
+                return Result()
             if any(o["origin"].startswith(name + "@") for o in self.datasets.values()):
                 self.fail("filesystem has dependent clones")
+            for snap in self.snapshots_of(name):
+                del self.snapshot_guids[snap], self.snapshot_info[snap]
             del self.datasets[name]
+        elif verb == "rollback":
+            snap = args[-1]
+            dataset = snap.split("@")[0]
+            if snap not in self.snapshot_guids:
+                self.fail("could not find any snapshots to destroy; check snapshot names.")
+            txg = self.snapshot_info[snap]["createtxg"]
+            newer = [n for n in self.snapshots_of(dataset)
+                     if self.snapshot_info[n]["createtxg"] > txg]
+            if newer and "-r" not in args:
+                self.fail("cannot rollback to '%s': more recent snapshots or bookmarks exist"
+                          % snap)
+            for n in newer:
+                del self.snapshot_guids[n], self.snapshot_info[n]
+            self.datasets[dataset]["content"] = self.snapshot_info[snap]["content"]
         else:
             self.fail("fake pool: unsupported %r" % args)
         return Result()
@@ -131,7 +219,7 @@ class FakePool(zfsmod.Zfs):
             for name in sorted(self.datasets):
                 if name == top or name.startswith(top + "/"):
                     found.append((name, "filesystem", "-"))
-            for snap in sorted(self.snapshots):
+            for snap in sorted(self.snapshot_guids):
                 if snap.split("@")[0] == top:
                     found.append((snap, "snapshot", "0"))
         if "name,type,userrefs" in args:
@@ -139,8 +227,15 @@ class FakePool(zfsmod.Zfs):
         return Result("".join(row[0] + "\n" for row in found if row[1] != "snapshot"))
 
     def _get(self, args):
+        args = list(args)
+        local = "-s" in args
+        if local:  # get -H -p -o name,property,value -s local all NAME...: the user properties
+            del args[args.index("-s"):args.index("-s") + 2]
         i = args.index("-o")  # get -H -p -o name,property,value PROPS NAME...
         props, names = args[i + 2], args[i + 3:]
+        if local:
+            return Result("".join("%s\t%s\t%s\n" % (n, k, v) for n in names
+                                  for k, v in sorted(self.datasets[n]["user"].items())))
         lines, missing = [], []
         for name in names:
             d = self.datasets.get(name)
@@ -149,6 +244,8 @@ class FakePool(zfsmod.Zfs):
                 continue
             for prop in props.split(","):
                 value = d.get(prop, d["user"].get(prop, "-"))
+                if prop.startswith("written@"):
+                    value = "0"
                 if prop == "mounted":
                     value = "yes" if d["mounted"] else "no"
                 lines.append("%s\t%s\t%s" % (name, prop, value))

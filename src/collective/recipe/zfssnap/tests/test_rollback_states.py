@@ -1,0 +1,114 @@
+"""bin/rollback's stages, killed after every action and resumed, in the fast suite (fake_world:
+a modelled pool and supervisord, the real record and rollback code).
+
+For the plain rollback and --keep, with supervisord shut down (its files on the datasets) or
+only its programs stopped: a first run counts the actions; then for every N a run is killed
+after action N (the crash points of crashpoint.py, raised instead of SIGKILL), optionally a
+power cut and a boot follow, and `bin/rollback` typed again must finish the job: every dataset
+at the target's content, what ran before running, no record left, the other tool's snapshots
+there, and with --keep the rolled-away state kept, read-only, never mounted at boot.
+"""
+import unittest
+
+from collective.recipe.zfssnap.tests.fake_world import Crash
+from collective.recipe.zfssnap.tests.fake_world import World
+
+
+def actions(keep, shutdown):
+    world = World(shutdown=shutdown)
+    try:
+        log = []
+        result = world.rollback(keep=keep, log=log)
+        assert result is None, "the counting run failed: %s" % result
+        return log
+    finally:
+        world.close()
+
+
+class StageSweepTest(unittest.TestCase):
+
+    def sweep(self, keep, shutdown, boot):
+        steps = actions(keep, shutdown)
+        self.assertGreater(len(steps), 3)
+        for n, action in enumerate(steps, 1):
+            world = World(shutdown=shutdown)
+            self.addCleanup(world.close)
+            where = "killed after %d (%s)%s" % (n, action, ", then a boot" if boot else "")
+            result = world.rollback(keep=keep, crash_after=n)
+            self.assertIsInstance(result, Crash, where)
+            if boot:
+                mounted, empty = world.power_cut()
+                for mountpoint, dataset in mounted.items():
+                    self.assertNotIn("-rolled-away-", dataset, where)
+                if not keep:
+                    self.assertEqual(empty, [], where)
+                # Never the buildout mounted over an empty data directory.
+                self.assertTrue(not empty or world.top not in mounted, where)
+                world.mount_by_name([d for d, m in world.layout if m in empty])
+            # What the operator may type first: the dry run changes nothing.
+            before = (list(world.pool.calls), list(world.sup.calls), world.record())
+            result = world.rollback(keep=keep, dry_run=True)
+            self.assertIsNone(result, "%s: the dry run said %s" % (where, result))
+            self.assertEqual((world.pool.calls, world.sup.calls, world.record()), before, where)
+            result = world.rollback(keep=keep)
+            self.assertIsNone(result, "%s: the rerun said %s" % (where, result))
+            self.check_finished(world, keep, where, twice=keep and n == len(steps))
+
+    def check_finished(self, world, keep, where, twice=False):
+        pool = world.pool
+        for name, mountpoint in world.layout:
+            d = pool.datasets[name]
+            self.assertEqual(d["content"], "v1", "%s: %s" % (where, name))
+            self.assertTrue(d["mounted"], where)
+            self.assertEqual(d["mountpoint"], mountpoint, where)
+            self.assertEqual(d["canmount"], "on", where)
+            self.assertEqual(d["user"].get("org.example:tag"), "theirs", where)
+            self.assertIn(name + "@other-tool", pool.snapshots_of(name), where)
+            self.assertEqual(pool.snapshots_of(name)[-1], name + "@" + world.target, where)
+        self.assertTrue(world.sup.up, where)
+        self.assertEqual({n: p.state for n, p in world.sup.programs.items()},
+                         {"app": "RUNNING", "worker": "RUNNING"}, where)
+        self.assertFalse(world.record_exists(), where)
+        self.assertEqual([n for n in pool.datasets if "-rollback-" in n], [], where)
+        kept = world.kept()
+        if not keep:
+            self.assertEqual(kept, [], where)
+            return
+        self.assertEqual(len(kept), len(world.layout) * (2 if twice else 1), (where, kept))
+        for name in kept:
+            d = pool.datasets[name]
+            self.assertEqual((d["readonly"], d["mountpoint"], d["canmount"], d["mounted"]),
+                             ("on", "none", "noauto", False), (where, name))
+            self.assertIn(d["content"], ("v2", "v1") if twice else ("v2",), (where, name))
+            self.assertEqual(d["user"].get("collective.recipe.zfssnap:kind"), "rolled-away")
+        self.assertTrue(any(pool.datasets[k]["content"] == "v2" for k in kept), where)
+
+    def test_rollback_supervisord_shut_down(self):
+        self.sweep(keep=False, shutdown=True, boot=False)
+
+    def test_rollback_supervisord_shut_down_then_a_boot(self):
+        self.sweep(keep=False, shutdown=True, boot=True)
+
+    def test_rollback_programs_stopped(self):
+        self.sweep(keep=False, shutdown=False, boot=False)
+
+    def test_rollback_programs_stopped_then_a_boot(self):
+        self.sweep(keep=False, shutdown=False, boot=True)
+
+    def test_keep_supervisord_shut_down(self):
+        self.sweep(keep=True, shutdown=True, boot=False)
+
+    def test_keep_supervisord_shut_down_then_a_boot(self):
+        self.sweep(keep=True, shutdown=True, boot=True)
+
+    def test_keep_programs_stopped_then_a_boot(self):
+        self.sweep(keep=True, shutdown=False, boot=True)
+
+    def test_the_actions_of_a_normal_run(self):
+        self.assertEqual([a.split(" tank/")[0].split(" data/")[0]
+                          for a in actions(keep=False, shutdown=True)],
+                         ["record stopping", "supervisord supervisor.shutdown",
+                          "record rolling back", "zfs rollback", "record rolling back",
+                          "zfs rollback", "record rolling back", "zfs rollback",
+                          "record rolling back", "record rolled back", "supervisord start "
+                          "supervisord", "record removed"])
