@@ -11,6 +11,12 @@ from collective.recipe.zfssnap import health
 from collective.recipe.zfssnap import keep as keepmod
 from collective.recipe.zfssnap import mounts as mountsmod
 from collective.recipe.zfssnap import processes
+from collective.recipe.zfssnap.progress import PREPARING
+from collective.recipe.zfssnap.progress import ROLLED_BACK
+from collective.recipe.zfssnap.progress import ROLLING_BACK
+from collective.recipe.zfssnap.progress import SETTLING
+from collective.recipe.zfssnap.progress import STOPPING
+from collective.recipe.zfssnap.progress import Progress
 from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.site import BAD_INPUT
@@ -171,19 +177,19 @@ def diff_summary(site, snapshot):
         "no changes"
 
 
-def describe_record(data):
-    """One paragraph on an unfinished rollback, for the operator, before it is acted on."""
-    done = data.get("rolled_back", [])
-    pending = [d for d in data.get("datasets", []) if d not in done]
+def describe_record(record):
+    """One paragraph on an unfinished rollback (a Progress), for the operator, before it is
+    acted on."""
+    done = record.rolled_back
+    pending = [d for d in record.datasets if d not in done]
     return ("An unfinished rollback to %s is recorded: started %s by %s (pid %s), stopped at "
             "'%s'; %s; datasets rolled back: %s; not yet: %s; to run again afterwards: %s." % (
-                data["target"], data.get("started", "?"), data.get("by", "?"),
-                data.get("pid", "?"), data.get("stage", "?"),
-                "supervisord was shut down" if data.get("daemon_down") else
-                "supervisord ran" if data.get("daemon_was_running") else
+                record.target, record.started, record.by, record.pid, record.stage,
+                "supervisord was shut down" if record.daemon_down else
+                "supervisord ran" if record.daemon_was_running else
                 "supervisord did not run",
                 ", ".join(done) or "none", ", ".join(pending) or "none",
-                ", ".join(data.get("running_before", [])) or "nothing"))
+                ", ".join(record.running_before) or "nothing"))
 
 
 # -- open files -----------------------------------------------------------------------------
@@ -239,7 +245,7 @@ class Run:
         self.sup = supervisor_of(site)
         self.record = record_of(site)
         self.force = force
-        self.data = None  # the record's content while the rollback is unfinished
+        self.data = None  # the Progress recorded while the rollback is unfinished
         self.stopped_at = None
         self.swaps = []  # with --keep: the clones made to take the datasets' places
         self.up_at = None  # when the site ran again
@@ -250,9 +256,9 @@ class Run:
             self.cwd = None
 
     def save(self, required=False, **changes):
-        self.data.update(changes)
+        self.data.update(**changes)
         try:
-            self.record.save(self.data)
+            self.record.save(self.data.as_record())
         except (state.StateError, OSError) as e:
             reason = getattr(e, "message", None) or e
             if required:  # nothing has been stopped yet: a run that cannot be resumed is not
@@ -273,19 +279,19 @@ class Run:
                 "" if pending else ": no programs to stop"))
         procs = sup.processes() if running else {}
         daemon_pid = sup.pid() if running else None
-        data = {"target": None, "datasets": list(self.site.datasets), "rolled_back": [],
-                "started": state.utc_stamp(), "by": "%s@%s" % (current_user(), os.uname()[1]),
-                "pid": os.getpid(), "stage": "stopping", "daemon_was_running": running,
-                "daemon_down": False, "unit": None,
-                "running_before": [n for n, p in procs.items() if p.state in RUNNING_STATES]}
-        self.pending_names = list(pending.get("running_before", [])) if pending else []
+        data = Progress(
+            datasets=list(self.site.datasets), started=state.utc_stamp(),
+            by="%s@%s" % (current_user(), os.uname()[1]), pid=os.getpid(), stage=STOPPING,
+            daemon_was_running=running,
+            running_before=[n for n, p in procs.items() if p.state in RUNNING_STATES])
+        self.pending_names = list(pending.running_before) if pending else []
         if pending:
-            data["daemon_was_running"] = running or pending.get("daemon_was_running", False)
-            data["unit"] = pending.get("unit")
-            if sup and data["unit"]:
-                sup.unit = data["unit"]  # stopped through its unit: started through it too
-            data["running_before"] += [n for n in pending.get("running_before", [])
-                                       if n not in data["running_before"]]
+            data.daemon_was_running = running or pending.daemon_was_running
+            data.unit = pending.unit
+            if sup and data.unit:
+                sup.unit = data.unit  # stopped through its unit: started through it too
+            data.running_before += [n for n in pending.running_before
+                                    if n not in data.running_before]
         return procs, daemon_pid, data
 
     def stop(self, mountpoints, procs, daemon_pid):
@@ -304,15 +310,15 @@ class Run:
                            "it down, but the supervisord option is none and it could not be "
                            "started again: set the option (bin/supervisord); nothing was "
                            "changed", REFUSED)
-            if sup.unit != self.data.get("unit"):
+            if sup.unit != self.data.unit:
                 self.save(unit=sup.unit)
             self.out.action("shutdown supervisord (its files are on the datasets%s), stopping "
                             "%s" % (", through systemctl: unit " + sup.unit if sup.unit else "",
-                                    ", ".join(self.data["running_before"]) or "no program"))
+                                    ", ".join(self.data.running_before) or "no program"))
             self.stopped_at = time.monotonic()
             pids = [daemon_pid] + [p.pid for p in procs.values() if p.pid]
             alive = sup.shutdown(pids, time.monotonic() + sup.timeout)
-            self.data["daemon_down"] = True  # saved with the next step: a rerun asks anyway
+            self.data.daemon_down = True  # saved with the next step: a rerun asks anyway
             self.out.log("stop supervisord")
             if alive:
                 # supervisord stops its programs one after another, in reverse priority
@@ -363,7 +369,7 @@ class Run:
                           FAILED)
         self.record.clear()
         raise Aborted("%s: rollback aborted, nothing rolled back; %s%s" % (
-            reason, "now running: " + (", ".join(self.data["running_before"]) or "nothing")
+            reason, "now running: " + (", ".join(self.data.running_before) or "nothing")
             if not late else "NOT running now: %s (start with %s)" % (
                 ", ".join(late), self.start_hint()), "; " + advice if advice else ""), code)
 
@@ -372,14 +378,14 @@ class Run:
         """Start what ran before: supervisord if it was shut down, then exactly the programs
         that ran. The programs that did not get to RUNNING."""
         sup = self.sup
-        if sup is None or not self.data["daemon_was_running"]:
+        if sup is None or not self.data.daemon_was_running:
             return []
-        wanted = self.data["running_before"]
+        wanted = self.data.running_before
         if not sup.running():  # asked, not read from the record: a rerun may find it up
             self.out.action("start supervisord" + (" (systemctl start %s)" % sup.unit
                                                    if sup.unit else ""))
             sup.start_daemon()
-            self.data["daemon_down"] = False
+            self.data.daemon_down = False
             self.out.log("start supervisord")
             procs = sup.processes()
             # supervisord starts its autostart programs: put each back as it was before.
@@ -415,9 +421,9 @@ class Run:
         except SupervisorError:
             hints.append(self.sup.start_hint())
         ctl = self.site.config.get("supervisorctl")
-        if self.data and self.data["running_before"]:
+        if self.data and self.data.running_before:
             hints.append("%s start %s" % (" ".join(ctl) if ctl else "supervisorctl",
-                                          " ".join(self.data["running_before"])))
+                                          " ".join(self.data.running_before)))
         return "; ".join(hints) or "nothing to start"
 
     def finish_start(self, target):
@@ -446,7 +452,7 @@ class Run:
     def health(self, target):
         """Wait until the part's health check passes (within stop-timeout)."""
         check = self.site.config.get("health_check")
-        if not check or not (self.data or {}).get("running_before"):
+        if not check or not (self.data and self.data.running_before):
             return  # nothing ran before the rollback: nothing is expected to answer
         timeout = self.site.config.get("stop_timeout", 60)
         what = health.describe(check)
@@ -519,7 +525,7 @@ class Run:
 
     def settle(self, target):
         """--keep, once the swap is done: the commands that failed (already warned about)."""
-        failed = keepmod.settle(self.site, self.swaps, target, self.data["stamp"])
+        failed = keepmod.settle(self.site, self.swaps, target, self.data.stamp)
         if not failed:
             self.out.log("kept %s" % ",".join(s["kept"] for s in self.swaps))
         return failed
@@ -574,44 +580,60 @@ class Run:
 
 def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=False,
              confirm=None, critical=None, keep=False):
-    out = site.out
+    """bin/rollback: from the recorded progress of an unfinished run if there is one (resume),
+    else a new rollback to `wanted` (the newest snapshot set if None). The plan, or None."""
     run = Run(site, force)
-    pending = run.record.load()
-    carried = None  # what ran before, from a run killed before it stopped anything
+    pending = Progress.from_record(run.record.load())
     if pending:
-        out.plan(describe_record(pending))
-        if wanted is not None and wanted not in (pending["target"],) and \
-                site.find_set(wanted).short != pending["target"]:
-            raise Stop("an unfinished rollback to %s is recorded (above): finish it with %s %s, "
-                       "or forget it with %s --forget; nothing was changed" % (
-                           pending["target"], site.scripts["rollback"], pending["target"],
-                           site.scripts["rollback"]), REFUSED)
-        wanted = pending["target"]
-        if pending.get("keep") and not keep:
-            out.note("the unfinished rollback keeps the state rolled away from (--keep): so "
-                     "does this one")
-        elif keep and not pending.get("keep"):
-            out.note("the unfinished rollback does not keep the state rolled away from (it "
-                     "was started without --keep): neither does this one")
-        keep = bool(pending.get("keep"))
-        if pending.get("stage") == "preparing":
-            # Killed before it stopped anything: nothing to finish, only its clones to remove;
-            # what ran then is still what is to run afterwards.
-            if not dry_run:
-                keepmod.undo(site, pending.get("keep") or [])
-            carried, pending = pending, None
-    stage = pending.get("stage") if pending else None
-    if stage in ("rolled back", "settling") or (keep and stage == "rolling back"):
-        # The datasets are (being) replaced: their layout and snapshots are not what the plan
-        # reads; the record and ZFS say what is left to do.
-        return resume(run, pending, yes, dry_run, confirm, critical)
+        return resume(run, pending, wanted, keep, yes, dry_run, confirm, critical, diff)
+    return roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff)
+
+
+def resume(run, pending, wanted, keep, yes, dry_run, confirm, critical, diff):
+    """The one way on from a recorded unfinished run (progress.py has its stages): for the
+    target it recorded, with --keep as it was started."""
+    site, out = run.site, run.out
+    out.plan(describe_record(pending))
+    if wanted is not None and wanted != pending.target and \
+            site.find_set(wanted).short != pending.target:
+        raise Stop("an unfinished rollback to %s is recorded (above): finish it with %s %s, "
+                   "or forget it with %s --forget; nothing was changed" % (
+                       pending.target, site.scripts["rollback"], pending.target,
+                       site.scripts["rollback"]), REFUSED)
+    if pending.keep and not keep:
+        out.note("the unfinished rollback keeps the state rolled away from (--keep): so "
+                 "does this one")
+    elif keep and not pending.keep:
+        out.note("the unfinished rollback does not keep the state rolled away from (it "
+                 "was started without --keep): neither does this one")
+    keep = bool(pending.keep)
+    if pending.stage == PREPARING:
+        # Killed before it stopped anything: nothing to finish, only its clones to remove;
+        # what ran then is still what is to run afterwards.
+        if not dry_run:
+            keepmod.undo(site, pending.swaps)
+        return roll_back(run, pending.target, keep, yes, dry_run, confirm, critical, diff,
+                         carried=pending)
+    if pending.finished_in_zfs:
+        return finish_recorded(run, pending, yes, dry_run, confirm, critical)
+    # Killed while stopping, or while rolling back (plain): a new plan from what is there now;
+    # what ran before the first run is started at the end.
+    return roll_back(run, pending.target, keep, yes, dry_run, confirm, critical, diff,
+                     pending=pending)
+
+
+def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=None,
+              carried=None):
+    """Plan, stop, roll back (or swap, with --keep), start, settle. `pending`: the progress of
+    an unfinished run this one finishes; `carried`: of one killed before it stopped anything."""
+    site, out, force = run.site, run.out, run.force
     mountpoints = site.check_layout("roll back")
     target = site.find_set(wanted)
     if keep:
         keepmod.check(site, mountpoints)
     plan = plan_rollback(site, target, keep=keep)
-    if keep and pending and pending.get("keep"):
-        stamp, swaps = pending["stamp"], pending["keep"]
+    if keep and pending and pending.keep:
+        stamp, swaps = pending.stamp, pending.keep
     elif keep:
         stamp = state.utc_stamp().replace("-", "").replace(":", "")
         swaps = keepmod.plan_swaps(site, plan, stamp)
@@ -643,7 +665,7 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
     if keep:
         # Recorded before the clones are made, so that a run killed while making them leaves
         # nothing the next one does not know of.
-        run.save(required=True, stage="stopping" if pending else "preparing")
+        run.save(required=True, stage=STOPPING if pending else PREPARING)
         try:
             # While the site still runs: the clones cost no downtime.
             keepmod.make_clones(site, swaps)
@@ -653,7 +675,7 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
                 run.record.clear()
             raise Stop("making the clones for --keep failed: %s; nothing was stopped" % (
                 site.permission_message(e, "clone,create,mount")), FAILED)
-    run.save(required=True, stage="stopping")
+    run.save(required=True, stage=STOPPING)
     try:
         run.stop(mountpoints, procs, daemon_pid)
     except SupervisorError as e:
@@ -665,7 +687,7 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
             keepmod.undo(site, swaps)
             run.record.clear()
         raise
-    run.data["stage"] = "stopped"
+    run.data.stage = "stopped"  # in memory only: the next save says more
     try:
         fresh = plan_rollback(site, target, written=False, keep=keep)
         if not same_plan(plan, fresh):
@@ -681,7 +703,7 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
     except zfsmod.ZfsError as e:
         raise run.failed_midway(plan, [], e.message)
     try:
-        run.save(required=keep, stage="rolling back")
+        run.save(required=keep, stage=ROLLING_BACK)
     except Stop as e:  # the rerun could not tell a half-done swap: do not start one
         raise run.failed_midway(plan, [], e.message)
     if keep:
@@ -689,7 +711,7 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
         run.swap(target.short)
     else:
         run.roll_back(plan, commands)
-    run.save(stage="rolled back")
+    run.save(stage=ROLLED_BACK)
     out.data["rolled_back"] = [e["dataset"] for e in plan["datasets"]]
     run.check_mounted(target.short)
     finish(run, target.short)
@@ -704,7 +726,7 @@ def finish(run, target, start=True):
     except HealthFailed:
         restore_guard_record(run.site, target)
         if run.swaps and run.settle(target):
-            run.save(stage="settling")  # the rerun settles what is left
+            run.save(stage=SETTLING)  # the rerun settles what is left
         else:
             run.record.clear()  # it ran: a rerun has nothing left to do
         if run.swaps:
@@ -715,7 +737,7 @@ def finish(run, target, start=True):
             run.settle(target)  # the record stays: the rerun starts what did not start
         raise
     if run.swaps:
-        run.save(stage="settling")
+        run.save(stage=SETTLING)
         failed = run.settle(target)
         if failed:
             raise Stop("rolled back to %s and started the site, but setting up the state kept "
@@ -761,17 +783,18 @@ def say_kept(run):
                     "type cd %s to see the restored one." % site.directory)
 
 
-def resume(run, pending, yes, dry_run, confirm, critical):
-    """Finish an unfinished run from where it was killed: the rest of the --keep swap, then
-    starting what ran before (unless it was started already), then settling the kept state."""
+def finish_recorded(run, pending, yes, dry_run, confirm, critical):
+    """Finish a run whose datasets are (being) replaced or rolled back for good: the rest of the
+    --keep swap, then starting what ran before (unless it runs already), then settling the kept
+    state. ZFS and the record say what is left, not a new plan."""
     out = run.out
-    target = pending["target"]
-    run.data = dict(pending)
-    run.swaps = pending.get("keep") or []
-    if run.sup and pending.get("unit"):
-        run.sup.unit = pending["unit"]  # stopped through its unit: started through it too
-    stage = pending["stage"]
-    if stage == "rolling back":
+    target = pending.target
+    run.data = pending
+    run.swaps = pending.swaps
+    if run.sup and pending.unit:
+        run.sup.unit = pending.unit  # stopped through its unit: started through it too
+    stage = pending.stage
+    if stage == ROLLING_BACK:
         current = keepmod.facts(run.site, run.swaps)
         left = keepmod.swap_steps(run.swaps, current)
         where = ["%s %s" % (s["dataset"], "is the clone of %s" % target
@@ -781,15 +804,14 @@ def resume(run, pending, yes, dry_run, confirm, critical):
         out.plan("The datasets are being replaced by clones of %s (%s); this run finishes that "
                  "(%d zfs command%s), then starts what ran before: %s." % (
                      target, "; ".join(where), len(left), "" if len(left) == 1 else "s",
-                     ", ".join(pending.get("running_before", [])) or "nothing"))
+                     ", ".join(pending.running_before) or "nothing"))
         if dry_run:
             for _, argv in left:
                 out.command(run.site.zfs.command + argv)
     else:
         out.plan("Every dataset was rolled back to %s; this run %s." % (
-            target, "sets up the kept state rolled away from" if stage == "settling" else
-            "starts what ran before: %s" % (", ".join(pending.get("running_before", []))
-                                             or "nothing")))
+            target, "sets up the kept state rolled away from" if stage == SETTLING else
+            "starts what ran before: %s" % (", ".join(pending.running_before) or "nothing")))
     if dry_run:
         return None
     if not yes and (confirm is None or not confirm()):
@@ -797,11 +819,11 @@ def resume(run, pending, yes, dry_run, confirm, critical):
     if critical:
         critical()
     run.stopped_at = None
-    if stage == "rolling back":
+    if stage == ROLLING_BACK:
         run.committed = True
         if run.sup and run.sup.running():
             # Started since (by hand, or at boot): nothing may run while datasets are swapped.
-            run.pending_names = list(pending.get("running_before", []))
+            run.pending_names = list(pending.running_before)
             mountpoints = sorted(run.site.config.get("mounts", {}).values())
             try:
                 run.stop(mountpoints, run.sup.processes(), run.sup.pid())
@@ -810,7 +832,7 @@ def resume(run, pending, yes, dry_run, confirm, critical):
                            "failed: %s; stop it, then run %s again" % (
                                e.message, run.site.scripts["rollback"]), INCOMPLETE)
         run.swap(target)
-        run.save(stage="rolled back")
+        run.save(stage=ROLLED_BACK)
     # What ran before runs again (a boot may have come between): started if it does not.
     run.check_mounted(target)
     finish(run, target)
@@ -839,15 +861,15 @@ def report(run, target):
 def forget(site):
     """bin/rollback --forget: drop the record of an unfinished rollback (after showing it)."""
     record = record_of(site)
-    data = record.load()
+    data = Progress.from_record(record.load())
     if not data:
         site.out.say("No unfinished rollback is recorded.")
         return
     site.out.say(describe_record(data))
-    if data.get("keep") and data.get("stage") in ("preparing", "stopping"):
-        keepmod.undo(site, data["keep"])  # made for a swap that never began
+    if data.keep and data.stage in (PREPARING, STOPPING):
+        keepmod.undo(site, data.keep)  # made for a swap that never began
     record.clear()
-    site.out.log("forgot the unfinished rollback to %s" % data["target"])
+    site.out.log("forgot the unfinished rollback to %s" % data.target)
     site.out.say("Forgotten: start what should run by hand.")
 
 

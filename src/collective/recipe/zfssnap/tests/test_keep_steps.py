@@ -325,9 +325,10 @@ class ResumeThroughTheUnitTest(unittest.TestCase):
         site.config = {"supervisor_conf": conf, "supervisord": ["/srv/site/bin/supervisord"],
                        "lock_file": os.path.join(top, "lock")}
         run = rollback.Run(site)
-        procs, pid, data = run.survey({"target": "zfssnap-1", "unit": "site.service",
-                                       "daemon_was_running": True, "running_before": ["app"]})
-        self.assertEqual((run.sup.unit, data["unit"]), ("site.service", "site.service"))
+        from collective.recipe.zfssnap.progress import Progress
+        procs, pid, data = run.survey(Progress(target="zfssnap-1", unit="site.service",
+                                               daemon_was_running=True, running_before=["app"]))
+        self.assertEqual((run.sup.unit, data.unit), ("site.service", "site.service"))
         self.assertEqual(run.sup.start_hint(), "systemctl start site.service")
 
 

@@ -133,7 +133,8 @@ class StateFilesTest(unittest.TestCase):
             pass
         site.config = {"lock_file": os.path.join(blocked, "site.lock")}
         run = rollback.Run(site)
-        run.data = {"target": "zfssnap-1"}
+        from collective.recipe.zfssnap.progress import Progress
+        run.data = Progress(target="zfssnap-1")
         with self.assertRaises(rollback.Stop) as caught:
             run.save(required=True, stage="stopping")
         self.assertEqual(caught.exception.code, rollback.FAILED)
@@ -173,3 +174,29 @@ class DeferredSignalsTest(unittest.TestCase):
         self.assertEqual(child.stdout.split(), ["True", "True"])
         self.assertEqual(len(out.warnings), 2)
         self.assertIs(signal.getsignal(signal.SIGTERM), signal.SIG_DFL)
+
+
+class ProgressTest(unittest.TestCase):
+    """The typed record of an unfinished rollback (progress.py)."""
+
+    def test_a_record_of_another_version_reads_with_defaults(self):
+        from collective.recipe.zfssnap import progress
+        read = progress.Progress.from_record({"target": "zfssnap-1", "stage": "stopping",
+                                              "written_by": "a later version"})
+        self.assertEqual((read.target, read.stage, read.running_before, read.swaps),
+                         ("zfssnap-1", "stopping", [], []))
+        self.assertIsNone(progress.Progress.from_record(None))
+        self.assertEqual(progress.Progress.from_record(read.as_record()), read)
+        with self.assertRaises(AttributeError):
+            read.update(stgae="settling")
+
+    def test_which_stages_are_finished_from_zfs_and_the_record(self):
+        from collective.recipe.zfssnap import progress
+        finished = {}
+        for keep in (None, [{"dataset": "tank/site"}]):
+            for stage in progress.STAGES:
+                record = progress.Progress(target="zfssnap-1", stage=stage, keep=keep)
+                finished[bool(keep), stage] = record.finished_in_zfs
+        self.assertEqual(sorted(k for k, v in finished.items() if v),
+                         [(False, "rolled back"), (False, "settling"), (True, "rolled back"),
+                          (True, "rolling back"), (True, "settling")])
