@@ -151,6 +151,18 @@ def rollback_like(poller, commands):
     return poller.outage(started, expected)
 
 
+def by_pool(names):
+    """One `zfs snapshot` takes the snapshots of one pool only."""
+    pools = {}
+    for name in names:
+        pools.setdefault(name.split("/")[0], []).append(name)
+    return list(pools.values())
+
+
+def zfs_snapshot(names):
+    return sum(timed(["zfs", "snapshot"] + group) for group in by_pool(names))
+
+
 def make_sets(count, label):
     """`count` snapshot sets as bin/snapshot makes them (its properties), a few at a time."""
     def one(i):
@@ -160,7 +172,8 @@ def make_sets(count, label):
         argv = ["zfs", "snapshot"]
         for key, value in sorted(props.items()):
             argv += ["-o", P + key + "=" + value]
-        subprocess.run(argv + ["%s@%s" % (d, name) for d in DATASETS], check=True)
+        for names in by_pool(["%s@%s" % (d, name) for d in DATASETS]):
+            subprocess.run(argv + names, check=True)
         return name
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -184,7 +197,7 @@ def run(sizes, runs, sets, out_path):
             # The floor: Python's start-up, the raw zfs commands.
             record(size, r, "python start-up", timed([PYTHON, "-c", "pass"]))
             names = ["%s@floor" % d for d in DATASETS]
-            record(size, r, "zfs snapshot", timed(["zfs", "snapshot"] + names))
+            record(size, r, "zfs snapshot", zfs_snapshot(names))
             record(size, r, "zfs list", timed(["zfs", "list", "-H", "-t", "snapshot", "-d", "1",
                                                "-o", "name"] + list(DATASETS)))
             record(size, r, "zfs destroy", zfs_all("destroy", "@floor"))
@@ -207,7 +220,7 @@ def run(sizes, runs, sets, out_path):
                 record(size, r, "bin/rollback --keep: down", down)
                 timed([SITE + "/bin/cleanup", "-q"])
 
-                timed(["zfs", "snapshot"] + ["%s@manual" % d for d in DATASETS])
+                zfs_snapshot(["%s@manual" % d for d in DATASETS])
                 total, down = rollback_like(poller, [
                     lambda: timed([ctl, "shutdown"]), wait_stopped,
                     lambda: zfs_all("rollback", "@manual"),
