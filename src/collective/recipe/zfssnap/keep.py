@@ -45,6 +45,21 @@ def new_name(dataset, stamp):
     return "%s-rollback-%s" % (dataset, stamp)
 
 
+def free_stamp(site, datasets, stamp):
+    """`stamp`, or `stamp`-2, -3...: the first for which no clone or kept name is taken (a
+    second --keep within the same second, or a clock set back, must not meet the names of an
+    earlier one)."""
+    parents = sorted({d.rsplit("/", 1)[0] for d in datasets})
+    proc = site.zfs.run("list", "-H", "-o", "name", "-d", "1", *parents)
+    taken = set(proc.stdout.split())
+    candidate, n = stamp, 1
+    while any(name in taken for d in datasets
+              for name in (kept_name(d, candidate), new_name(d, candidate))):
+        n += 1
+        candidate = "%s-%d" % (stamp, n)
+    return candidate
+
+
 def refuse(why):
     raise Stop("--keep %s: roll back without --keep; nothing was changed" % why, REFUSED)
 

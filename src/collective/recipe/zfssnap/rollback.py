@@ -409,7 +409,8 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
     if keep and pending and pending.keep:
         stamp, swaps = pending.stamp, pending.keep
     elif keep:
-        stamp = state.utc_stamp().replace("-", "").replace(":", "")
+        stamp = keepmod.free_stamp(site, site.datasets,
+                                   state.utc_stamp().replace("-", "").replace(":", ""))
         swaps = keepmod.plan_swaps(site, plan, stamp)
     else:
         stamp, swaps = None, []

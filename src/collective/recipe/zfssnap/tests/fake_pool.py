@@ -213,7 +213,8 @@ class FakePool(zfsmod.Zfs):
     def _list(self, args):
         """`list -r NAME...` of datasets (children by name), or `list -t all -o
         name,type,userrefs -r NAME` with the snapshots."""
-        names = [a for a in args if a in self.datasets]
+        names = [a for a in args if a in self.datasets or any(
+            n.startswith(a + "/") for n in self.datasets)]  # a pool's root: its children
         found = []
         for top in names:
             for name in sorted(self.datasets):

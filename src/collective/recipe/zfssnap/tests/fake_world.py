@@ -159,7 +159,6 @@ class World:
                 "datasets": ",".join(datasets), "created": "2026-12-02T00:00:00Z"})
             self.pool.datasets[name]["content"] = "v2"
         self.sup = FakeSupervisor()
-        self.clock = 0
         self.config = {
             "part": "zfssnap", "directory": self.top, "datasets": datasets, "zfs": ["zfs"],
             "scripts": {s: self.top + "/bin/" + s for s in ("snapshot", "rollback", "cleanup")},
@@ -194,11 +193,9 @@ class World:
                 raise Crash(what)
 
         device = os.stat(self.top).st_dev
-        # Each run a second after the last: a real one takes longer than that, and the kept
-        # datasets' names carry the second.
-        self.clock += 1
-        now = datetime.datetime(2026, 12, 2, tzinfo=datetime.timezone.utc) + \
-            datetime.timedelta(minutes=self.clock)
+        # Every run in the same second: the kept datasets' names carry the second, and a
+        # rerun right after a complete --keep must not meet the names it left.
+        now = datetime.datetime(2026, 12, 2, tzinfo=datetime.timezone.utc)
         real_stamp = state.utc_stamp
         with mock.patch.object(state, "utc_stamp", lambda when=None: real_stamp(when or now)), \
                 mock.patch.multiple(
