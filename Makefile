@@ -1,5 +1,5 @@
 # make test       every test: the fast suite (with its buildout and Python matrix and the package
-#                 checks), then the OpenZFS guest suite on 2.1 and 2.3
+#                 checks) beside the OpenZFS guest suite on 2.1 and 2.3
 # make test-fast  unit tests, doctests, package checks and the documentation build, no guest
 # make test-lab   the guest suite only; ZFS=2.1 or ZFS=2.3 for one series
 # make docs       the documentation (Sphinx) in docs/_build/html
@@ -21,7 +21,16 @@ MATRIX_RUNS ?= buildout-5.1.3 buildout-5.2.0 python-3.10 python-3.13
 .PHONY: test test-fast test-matrix check-package docs test-lab lab-images demo bench \
 	lab-smoke clean
 
-test: test-fast test-lab
+# The fast suite runs on the host beside the guest suite (the emulated guest keeps about one of
+# the machine's cores busy, the fast suite the other); its output follows the guest suite's and
+# stays in .test-fast.log.
+test:
+	@$(MAKE) test-fast > .test-fast.log 2>&1 & fast=$$!; \
+	$(MAKE) test-lab; lab=$$?; \
+	wait $$fast; fast=$$?; \
+	echo "== make test-fast, run beside the guest suite: exit $$fast"; cat .test-fast.log; \
+	echo "== make test: fast suite exit $$fast, guest suite exit $$lab"; \
+	test $$lab = 0 && test $$fast = 0
 
 .venv/bin/buildout:
 	tests/bootstrap-venv.sh $(PYTHON) .venv zc.buildout==$(BUILDOUT_VERSION)
@@ -62,5 +71,5 @@ lab-smoke:
 	$(LAB) test --zfs $(if $(ZFS),$(ZFS),2.1) -- -t test_smoke
 
 clean:
-	rm -rf .venv .venv-tools .matrix bin develop-eggs eggs parts .installed.cfg src/*.egg-info \
+	rm -rf .venv .venv-tools .matrix .test-fast.log bin develop-eggs eggs parts .installed.cfg src/*.egg-info \
 		docs/_build build dist

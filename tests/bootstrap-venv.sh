@@ -6,8 +6,13 @@ python=$1 dir=$2
 shift 2
 if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-        DEBIAN_FRONTEND=noninteractive apt-get update -q > /dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
+        # The lab may be installing its packages at the same moment (make test runs both).
+        exec 9> /var/lock/collective.recipe.zfssnap-apt.lock
+        flock 9
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -q > /dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
+            --no-install-recommends python3-venv
+        exec 9>&-
     else
         echo "bootstrap-venv.sh: $python cannot make a virtualenv: install python3-venv" >&2
         exit 1

@@ -66,6 +66,9 @@ def digest(*paths, extra=""):
     return h.hexdigest()[:12]
 
 
+APT_LOCK = "/var/lock/collective.recipe.zfssnap-apt.lock"
+
+
 def ensure_host_tools(commands=tuple(HOST_TOOLS)):
     missing = sorted({HOST_TOOLS[cmd] for cmd in commands if not shutil.which(cmd)})
     if not missing:
@@ -76,11 +79,16 @@ def ensure_host_tools(commands=tuple(HOST_TOOLS)):
             "or run the tests as root" % (", ".join(missing), " ".join(missing)))
     say("installing host packages with apt-get: " + " ".join(missing))
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in (["apt-get", "update", "-q"],
-                 ["apt-get", "install", "-y", "-q", "--no-install-recommends"] + missing):
-        if subprocess.run(argv, env=env, stdout=subprocess.DEVNULL).returncode != 0:
-            raise LabError("'%s' failed: install %s by hand, then try again"
-                           % (" ".join(argv), " ".join(missing)))
+    # make test runs the fast suite beside this: its bootstrap may install python3-venv at the
+    # same moment (tests/bootstrap-venv.sh takes the same lock); apt waits for other users.
+    with open(APT_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for argv in (["apt-get", "-o", "DPkg::Lock::Timeout=600", "update", "-q"],
+                     ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q",
+                      "--no-install-recommends"] + missing):
+            if subprocess.run(argv, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+                raise LabError("'%s' failed: install %s by hand, then try again"
+                               % (" ".join(argv), " ".join(missing)))
 
 
 def apt_mirrors():
