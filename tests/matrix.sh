@@ -54,6 +54,7 @@ if [ "$(cat "$venv/.complete" 2> /dev/null)" != "$stamp" ] || ! "$venv/bin/pytho
     "$top/tests/bootstrap-venv.sh" "$python" "$venv" "zc.buildout==$buildout"
     echo "$stamp" > "$venv/.complete"
 fi
+mkdir -p "$dir"
 cd "$top"
 "$venv/bin/buildout" -q -c buildout.cfg \
     "buildout:bin-directory=$dir/bin" "buildout:parts-directory=$dir/parts" \
