@@ -26,8 +26,7 @@ class FakePool(zfsmod.Zfs):
     def __init__(self):
         super().__init__(["zfs"])
         self.datasets = {}
-        self.snapshot_guids = {}  # name -> dataset guid
-        self.snapshot_info = {}  # name -> {createtxg, content, properties}
+        self.snapshot_info = {}  # name -> {guid (its dataset's), createtxg, content, properties}
         self.calls = []
         self.busy = set()  # mountpoints some process works in: unmount says busy
         self.mount_order = itertools.count()
@@ -40,22 +39,21 @@ class FakePool(zfsmod.Zfs):
 
     def snapshot(self, name, properties=None):
         dataset = name.split("@")[0]
-        self.snapshot_guids[name] = self.datasets[dataset]["guid"]
-        self.snapshot_info[name] = {"createtxg": next(self._txgs), "properties": properties or {},
+        self.snapshot_info[name] = {"guid": self.datasets[dataset]["guid"],
+                                    "createtxg": next(self._txgs), "properties": properties or {},
                                     "content": self.datasets[dataset]["content"]}
 
     def snapshots_of(self, dataset):
         """The snapshot names of `dataset` (by its guid: a rename takes them along)."""
         guid = self.datasets[dataset]["guid"]
-        names = [n for n, g in self.snapshot_guids.items() if g == guid]
+        names = [n for n, i in self.snapshot_info.items() if i["guid"] == guid]
         return sorted(names, key=lambda n: self.snapshot_info[n]["createtxg"])
 
-    def _rename_snapshots(self, old, new):
-        for name in list(self.snapshot_guids):
-            if name.split("@")[0] == old:
-                short = name.split("@")[1]
-                self.snapshot_guids[new + "@" + short] = self.snapshot_guids.pop(name)
-                self.snapshot_info[new + "@" + short] = self.snapshot_info.pop(name)
+    def _move_snapshot(self, name, dataset):
+        """Snapshot `name` now belongs to `dataset` (a rename, or a promote)."""
+        info = self.snapshot_info.pop(name)
+        info["guid"] = self.datasets[dataset]["guid"]
+        self.snapshot_info[dataset + "@" + name.split("@")[1]] = info
 
     def mounts(self):
         """The mount table (mountsmod.Mount), in the order the mounts were made."""
@@ -88,12 +86,17 @@ class FakePool(zfsmod.Zfs):
                 found.setdefault(d["mountpoint"], []).append(name)
         return found
 
-    def mount_all(self):
-        for name, d in self.datasets.items():
-            if d["canmount"] == "on" and not d["mounted"] and not any(
+    def boot(self):
+        """A power cut and a boot: nothing mounted, then what `zfs mount -a` mounts (canmount=on,
+        the outermost first, one dataset per mountpoint)."""
+        for d in self.datasets.values():
+            d["mounted"] = False
+        for name, d in sorted(self.datasets.items(), key=lambda i: i[1]["mountpoint"]):
+            if d["canmount"] == "on" and d["mountpoint"] not in ("none", "legacy") and not any(
                     o["mounted"] and o["mountpoint"] == d["mountpoint"]
                     for o in self.datasets.values()):
                 d["mounted"] = True
+                d["seq"] = next(self.mount_order)
 
     def fail(self, message):
         raise zfsmod.ZfsError(message)
@@ -159,7 +162,8 @@ class FakePool(zfsmod.Zfs):
             if new in self.datasets:
                 self.fail("dataset already exists")
             self.datasets[new] = self.datasets.pop(old)
-            self._rename_snapshots(old, new)
+            for snap in self.snapshots_of(new):
+                self._move_snapshot(snap, new)
             for d in self.datasets.values():
                 if d["origin"].startswith(old + "@"):
                     d["origin"] = new + d["origin"][len(old):]
@@ -174,28 +178,23 @@ class FakePool(zfsmod.Zfs):
             limit = self.snapshot_info[origin_ds + "@" + snap_short]["createtxg"]
             for snap in self.snapshots_of(origin_ds):
                 if self.snapshot_info[snap]["createtxg"] <= limit:
-                    moved = name + "@" + snap.split("@")[1]
-                    self.snapshot_guids.pop(snap)
-                    self.snapshot_guids[moved] = d["guid"]
-                    self.snapshot_info[moved] = self.snapshot_info.pop(snap)
-
+                    self._move_snapshot(snap, name)
         elif verb == "destroy":
             name = args[-1]
             if "@" in name:
                 dataset, shorts = name.split("@")
                 for short in shorts.split(","):
-                    self.snapshot_guids.pop(dataset + "@" + short, None)
                     self.snapshot_info.pop(dataset + "@" + short, None)
                 return Result()
             if any(o["origin"].startswith(name + "@") for o in self.datasets.values()):
                 self.fail("filesystem has dependent clones")
             for snap in self.snapshots_of(name):
-                del self.snapshot_guids[snap], self.snapshot_info[snap]
+                del self.snapshot_info[snap]
             del self.datasets[name]
         elif verb == "rollback":
             snap = args[-1]
             dataset = snap.split("@")[0]
-            if snap not in self.snapshot_guids:
+            if snap not in self.snapshot_info:
                 self.fail("could not find any snapshots to destroy; check snapshot names.")
             txg = self.snapshot_info[snap]["createtxg"]
             newer = [n for n in self.snapshots_of(dataset)
@@ -204,7 +203,7 @@ class FakePool(zfsmod.Zfs):
                 self.fail("cannot rollback to '%s': more recent snapshots or bookmarks exist"
                           % snap)
             for n in newer:
-                del self.snapshot_guids[n], self.snapshot_info[n]
+                del self.snapshot_info[n]
             self.datasets[dataset]["content"] = self.snapshot_info[snap]["content"]
         else:
             self.fail("fake pool: unsupported %r" % args)
@@ -220,7 +219,7 @@ class FakePool(zfsmod.Zfs):
             for name in sorted(self.datasets):
                 if name == top or name.startswith(top + "/"):
                     found.append((name, "filesystem", "-"))
-            for snap in sorted(self.snapshot_guids):
+            for snap in sorted(self.snapshot_info):
                 if snap.split("@")[0] == top:
                     found.append((snap, "snapshot", "0"))
         if "name,type,userrefs" in args:

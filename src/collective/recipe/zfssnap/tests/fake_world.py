@@ -244,14 +244,7 @@ class World:
         The datasets a boot left empty: the mountpoints (the documented recovery mounts the
         dataset of that name, then reruns)."""
         self.sup.power_cut()
-        for d in self.pool.datasets.values():
-            d["mounted"] = False
-        for name, d in sorted(self.pool.datasets.items(), key=lambda i: i[1]["mountpoint"]):
-            if d["canmount"] == "on" and d["mountpoint"] not in ("none", "legacy") and not any(
-                    o["mounted"] and o["mountpoint"] == d["mountpoint"]
-                    for o in self.pool.datasets.values()):
-                d["mounted"] = True
-                d["seq"] = next(self.pool.mount_order)
+        self.pool.boot()
         mounted = {m.mountpoint: m.dataset for m in self.pool.mounts()}
         empty = [n for n, m in self.layout if m not in mounted]
         if self.top in mounted:

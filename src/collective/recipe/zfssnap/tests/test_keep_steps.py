@@ -108,9 +108,7 @@ class SwapOrderTest(unittest.TestCase):
                 for _, argv in self.steps[:n]:
                     site.zfs.run(*argv)
                 if reboot:  # the mounts as a boot makes them, then the rerun
-                    for d in pool.datasets.values():
-                        d["mounted"] = False
-                    pool.mount_all()
+                    pool.boot()
                     if not any(d["mounted"] and d["mountpoint"] == "/srv/site"
                                for d in pool.datasets.values()):
                         # The documented recovery when bin/ is not there after a boot: the
