@@ -45,13 +45,19 @@ def new_name(dataset, stamp):
     return "%s-rollback-%s" % (dataset, stamp)
 
 
+def parents(datasets):
+    """The parents of the part's datasets: where their clones and kept states live (a pool's
+    root has none; --keep refuses it)."""
+    return sorted({d.rsplit("/", 1)[0] for d in datasets if "/" in d})
+
+
 def free_stamp(site, datasets, stamp):
     """`stamp`, or `stamp`-2, -3...: the first for which no clone or kept name is taken (a
     second --keep within the same second, or a clock set back, must not meet the names of an
     earlier one)."""
-    parents = sorted({d.rsplit("/", 1)[0] for d in datasets})
-    proc = site.zfs.run("list", "-H", "-o", "name", "-d", "1", *parents)
-    taken = set(proc.stdout.split())
+    above = parents(datasets)
+    taken = set(site.zfs.run("list", "-H", "-o", "name", "-d", "1", *above).stdout.split()
+                ) if above else set()
     candidate, n = stamp, 1
     while any(name in taken for d in datasets
               for name in (kept_name(d, candidate), new_name(d, candidate))):
@@ -383,12 +389,12 @@ def settle(site, swaps, target, stamp):
 def kept_datasets(site):
     """The part's kept (rolled-away) datasets: [{name, dataset, target, created}]. They are
     siblings of the part's datasets: only their parents' children are asked about."""
-    parents = sorted({d.rsplit("/", 1)[0] for d in site.datasets if "/" in d})
-    if not parents:
+    above = parents(site.datasets)
+    if not above:
         return []
     props = ["part", "buildout", "kind", "created", "target", "dataset"]
     proc = site.zfs.run("get", "-H", "-p", "-o", "name,property,value,source", "-t",
-                        "filesystem", "-d", "1", ",".join(P + p for p in props), *parents)
+                        "filesystem", "-d", "1", ",".join(P + p for p in props), *above)
     found = {}
     for row in zfsmod.parse_table(proc.stdout, ("name", "property", "value", "source")):
         if row["source"] == "local" and row["property"].startswith(P):

@@ -462,7 +462,6 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
             keepmod.undo(site, swaps)
             run.record.clear()
         raise
-    run.data.stage = "stopped"  # in memory only: the next save says more
     try:
         fresh = plan_rollback(site, target, written=False, keep=keep)
         if not same_plan(plan, fresh):
