@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 
+from collective.recipe.zfssnap.snapshot import by_pool
 from collective.recipe.zfssnap.tests import layers
 from collective.recipe.zfssnap.tests.layers import DATASETS
 from collective.recipe.zfssnap.tests.layers import SITE
@@ -151,16 +152,9 @@ def rollback_like(poller, commands):
     return poller.outage(started, expected)
 
 
-def by_pool(names):
-    """One `zfs snapshot` takes the snapshots of one pool only."""
-    pools = {}
-    for name in names:
-        pools.setdefault(name.split("/")[0], []).append(name)
-    return list(pools.values())
-
-
 def zfs_snapshot(names):
-    return sum(timed(["zfs", "snapshot"] + group) for group in by_pool(names))
+    """One `zfs snapshot` takes the snapshots of one pool only."""
+    return sum(timed(["zfs", "snapshot"] + group) for _, group in by_pool(names))
 
 
 def make_sets(count, label):
@@ -172,7 +166,7 @@ def make_sets(count, label):
         argv = ["zfs", "snapshot"]
         for key, value in sorted(props.items()):
             argv += ["-o", P + key + "=" + value]
-        for names in by_pool(["%s@%s" % (d, name) for d in DATASETS]):
+        for _, names in by_pool(["%s@%s" % (d, name) for d in DATASETS]):
             subprocess.run(argv + names, check=True)
         return name
 

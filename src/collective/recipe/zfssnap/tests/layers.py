@@ -5,20 +5,18 @@ sparse file on the host for every boot), and destroys them when it is torn down:
 does can leak into another layer or another run.
 """
 import ast
-import base64
-import configparser
-import http.client
 import json
 import os
 import pty
 import select
 import signal
-import socket
 import subprocess
 import time
 import unittest
 import urllib.request
 import xmlrpc.client
+
+from collective.recipe.zfssnap.snapshot import by_pool
 
 
 SCRATCH = os.environ.get("ZFSSNAP_LAB_SCRATCH", "/scratch")
@@ -200,48 +198,22 @@ def supervisorctl(*args):
     return run_in_site(SITE + "/bin/supervisorctl", *args)[1]
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=30)
-        self.socket_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(30)
-        self.sock.connect(self.socket_path)
-
-
 def program_states():
     """{program: state} as `supervisorctl status` shows them ({} when supervisord is down).
 
-    Asked over supervisord's unix socket from this process: a bin/supervisorctl per poll costs
-    a second of emulated CPU, and the tests poll often."""
-    path = script_config()["supervisor_conf"]
-    conf = configparser.RawConfigParser(strict=False, inline_comment_prefixes=(";", "#"))
-    conf.read(path)
-    url = conf.get("supervisorctl", "serverurl", fallback="").replace(
-        "%(here)s", os.path.dirname(path))
-    if not url.startswith("unix://"):
-        return program_states_by_supervisorctl()
-    headers = {"Content-Type": "text/xml"}
-    user = conf.get("supervisorctl", "username", fallback="").strip()
-    if user:
-        password = conf.get("supervisorctl", "password", fallback="").strip()
-        headers["Authorization"] = "Basic " + base64.b64encode(
-            ("%s:%s" % (user, password)).encode()).decode()
-    connection = _UnixHTTPConnection(url[len("unix://"):])
+    Asked over supervisord's socket from this process (a bin/supervisorctl per poll costs a
+    second of emulated CPU, and the tests poll often): supervisord's own answer, through the
+    package's reader of the [supervisorctl] section and its transport, not its adapter."""
+    from collective.recipe.zfssnap import supervisor
     try:
-        connection.request("POST", "/RPC2",
-                           xmlrpc.client.dumps((), "supervisor.getAllProcessInfo"), headers)
-        response = connection.getresponse()
-        body = response.read()
+        url, user, password = supervisor.read_client_config(script_config()["supervisor_conf"])
+        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=supervisor._Transport(
+            url, user, password, 30))
+        infos = proxy.supervisor.getAllProcessInfo()
     except OSError:
         return {}
-    finally:
-        connection.close()
-    if response.status != 200:
+    except (supervisor.SupervisorError, xmlrpc.client.ProtocolError):
         return program_states_by_supervisorctl()
-    (infos,), _ = xmlrpc.client.loads(body)
     return {(i["name"] if i["group"] == i["name"] else "%s:%s" % (i["group"], i["name"])):
             i["statename"] for i in infos}
 
@@ -400,9 +372,8 @@ class Site(GuestPool):
             raise AssertionError("bin/buildout of the test site failed:\n%s%s" % (out, err))
         start_site()
         app("/write?blob=first", "POST")
-        for pool in sorted({d.split("/")[0] for d in DATASETS}):  # one zfs snapshot per pool
-            sh("zfs", "snapshot", *["%s@%s" % (d, BASELINE) for d in DATASETS
-                                    if d.startswith(pool + "/")])
+        for _, names in by_pool(["%s@%s" % (d, BASELINE) for d in DATASETS]):
+            sh("zfs", "snapshot", *names)  # one zfs snapshot takes one pool's
 
     @classmethod
     def tearDown(cls):
