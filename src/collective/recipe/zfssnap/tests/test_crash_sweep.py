@@ -26,6 +26,7 @@ import time
 import unittest
 
 from collective.recipe.zfssnap.tests.layers import BASELINE
+from collective.recipe.zfssnap.tests.layers import BLOBSTORAGE
 from collective.recipe.zfssnap.tests.layers import DATASETS
 from collective.recipe.zfssnap.tests.layers import FILESTORAGE
 from collective.recipe.zfssnap.tests.layers import SITE
@@ -109,6 +110,8 @@ def power_cut():
 def zfs_mounts_below(top):
     return {point: dataset for point, dataset in mounted_at().items()
             if point == top or point.startswith(top + "/")}
+
+
 def boot_start():
     """A site started at boot (its supervisord's unit, or cron @reboot): when bin/ is there."""
     if os.path.exists(SITE + "/bin/supervisord"):
@@ -285,13 +288,13 @@ class CrashSweepTest(unittest.TestCase):
         if action.startswith("supervisord supervisor.shutdown"):
             self.assertIn("An unfinished rollback to %s is recorded" % target, out)
             self.assertIn("to run again afterwards: app, worker", out)
-        if action.startswith("zfs rollback tank/site-blobstorage@"):
+        if action.startswith("zfs rollback %s@" % BLOBSTORAGE):
             # Killed after the third rollback, before the record said so: the record names the
             # first two (the rerun rolls the third back again; nothing is lost, the site is
             # down).
             self.assertIn("stopped at 'rolling back'", out)
-            self.assertIn("datasets rolled back: tank/site, tank/site-filestorage; not yet: "
-                          "tank/site-blobstorage", out)
+            self.assertIn("datasets rolled back: tank/site, %s; not yet: %s"
+                          % (FILESTORAGE, BLOBSTORAGE), out)
 
     def clear_kept(self, kept=None):
         for name in self.kept() if kept is None else kept:
