@@ -208,9 +208,8 @@ class World:
                     is_mountpoint=self.visible), \
                 mock.patch.object(rollbackmod, "supervisor_of", lambda site: self.sup), \
                 mock.patch.object(crashpoint, "done", done), \
-                contextlib.redirect_stdout(io.StringIO()) as stdout, \
-                contextlib.redirect_stderr(io.StringIO()) as stderr:
-            self.printed = (stdout, stderr)
+                contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             cwd = os.getcwd()
             try:
                 yield
@@ -225,15 +224,13 @@ class World:
             mountsmod.is_inside(path, m.mountpoint) and m.mountpoint != path
             for m in mounts[here[-1] + 1:])
 
-    def rollback(self, keep=False, crash_after=None, log=None, wanted=None, dry_run=False):
+    def rollback(self, keep=False, crash_after=None, log=None, dry_run=False):
         """bin/rollback --yes [--keep] TARGET: None, the Stop it ended with, or Crash."""
         with self.patched(crash_after, log):
             try:
-                rollbackmod.rollback(self.site(), wanted or self.target, yes=True, keep=keep,
+                rollbackmod.rollback(self.site(), self.target, yes=True, keep=keep,
                                      dry_run=dry_run)
-            except sitemod.Stop as e:
-                return e
-            except Crash as e:
+            except (sitemod.Stop, Crash) as e:
                 return e
         return None
 
@@ -258,14 +255,12 @@ class World:
 
     # -- what is there ----------------------------------------------------------------------
     def record(self):
+        """The rollback's record as written, or None."""
         try:
             with open(self.config["lock_file"] + ".rollback.json") as f:
                 return f.read()
         except FileNotFoundError:
             return None
-
-    def record_exists(self):
-        return os.path.exists(self.config["lock_file"] + ".rollback.json")
 
     def kept(self):
         return sorted(n for n in self.pool.datasets if "-rolled-away-" in n)

@@ -68,7 +68,7 @@ class StageSweepTest(unittest.TestCase):
         self.assertTrue(world.sup.up, where)
         self.assertEqual({n: p.state for n, p in world.sup.programs.items()},
                          {"app": "RUNNING", "worker": "RUNNING"}, where)
-        self.assertFalse(world.record_exists(), where)
+        self.assertIsNone(world.record(), where)
         self.assertEqual([n for n in pool.datasets if "-rollback-" in n], [], where)
         kept = world.kept()
         if not keep:
