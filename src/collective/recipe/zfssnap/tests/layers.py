@@ -209,7 +209,10 @@ def program_states():
         url, user, password = supervisor.read_client_config(script_config()["supervisor_conf"])
         proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=supervisor._Transport(
             url, user, password, 30))
-        infos = proxy.supervisor.getAllProcessInfo()
+        try:
+            infos = proxy.supervisor.getAllProcessInfo()
+        finally:
+            proxy("close")()  # the transport keeps its connection open otherwise
     except OSError:
         return {}
     except (supervisor.SupervisorError, xmlrpc.client.ProtocolError):
