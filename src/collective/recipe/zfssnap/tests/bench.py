@@ -68,13 +68,14 @@ class Poller:
     def poll(self):
         while self.running:
             now = time.monotonic()
+            conn = http.client.HTTPConnection("127.0.0.1", layers.PORT, timeout=1)
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", layers.PORT, timeout=1)
                 conn.request("GET", "/state")
                 counter = json.loads(conn.getresponse().read())["counter"]
-                conn.close()
             except (OSError, ValueError, http.client.HTTPException):
                 counter = None
+            finally:
+                conn.close()
             self.samples.append((now, counter))
             time.sleep(0.02)
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 import unittest
+import urllib.error
 import urllib.request
 import xmlrpc.client
 
@@ -245,11 +246,21 @@ def wait_for(predicate, timeout=90, what="a condition"):
         time.sleep(0.2)
 
 
-def app(path="/state", method="GET"):
+def app(path="/state", method="GET", bind_timeout=60):
+    # supervisord calls the app RUNNING once it has lived startsecs; on a loaded TCG guest its
+    # interpreter may not have reached bind() by then. A refused connection means the request
+    # was never sent, so it is safe to try again, even for a POST.
     req = urllib.request.Request("http://127.0.0.1:%d%s" % (PORT, path), method=method,
                                  data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+    deadline = time.monotonic() + bind_timeout
+    while True:
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.URLError as e:
+            if not isinstance(e.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 RUNNING = {"app": "RUNNING", "worker": "RUNNING"}
