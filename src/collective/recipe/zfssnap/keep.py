@@ -6,15 +6,15 @@ included) stays, renamed DATASET-rolled-away-STAMP, read-only and not mounted, o
 (listed by bin/snapshot --list, destroyed by bin/cleanup).
 
 Crash safety decides the order. The clones are made while the site runs, with the dataset's
-mountpoint set on them and canmount=noauto. While the site is down, for each dataset: the old
-one is unmounted and the clone mounted in its place (the buildout's bin/ is back at once), then
-the old one gets canmount=noauto and the clone its canmount: after that single step a boot
-(`zfs mount -a`) mounts the clone, before it the old dataset, and never the kept one. The
-renames come last; they change no mount. Which dataset is which is told by its guid, so a run
-killed after any step is finished by the next one from what ZFS says, not from what the killed
-run meant to do. After the site runs again the new datasets are promoted (they take over the
-older snapshots) and the kept ones are marked as the part's, made read-only and unmounted for
-good, each step on its own.
+mountpoint set on them and canmount=noauto. While the site is down, only the swap itself: the
+old datasets are unmounted and the clones mounted in their places, then the old ones get
+canmount=noauto and the clones their canmount, the buildout's dataset first off and last on:
+from then on a boot (`zfs mount -a`) mounts the clones, before that the old datasets, never
+the kept ones, and never the buildout over an empty data directory. Everything else waits until
+the site runs again: the renames (they change no mount), the promotes (the new datasets take
+over the older snapshots), and the marks that make the kept ones the part's, read-only and
+unmounted for good. Which dataset is which is told by its guid, so a run killed after any step
+is finished by the next one from what ZFS says, not from what the killed run meant to do.
 """
 import os
 import subprocess
@@ -120,7 +120,7 @@ def local_properties(site, datasets):
 
 def plan_swaps(site, plan, stamp):
     """What each dataset's swap needs, read before anything is made: [{dataset, snapshot,
-    new, kept, mountpoint, canmount, mounted, old_guid, new_guid, properties}]."""
+    new, kept, mountpoint, canmount, mounted, old_guid, new_guid, properties, buildout}]."""
     table = mountsmod.zfs_mounts()
     datasets = [e["dataset"] for e in plan["datasets"]]
     values = site.zfs.get(datasets, ["mountpoint", "canmount", "guid"])
@@ -133,7 +133,8 @@ def plan_swaps(site, plan, stamp):
                       "kept": kept_name(d, stamp), "mountpoint": mounted or
                       values[d]["mountpoint"], "canmount": values[d]["canmount"],
                       "mounted": mounted is not None, "old_guid": values[d]["guid"],
-                      "new_guid": None, "properties": props[d]})
+                      "new_guid": None, "properties": props[d],
+                      "buildout": d == site.primary})
     return swaps
 
 
@@ -193,9 +194,43 @@ def fresh_facts(swaps):
              "new": s["new"], "new_mounted": False, "new_canmount": "noauto"} for s in swaps]
 
 
+def is_buildout(swap, swaps):
+    """The swap of the buildout's own dataset: recorded by plan_swaps; in a record of an
+    earlier version, the outermost one."""
+    if any("buildout" in s for s in swaps):
+        return bool(swap.get("buildout"))
+    return swap is min(swaps, key=lambda s: s["mountpoint"] or "")
+
+
+def canmount_steps(pairs, swaps):
+    """canmount=noauto on the old datasets, then each clone's canmount on the clones: one `zfs
+    set` for the buildout's dataset and one for all the others, the buildout's first off and
+    last on. While the buildout's path is not mountable nothing of the site starts at boot, so
+    the others may change in any order (zfs applies one command's datasets in name order, and
+    a power cut may stop it between two)."""
+    steps = []
+    off = [(s, f["old"]) for s, f in pairs
+           if f["old"] and f.get("old_canmount") != "noauto"]
+    on = [(s, f["new"] or s["new"]) for s, f in pairs if f.get("new_canmount") != s["canmount"]]
+    first = [(s, name) for s, name in off if is_buildout(s, swaps)]
+    rest = [(s, name) for s, name in off if not is_buildout(s, swaps)]
+    for group in (first, rest):
+        if group:
+            steps.append((group[0][0], ["set", "canmount=noauto"] + [n for _, n in group]))
+    last = [(s, name) for s, name in on if is_buildout(s, swaps)]
+    values = sorted({s["canmount"] for s, _ in on if not is_buildout(s, swaps)})
+    for value in values:
+        group = [(s, n) for s, n in on if not is_buildout(s, swaps) and s["canmount"] == value]
+        steps.append((group[0][0], ["set", "canmount=" + value] + [n for _, n in group]))
+    for s, name in last:
+        steps.append((s, ["set", "canmount=" + s["canmount"], name]))
+    return steps
+
+
 def swap_steps(swaps, current):
     """The zfs commands (argv tails) still to run, in order, for the clones to take the
-    datasets' places: [(swap, argv)]. `current` is facts() (or fresh_facts()) of `swaps`."""
+    datasets' places, while the site is down: [(swap, argv)]. `current` is facts() (or
+    fresh_facts()) of `swaps`. The renames are not among them: settle_steps()."""
     pairs = sorted(zip(swaps, [dict(f) for f in current]),
                    key=lambda p: p[0]["mountpoint"] or "")
     to_mount = [s["mountpoint"] for s, f in pairs if s["mounted"] and not f.get("new_mounted")]
@@ -220,24 +255,7 @@ def swap_steps(swaps, current):
     for s, f in pairs:  # the outermost first: bin/ is back before the data is
         if s["mounted"] and not f.get("new_mounted"):
             steps.append((s, ["mount", f["new"] or s["new"]]))
-    # canmount: off on every old dataset (the outermost first), then on on every clone (the
-    # innermost first). A boot mounts, at each path, the old dataset or the clone, never both
-    # and never the kept one; and the buildout's dataset only while every dataset inside it
-    # is mountable too: a site started at boot never finds an empty var/filestorage (a Zope
-    # would create a new, empty Data.fs there). From the first change to the last, a boot
-    # leaves the buildout's path empty, so nothing of the site starts.
-    for s, f in pairs:
-        if f["old"] and f.get("old_canmount") != "noauto":
-            steps.append((s, ["set", "canmount=noauto", f["old"]]))
-    for s, f in reversed(pairs):
-        if f.get("new_canmount") != s["canmount"]:
-            steps.append((s, ["set", "canmount=" + s["canmount"], f["new"] or s["new"]]))
-    for s, f in pairs:
-        if f["old"] == s["dataset"]:
-            steps.append((s, ["rename", "-u", s["dataset"], s["kept"]]))
-        if f["new"] and f["new"] != s["dataset"]:
-            steps.append((s, ["rename", "-u", f["new"], s["dataset"]]))
-    return steps
+    return steps + canmount_steps(pairs, swaps)
 
 
 def back_steps(swaps, current):
@@ -255,14 +273,22 @@ def back_steps(swaps, current):
 
 
 def settle_steps(site, swaps, current, target, stamp):
-    """What is left to do once the site runs again: [(swap, argv)]."""
+    """What is left to do once the site runs again, per swapped dataset: the old one renamed
+    to the kept name and the clone to the dataset's, the clone promoted, the kept one marked,
+    read-only and unmounted for good: [(swap, argv)]."""
     marks = {P + "part": site.part, P + "buildout": site.directory, P + "kind": KIND,
              P + "created": stamp, P + "target": target, P + "user": current_user()}
     steps = []
-    for s, f in zip(swaps, current):
-        if f["new"] != s["dataset"] or f["old"] != s["kept"]:
+    for s, f in sorted(zip(swaps, current), key=lambda p: p[0]["mountpoint"] or ""):
+        if not f["old"] or not f["new"] or f.get("old_canmount") != "noauto" or \
+                f.get("new_canmount") != s["canmount"]:
             continue  # not swapped: nothing of this dataset to settle
-        if f.get("new_origin") is None or f["new_origin"].startswith(s["kept"] + "@"):
+        if f["old"] == s["dataset"]:
+            steps.append((s, ["rename", "-u", s["dataset"], s["kept"]]))
+        if f["new"] != s["dataset"]:
+            steps.append((s, ["rename", "-u", f["new"], s["dataset"]]))
+        origin = f.get("new_origin")
+        if origin is None or origin.startswith((s["kept"] + "@", s["dataset"] + "@")):
             steps.append((s, ["promote", s["dataset"]]))
         # One `zfs set`: all of them or none (a rerun sets them again).
         steps.append((s, ["set", "readonly=on", "mountpoint=none"] + ["%s=%s" % (k, v) for k, v
@@ -276,7 +302,7 @@ def commands(site, swaps, target, stamp):
     zfs = site.zfs.command
     argvs = [zfs + clone_argv(s) for s in swaps]
     argvs += [zfs + argv for _, argv in swap_steps(swaps, fresh_facts(swaps))]
-    settled = [dict(f, old=s["kept"], new=s["dataset"], new_origin=None)
+    settled = [dict(f, old_canmount="noauto", new_canmount=s["canmount"], new_origin=None)
                for s, f in zip(swaps, fresh_facts(swaps))]
     return argvs + [zfs + argv for _, argv in settle_steps(site, swaps, settled, target,
                                                             stamp)]
@@ -318,7 +344,7 @@ def undo(site, swaps):
 
 def swap(site, swaps):
     """While the site is down: each dataset's clone takes its place, from where ZFS says the
-    swap stands (a killed run may have done part of it)."""
+    swap stands (a killed run may have done part of it). Returns clone_names()."""
     current = facts(site, swaps)
     lost = [s["dataset"] for s, f in zip(swaps, current) if not f["old"] or not f["new"]]
     if lost:
@@ -327,6 +353,13 @@ def swap(site, swaps):
                               "look at zfs list, then run bin/rollback --forget and finish by "
                               "hand" % ", ".join(lost))
     run_steps(site, swap_steps(swaps, current))
+    return clone_names(swaps, current)
+
+
+def clone_names(swaps, current):
+    """{dataset: the name its clone has now}: until settle() renames them, the clones hold the
+    datasets' mountpoints under names of their own."""
+    return {s["dataset"]: f["new"] for s, f in zip(swaps, current) if f["new"]}
 
 
 def run_steps(site, steps):
@@ -376,12 +409,19 @@ def settle(site, swaps, target, stamp):
     """After the site runs again: the new datasets promoted, the kept ones marked as the
     part's, read-only and never mounted. Each step on its own: one that fails does not skip
     the others. The commands that failed, as text for the operator."""
-    failed = []
+    failed, broken = [], set()
     for s, argv in settle_steps(site, swaps, facts(site, swaps), target, stamp):
+        if s["dataset"] in broken and argv[0] != "set":
+            # A rename that failed: what follows would act on the wrong names (the mark goes
+            # on the kept name only, so it cannot land elsewhere).
+            failed.append(" ".join(site.zfs.command + argv))
+            continue
         try:
             site.zfs.run(*argv)
         except zfsmod.ZfsError as e:
             failed.append(" ".join(site.zfs.command + argv))
+            if argv[0] == "rename":
+                broken.add(s["dataset"])
             site.out.warn("setting up the rolled-away %s: %s" % (s["kept"], e.message))
     return failed
 

@@ -10,8 +10,11 @@ The stages, in order; a rerun resumes from the one recorded:
 - rolling back   the datasets are being rolled back (or, with --keep, replaced by their
                  clones). A plain rollback plans again and rolls back what is not yet; --keep
                  finishes the swap from where ZFS says it stands.
-- rolled back    every dataset is at the target: the rerun only starts what ran before.
-- settling       --keep, the site runs again: the rerun finishes setting up the kept state.
+- rolled back    every dataset is at the target (with --keep, the clones are mounted in the
+                 datasets' places and mounted at boot, under their own names until settled):
+                 the rerun only starts what ran before, then settles.
+- settling       --keep, the site runs again: the rerun finishes the renames and sets up the
+                 kept state.
 """
 import dataclasses
 

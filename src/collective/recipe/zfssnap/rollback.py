@@ -262,7 +262,7 @@ class Run(Downtime):
     def swap(self, target):
         """--keep: the clones take the datasets' places, from where ZFS says the swap stands."""
         try:
-            keepmod.swap(self.site, self.swaps)
+            names = keepmod.swap(self.site, self.swaps)
         except (zfsmod.ZfsError, OSError) as e:
             reason = getattr(e, "message", None) or str(e)
             self.out.log("rollback --keep FAILED: %s" % reason)
@@ -281,6 +281,13 @@ class Run(Downtime):
         for s in self.swaps:
             self.out.log("rollback %s: %s is now a clone of the snapshot, the state before is "
                          "kept in %s" % (target, s["dataset"], s["kept"]))
+        return names
+
+    def clone_names(self):
+        """--keep: where the clones are now (renamed or not yet); {} for a plain rollback."""
+        if not self.swaps:
+            return {}
+        return keepmod.clone_names(self.swaps, keepmod.facts(self.site, self.swaps))
 
     def swap_back(self, reason):
         """A swap that failed before any dataset was handed over to its clone: the old
@@ -304,13 +311,14 @@ class Run(Downtime):
             self.out.log("kept %s" % ",".join(s["kept"] for s in self.swaps))
         return failed
 
-    def check_mounted(self, target):
-        """Before anything is started: each dataset mounted where bin/buildout found it, and
-        not hidden by another mount. A program started on an empty var/filestorage would
-        create a fresh, empty Data.fs."""
+    def check_mounted(self, target, names=None):
+        """Before anything is started: each dataset (or, with --keep, its clone: `names`)
+        mounted where bin/buildout found it, and not hidden by another mount. A program
+        started on an empty var/filestorage would create a fresh, empty Data.fs."""
         table = mountsmod.zfs_mounts()
         problems = []
         for dataset, mountpoint in sorted(self.site.config.get("mounts", {}).items()):
+            dataset = (names or {}).get(dataset, dataset)
             now = mountsmod.where(dataset, table)
             holder = mountsmod.holding(mountpoint, table) if os.path.isdir(mountpoint) else None
             above = mountsmod.holding(os.path.dirname(mountpoint), table)
@@ -480,14 +488,15 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
         run.save(required=keep, stage=ROLLING_BACK)
     except Stop as e:  # the rerun could not tell a half-done swap: do not start one
         raise run.failed_midway(plan, [], e.message)
+    names = {}
     if keep:
         run.committed = True
-        run.swap(target.short)
+        names = run.swap(target.short)
     else:
         run.roll_back_datasets(plan, commands)
     run.save(stage=ROLLED_BACK)
     out.data["rolled_back"] = [e["dataset"] for e in plan["datasets"]]
-    run.check_mounted(target.short)
+    run.check_mounted(target.short, names)
     finish(run, target.short)
     return plan
 
@@ -605,10 +614,12 @@ def finish_recorded(run, pending, yes, dry_run, confirm, critical):
                 raise Stop("supervisord runs, and stopping it before the rest of the swap "
                            "failed: %s; stop it, then run %s again" % (
                                e.message, run.site.scripts["rollback"]), INCOMPLETE)
-        run.swap(target)
+        names = run.swap(target)
         run.save(stage=ROLLED_BACK)
+    else:
+        names = run.clone_names()
     # What ran before runs again (a boot may have come between): started if it does not.
-    run.check_mounted(target)
+    run.check_mounted(target, names)
     finish(run, target)
     return None
 

@@ -150,13 +150,17 @@ class FakePool(zfsmod.Zfs):
             d["mounted"] = True
             d["seq"] = next(self.mount_order)
         elif verb == "set":
-            name = args[-1]
-            for pair in args[1:-1]:
-                key, value = pair.split("=", 1)
-                if ":" in key:
-                    self.datasets[name]["user"][key] = value
-                else:
-                    self.datasets[name][key] = value
+            pairs = [a.split("=", 1) for a in args[1:] if "=" in a]
+            names = sorted(a for a in args[1:] if "=" not in a)  # as zfs does: by name
+            for i, name in enumerate(names):
+                if i:
+                    # A power cut may stop one command between two of its datasets.
+                    crashpoint.done("zfs set (part: %s) %s" % (names[i - 1], " ".join(args[1:])))
+                for key, value in pairs:
+                    if ":" in key:
+                        self.datasets[name]["user"][key] = value
+                    else:
+                        self.datasets[name][key] = value
         elif verb == "rename":
             old, new = args[-2], args[-1]
             if new in self.datasets:
@@ -284,6 +288,7 @@ class FakeSite:
     def __init__(self, zfs, datasets):
         self.zfs = zfs
         self.datasets = datasets
+        self.primary = datasets[0]
         self.out = Out()
         self.config = {}
         self.scripts = {"cleanup": "/srv/site/bin/cleanup"}

@@ -15,19 +15,24 @@ LAYOUT = (("tank/site", "/srv/site"), ("tank/site-fs", "/srv/site/var/filestorag
           ("data/blobs", "/srv/site/var/blobstorage"))
 
 
-def new_site():
+# The data outside the buildout: their mountpoints sort before the buildout's.
+OUTSIDE = (("tank/site", "/srv/site"), ("data/fs", "/data/filestorage"),
+           ("data/blobs", "/data/blobstorage"))
+
+
+def new_site(layout=LAYOUT):
     pool = FakePool()
-    for name, mountpoint in LAYOUT:
+    for name, mountpoint in layout:
         pool.create(name, mountpoint)
         pool.snapshot(name + "@before")
-    site = FakeSite(pool, [name for name, _ in LAYOUT])
+    site = FakeSite(pool, [name for name, _ in layout])
     swaps = []
-    for name, mountpoint in LAYOUT:
+    for name, mountpoint in layout:
         swaps.append({"dataset": name, "snapshot": name + "@before",
                       "new": keep.new_name(name, STAMP), "kept": keep.kept_name(name, STAMP),
                       "mountpoint": mountpoint, "canmount": "on", "mounted": True,
                       "old_guid": pool.datasets[name]["guid"], "new_guid": None,
-                      "properties": {"compression": "lz4"}})
+                      "properties": {"compression": "lz4"}, "buildout": name == layout[0][0]})
     keep.make_clones(site, swaps)
     return pool, site, swaps
 
@@ -41,26 +46,41 @@ def run_steps(site, swaps):
 
 
 class SwapOrderTest(unittest.TestCase):
+    layout = LAYOUT  # the data datasets inside the buildout
 
     def setUp(self):
-        self.pool, self.site, self.swaps = new_site()
+        self.pool, self.site, self.swaps = new_site(self.layout)
         self.steps = keep.swap_steps(self.swaps, keep.facts(self.site, self.swaps))
         self.addCleanup(os.chdir, os.getcwd())  # the swap leaves its working directory
 
-    def assert_swapped(self, pool):
+    def assert_swapped(self, pool, settled=False):
+        """Each clone mounted in its dataset's place, to be mounted at boot; the old dataset
+        not. Under the clone's own name until settled (after the site runs again)."""
         for s in self.swaps:
-            new, old = pool.datasets[s["dataset"]], pool.datasets[s["kept"]]
+            new = pool.datasets[s["dataset"] if settled else s["new"]]
+            old = pool.datasets[s["kept"] if settled else s["dataset"]]
             self.assertEqual(new["guid"], s["new_guid"])
             self.assertEqual(old["guid"], s["old_guid"])
             self.assertEqual((new["canmount"], new["mounted"], new["mountpoint"]),
                              ("on", True, s["mountpoint"]))
             self.assertEqual((old["canmount"], old["mounted"]), ("noauto", False))
-            self.assertNotIn(s["new"], pool.datasets)
+            self.assertNotIn(s["kept"] if not settled else s["new"], pool.datasets)
 
     def test_a_run_swaps_every_dataset(self):
         run_steps(self.site, self.swaps)
         self.assert_swapped(self.pool)
         self.assertEqual(keep.swap_steps(self.swaps, keep.facts(self.site, self.swaps)), [])
+
+    def test_only_mounts_and_two_canmount_commands_each_way_while_the_site_is_down(self):
+        verbs = [argv[0] for _, argv in self.steps]
+        self.assertEqual(verbs, ["unmount"] * 3 + ["mount"] * 3 + ["set"] * 4)
+        sets = [argv for _, argv in self.steps if argv[0] == "set"]
+        self.assertEqual(sets, [["set", "canmount=noauto", "tank/site"],
+                                ["set", "canmount=noauto"] + sorted(
+                                    n for n, _ in self.layout[1:]),
+                                ["set", "canmount=on"] + sorted(
+                                    keep.new_name(n, STAMP) for n, _ in self.layout[1:]),
+                                ["set", "canmount=on", "tank/site-rollback-S"]])
 
     def test_the_clones_claim_the_mountpoints_and_are_not_mounted_at_boot(self):
         for s in self.swaps:
@@ -71,23 +91,39 @@ class SwapOrderTest(unittest.TestCase):
                        "compression=lz4", "tank/site@before", "tank/site-rollback-S"],
                       self.pool.calls)
 
+    def prefixes(self):
+        """The pool after each step, and within a `zfs set` of several datasets, after each
+        of them (a power cut may stop it between two): (where, pool, site, swaps)."""
+        for n in range(len(self.steps) + 1):
+            argv = self.steps[n - 1][1] if n else []
+            names = [a for a in argv[1:] if "=" not in a] if argv[:1] == ["set"] else []
+            for part in range(1, len(names)):
+                pool, site, swaps = copy.deepcopy((self.pool, self.site, self.swaps))
+                for _, earlier in self.steps[:n - 1]:
+                    site.zfs.run(*earlier)
+                pairs = [a for a in argv[1:] if "=" in a]
+                for name in sorted(names)[:part]:  # zfs takes them by name
+                    site.zfs.run("set", *pairs, name)
+                yield "step %d, %d of its datasets" % (n, part), pool, site, swaps
+            pool, site, swaps = copy.deepcopy((self.pool, self.site, self.swaps))
+            for _, earlier in self.steps[:n]:
+                site.zfs.run(*earlier)
+            yield "step %d" % n, pool, site, swaps
+
     def test_after_every_step_a_boot_mounts_the_old_or_the_new_dataset_never_the_kept(self):
         top = self.swaps[0]["mountpoint"]  # the buildout's: bin/ and what a boot starts
         empty_points = 0
-        for n in range(len(self.steps) + 1):
-            pool, site, swaps = copy.deepcopy((self.pool, self.site, self.swaps))
-            for _, argv in self.steps[:n]:
-                site.zfs.run(*argv)
+        for n, pool, site, swaps in self.prefixes():
             booted = pool.boot_mounts()
             empty = []
             for s in swaps:
                 claim = booted.get(s["mountpoint"], [])
-                self.assertLessEqual(len(claim), 1, "two datasets claim %s after step %d"
+                self.assertLessEqual(len(claim), 1, "two datasets claim %s after %s"
                                      % (s["mountpoint"], n))
                 guids = [pool.datasets[c]["guid"] for c in claim]
                 if guids == [s["old_guid"]]:
                     # The state from before: only while it still has the dataset's name.
-                    self.assertEqual(claim, [s["dataset"]], "step %d" % n)
+                    self.assertEqual(claim, [s["dataset"]], n)
                 elif not guids:
                     empty.append(s["mountpoint"])
                 else:
@@ -96,23 +132,24 @@ class SwapOrderTest(unittest.TestCase):
                 empty_points += 1
                 # Never the buildout mounted over an empty data directory: the site would start
                 # on it at boot.
-                self.assertIn(top, empty, "step %d: %s empty under a mounted %s"
-                              % (n, empty, top))
-        # Only from the first canmount change to the last.
-        self.assertEqual(empty_points, 2 * len(self.swaps) - 1)
+                self.assertIn(top, empty, "%s: %s empty under a mounted %s" % (n, empty, top))
+            else:
+                # All from before or all from the target: never a mix.
+                self.assertEqual(len({pool.datasets[c[0]]["guid"] == s["new_guid"] for s in swaps
+                                      for c in [booted[s["mountpoint"]]]}), 1, n)
+        # Only from the first canmount change to the last (two points inside each command
+        # of two datasets).
+        self.assertEqual(empty_points, 3 + 2 * (len(self.swaps) - 2))
 
     def test_a_rerun_after_any_step_finishes_the_swap(self):
-        for n in range(len(self.steps) + 1):
-            for reboot in (False, True):
-                pool, site, swaps = copy.deepcopy((self.pool, self.site, self.swaps))
-                for _, argv in self.steps[:n]:
-                    site.zfs.run(*argv)
+        for reboot in (False, True):
+            for n, pool, site, swaps in self.prefixes():
                 if reboot:  # the mounts as a boot makes them, then the rerun
                     pool.boot()
                     if not any(d["mounted"] and d["mountpoint"] == "/srv/site"
                                for d in pool.datasets.values()):
                         # The documented recovery when bin/ is not there after a boot: the
-                        # dataset by its name (the old one, or the clone once renamed).
+                        # dataset by its name (the old one; the clone is mounted at boot).
                         pool.run("mount", "tank/site")
                 run_steps(site, swaps)
                 self.assert_swapped(pool)
@@ -153,11 +190,12 @@ class SwapOrderTest(unittest.TestCase):
                                  (s["old_guid"], "on", True), "step %d" % n)
                 self.assertNotIn(s["new"], pool.datasets)
 
-    def test_settle_promotes_marks_and_unmounts_for_good_each_step_on_its_own(self):
+    def test_settle_renames_promotes_marks_and_unmounts_for_good_each_step_on_its_own(self):
         run_steps(self.site, self.swaps)
         self.site.zfs.calls.clear()
         failed = keep.settle(self.site, self.swaps, "before", STAMP)
         self.assertEqual(failed, [])
+        self.assert_swapped(self.pool, settled=True)
         for s in self.swaps:
             kept = self.pool.datasets[s["kept"]]
             self.assertEqual(self.pool.datasets[s["dataset"]]["origin"], "-")
@@ -182,11 +220,23 @@ class SwapOrderTest(unittest.TestCase):
         kept = self.pool.datasets["tank/site-rolled-away-S"]
         self.assertEqual((kept["readonly"], kept["mountpoint"]), ("on", "none"))
 
+    def test_a_failed_rename_skips_what_would_act_on_the_wrong_names(self):
+        run_steps(self.site, self.swaps)
+        self.pool.create("tank/site-rolled-away-S", "none", canmount="noauto", mounted=False)
+        failed = keep.settle(self.site, self.swaps, "before", STAMP)
+        self.assertEqual([f for f in failed if "tank/site " in f + " "][:3], [
+            "zfs rename -u tank/site tank/site-rolled-away-S",
+            "zfs rename -u tank/site-rollback-S tank/site", "zfs promote tank/site"])
+        self.assertEqual(self.pool.datasets["tank/site-rollback-S"]["guid"],
+                         self.swaps[0]["new_guid"])
+        self.assertEqual(self.pool.datasets["tank/site"]["guid"], self.swaps[0]["old_guid"])
+        self.assertEqual(self.pool.datasets["data/blobs"]["guid"], self.swaps[2]["new_guid"])
+
     def test_the_dry_run_prints_what_a_run_runs(self):
         self.pool, self.site, self.swaps = copy.deepcopy((self.pool, self.site, self.swaps))
         printed = keep.commands(self.site, self.swaps, "before", STAMP)
         self.pool.calls.clear()
-        pool, site, swaps = new_site()
+        pool, site, swaps = new_site(self.layout)
         clones = [["zfs"] + c for c in pool.calls]
         pool.calls.clear()
         run_steps(site, swaps)
@@ -198,11 +248,16 @@ class SwapOrderTest(unittest.TestCase):
                                  for argv in ran])
 
     def test_undo_destroys_only_the_unmounted_clones_of_the_target(self):
-        self.pool.datasets["tank/site-fs-rollback-S"]["mounted"] = True  # not ours to drop now
+        clone = self.swaps[1]["new"]
+        self.pool.datasets[clone]["mounted"] = True  # not ours to drop now
         keep.undo(self.site, self.swaps)
-        self.assertEqual(sorted(n for n in self.pool.datasets if "-rollback-" in n),
-                         ["tank/site-fs-rollback-S"])
+        self.assertEqual(sorted(n for n in self.pool.datasets if "-rollback-" in n), [clone])
 
+
+class DataOutsideTheBuildoutSwapOrderTest(SwapOrderTest):
+    """The same, with the Data.fs and blobs mounted outside the buildout: their mountpoints
+    sort before it, and still the buildout's dataset is the first off and the last on."""
+    layout = OUTSIDE
 
 
 class RefusalTest(unittest.TestCase):
