@@ -28,11 +28,12 @@ SCRATCH = os.environ.get("ZFSSNAP_LAB_SCRATCH", "/scratch")
 FULL_SERIES = "2.1"
 
 
-def full_series_only(cls):
-    """Run this test class on FULL_SERIES only (everywhere when not told the series)."""
+def full_series_only(test):
+    """Run this test class or method on FULL_SERIES only (everywhere when not told the
+    series): the other series runs what depends on OpenZFS's version or the second pool."""
     series = os.environ.get("ZFSSNAP_LAB_SERIES")
     return unittest.skipIf(series not in (None, FULL_SERIES),
-                           "runs on OpenZFS %s only (the sweep runs here)" % FULL_SERIES)(cls)
+                           "runs on OpenZFS %s only (the sweep runs here)" % FULL_SERIES)(test)
 
 
 def sh(*argv, check=True, input=None):
