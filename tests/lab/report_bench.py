@@ -11,6 +11,8 @@ import os
 import statistics
 import sys
 
+# The downtime's floor: the manual sequence's phases, measured one by one in the same run.
+FLOOR = ["floor: programs stop", "floor: zfs rollback", "floor: start until answering"]
 # (name, numerator, denominator terms, goal): the denominator is the sum of its terms.
 RATIOS = [
     ("bin/snapshot / floor", "bin/snapshot", ["python start-up", "zfs snapshot"], "2"),
@@ -26,10 +28,24 @@ RATIOS = [
     ("bin/rollback / manual rollback", "bin/rollback", ["manual rollback"], "1.3"),
     ("bin/rollback --keep: down / bin/rollback: down", "bin/rollback --keep: down",
      ["bin/rollback: down"], ""),
+    ("bin/rollback: down / floor", "bin/rollback: down", FLOOR, ""),
+    ("bin/snapshot (busy pool) / bin/snapshot", "bin/snapshot (busy pool)", ["bin/snapshot"],
+     "1.2"),
+    ("bin/snapshot --list (busy pool) / --list", "bin/snapshot --list (busy pool)",
+     ["bin/snapshot --list"], "1.2"),
+    ("bin/cleanup (busy pool) / bin/cleanup", "bin/cleanup (busy pool)", ["bin/cleanup"], "1.2"),
+    ("bin/rollback (busy pool) / bin/rollback", "bin/rollback (busy pool)", ["bin/rollback"],
+     ""),
     ("bin/snapshot / snapshotbackup", "bin/snapshot", ["snapshotbackup"], ""),
     ("bin/rollback / snapshotrestore", "bin/rollback", ["snapshotrestore"], ""),
     ("bin/rollback: down / snapshotrestore: down", "bin/rollback: down",
      ["snapshotrestore: down"], ""),
+]
+# (name, measure, terms subtracted, goal in seconds): differences, run by run.
+DIFFERENCES = [
+    ("bin/rollback: down - floor", "bin/rollback: down", FLOOR, "0.5"),
+    ("bin/rollback --keep: down - bin/rollback: down", "bin/rollback --keep: down",
+     ["bin/rollback: down"], "0.3"),
 ]
 PLOTTED = ["bin/snapshot", "snapshotbackup", "bin/rollback", "bin/rollback --keep",
            "manual rollback",
@@ -94,6 +110,19 @@ def main(argv):
         if any(cells):
             rows.append([name] + cells + [goal + "x" if goal else "-"])
     lines += table(rows)
+    rows = [["difference"] + ["%d MiB" % s for s in sizes] + ["goal"]]
+    for name, top, bottom, goal in DIFFERENCES:
+        cells = []
+        for s in sizes:
+            runs_ = [r for r in data.get((s, top), {}) if all(r in data.get((s, b), {})
+                                                             for b in bottom)]
+            diffs = [data[s, top][r] - sum(data[s, b][r] for b in bottom) for r in runs_]
+            cells.append(fmt(spread(diffs)) if diffs else "")
+        if any(cells):
+            rows.append([name] + cells + ["%s s" % goal])
+    if len(rows) > 1:
+        lines += ["", "Differences, run by run (median, min-max); goal: at most:", ""]
+        lines += table(rows)
     text = "\n".join(lines) + "\n"
     os.makedirs(outdir, exist_ok=True)
     with open(os.path.join(outdir, "bench.rst"), "w") as f:

@@ -10,7 +10,13 @@ size and run it times:
   dataset, bin/supervisord) and against bin/snapshotrestore with the same stop and start: the
   time from the command until the site answers with the old data, and the time it was down
   (from its last answer before to its first answer after, as a client polling it sees it);
-- bin/cleanup, and bin/snapshot --list and bin/cleanup with SETS snapshot sets.
+- bin/cleanup, and bin/snapshot --list and bin/cleanup with SETS snapshot sets;
+- the downtime's floor, from the manual sequence's own phases: the programs' stop (shutdown
+  until every process is gone), the raw `zfs rollback` of the datasets, and the start until
+  the site answers; bin/rollback's downtime is set against their sum;
+- at the first size, a busy pool: BUSY other datasets with BUSY_SNAPSHOTS snapshots each
+  beside the site (on each of its pools), and bin/snapshot, --list, cleanup and rollback again:
+  their cost must not depend on the rest of the pool.
 
 Writes one CSV row per measurement (size_mib, run, measure, seconds) to BENCH_OUT; the host
 (lab.py bench) turns it into the table and the plot. Figures from an emulated guest (TCG):
@@ -175,7 +181,44 @@ def make_sets(count, label):
         return list(pool.map(one, range(count)))
 
 
-def run(sizes, runs, sets, out_path):
+def manual_rollback(poller):
+    """supervisorctl shutdown, zfs rollback of each dataset, bin/supervisord, each phase timed:
+    (total, down, stop, zfs rollback, start until the site answers)."""
+    expected = write_and_expect()
+    started = time.monotonic()
+    timed([SITE + "/bin/supervisorctl", "shutdown"])
+    wait_stopped()
+    stopped = time.monotonic()
+    zfs_all("rollback", "@manual")
+    rolled_back = time.monotonic()
+    timed([SITE + "/bin/supervisord"])
+    total, down = poller.outage(started, expected)
+    return (total, down, stopped - started, rolled_back - stopped,
+            started + total - rolled_back)
+
+
+def make_busy(count, snapshots):
+    """`count` datasets beside the site's, spread over its pools, with `snapshots` snapshots
+    each (one recursive zfs snapshot per round): what else a hosting machine's pool holds."""
+    pools = sorted({d.split("/")[0] for d in DATASETS})
+    parents = ["%s/bench-busy" % p for p in pools]
+    for pool in pools:  # mounted, as other sites' datasets are: the mount table grows too
+        subprocess.run(["zfs", "create", "-o", "mountpoint=/srv/bench-busy-" + pool,
+                        pool + "/bench-busy"], check=True)
+
+    def one(i):
+        subprocess.run(["zfs", "create", "%s/d%03d" % (parents[i % len(parents)], i)],
+                       check=True)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(count)))
+    for n in range(snapshots):
+        for parent in parents:
+            subprocess.run(["zfs", "snapshot", "-r", "%s@s%02d" % (parent, n)], check=True)
+    return parents
+
+
+def run(sizes, runs, sets, out_path, busy=200, busy_snapshots=20):
     rows = []
 
     def record(size, run_, measure, seconds):
@@ -216,12 +259,12 @@ def run(sizes, runs, sets, out_path):
                 timed([SITE + "/bin/cleanup", "-q"])
 
                 zfs_snapshot(["%s@manual" % d for d in DATASETS])
-                total, down = rollback_like(poller, [
-                    lambda: timed([ctl, "shutdown"]), wait_stopped,
-                    lambda: zfs_all("rollback", "@manual"),
-                    lambda: timed([SITE + "/bin/supervisord"])])
+                total, down, stop, zfs, start = manual_rollback(poller)
                 record(size, r, "manual rollback", total)
                 record(size, r, "manual rollback: down", down)
+                record(size, r, "floor: programs stop", stop)
+                record(size, r, "floor: zfs rollback", zfs)
+                record(size, r, "floor: start until answering", start)
                 zfs_all("destroy", "@manual")
 
                 total, down = rollback_like(poller, [
@@ -249,12 +292,41 @@ def run(sizes, runs, sets, out_path):
                        timed([SITE + "/bin/cleanup", "-q"]))
             say("%d snapshot sets: %s" % (sets, ", ".join(
                 "%s %.2f s" % (m, s) for z, rr, m, s in rows if "sets" in m and rr == 0)))
+            if busy:
+                started = time.monotonic()
+                parents = make_busy(busy, busy_snapshots)
+                say("made %d datasets with %d snapshots each beside the site in %.0f s" % (
+                    busy, busy_snapshots, time.monotonic() - started))
+                try:
+                    busy_pool(size, runs, record)
+                finally:
+                    for parent in parents:
+                        subprocess.run(["zfs", "destroy", "-r", parent], check=True)
+                say("busy pool: %s" % ", ".join(
+                    "%s %.2f s" % (m, s) for z, rr, m, s in rows if "busy" in m and rr == 0))
     with open(out_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["size_mib", "run", "measure", "seconds"])
         writer.writerows(rows)
     say("wrote %d measurements to %s" % (len(rows), out_path))
     return rows
+
+
+def busy_pool(size, runs, record):
+    """The scripts again, on a pool that holds much more than the site."""
+    poller = Poller()
+    try:
+        for r in range(runs):
+            record(size, r, "bin/snapshot (busy pool)", timed([SITE + "/bin/snapshot", "bench"]))
+            record(size, r, "bin/snapshot --list (busy pool)",
+                   timed([SITE + "/bin/snapshot", "--list"]))
+            total, down = rollback_like(poller, [
+                lambda: timed([SITE + "/bin/rollback", "--yes", "-q"])])
+            record(size, r, "bin/rollback (busy pool)", total)
+            record(size, r, "bin/rollback: down (busy pool)", down)
+            record(size, r, "bin/cleanup (busy pool)", timed([SITE + "/bin/cleanup", "-q"]))
+    finally:
+        poller.stop()
 
 
 class BenchPool(layers.GuestPool):
@@ -271,13 +343,16 @@ def main():
     sizes = [int(s) for s in os.environ.get("BENCH_SIZES", "10,100,1024").split(",")]
     runs = int(os.environ.get("BENCH_RUNS", "3"))
     sets = int(os.environ.get("BENCH_SETS", "500"))
+    busy = int(os.environ.get("BENCH_BUSY", "200"))
+    busy_snapshots = int(os.environ.get("BENCH_BUSY_SNAPSHOTS", "20"))
     out = os.environ.get("BENCH_OUT", "/mnt/share/bench.csv")
-    say("OpenZFS %s, sizes %s MiB, %d runs, %d snapshot sets" % (
-        os.environ.get("ZFSSNAP_LAB_SERIES", "?"), ",".join(map(str, sizes)), runs, sets))
+    say("OpenZFS %s, sizes %s MiB, %d runs, %d snapshot sets, busy pool %d x %d" % (
+        os.environ.get("ZFSSNAP_LAB_SERIES", "?"), ",".join(map(str, sizes)), runs, sets, busy,
+        busy_snapshots))
     BenchPool.setUp()
     BenchSite.setUp()
     try:
-        run(sizes, runs, sets, out)
+        run(sizes, runs, sets, out, busy, busy_snapshots)
     finally:
         BenchSite.tearDown()
         BenchPool.tearDown()

@@ -13,7 +13,10 @@ MEASURES = {"python start-up", "zfs snapshot", "zfs list", "zfs destroy", "bin/s
             "bin/cleanup", "bin/rollback --keep", "bin/rollback --keep: down",
             "manual rollback", "manual rollback: down", "snapshotrestore",
             "snapshotrestore: down", "zfs list (3 sets)", "zfs destroy (3 sets)",
-            "bin/snapshot --list (3 sets)", "bin/cleanup (3 sets)"}
+            "bin/snapshot --list (3 sets)", "bin/cleanup (3 sets)", "floor: programs stop",
+            "floor: zfs rollback", "floor: start until answering", "bin/snapshot (busy pool)",
+            "bin/snapshot --list (busy pool)", "bin/rollback (busy pool)",
+            "bin/rollback: down (busy pool)", "bin/cleanup (busy pool)"}
 
 
 class BenchSmokeTest(unittest.TestCase):
@@ -28,7 +31,7 @@ class BenchSmokeTest(unittest.TestCase):
     def test_every_measurement_at_the_smallest_size(self):
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "bench.csv")
-            bench.run([2], runs=1, sets=3, out_path=out)
+            bench.run([2], runs=1, sets=3, out_path=out, busy=6, busy_snapshots=2)
             with open(out) as f:
                 rows = list(csv.DictReader(f))
         self.assertEqual({r["measure"] for r in rows}, MEASURES)
