@@ -9,6 +9,7 @@ import time
 
 from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
+from collective.recipe.zfssnap.site import Background
 from collective.recipe.zfssnap.site import Stop
 from collective.recipe.zfssnap.site import find_in
 
@@ -66,6 +67,7 @@ def destroy_kept(site, kept, dry_run):
 def cleanup(site, names=(), older_than=None, dry_run=False):
     from collective.recipe.zfssnap import keep as keepmod
     out = site.out
+    sets = Background(site.snapshot_sets)  # read while the kept states are looked up
     kept = keepmod.kept_datasets(site)
     named = list(names)
     if named:
@@ -77,7 +79,9 @@ def cleanup(site, names=(), older_than=None, dry_run=False):
         kept = [k for k in kept if k.get("created", "") < limit.strftime("%Y%m%dT%H%M%SZ")]
     # Kept states first: the snapshots they were rolled back to are their clones' origins.
     out.data["destroyed_kept"] = destroy_kept(site, kept, dry_run)
-    sets = site.snapshot_sets()
+    sets = sets.result()
+    if out.data["destroyed_kept"] and not dry_run:
+        sets = site.snapshot_sets()  # a kept state gone: its origin snapshot is not cloned now
     keep = site.config.get("keep", 0)
     if named:
         chosen = []

@@ -8,6 +8,7 @@ import os
 import pwd
 import signal
 import subprocess
+import threading
 
 from collective.recipe.zfssnap import crashpoint
 from collective.recipe.zfssnap import mounts as mountsmod
@@ -37,6 +38,29 @@ def current_user():
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return str(os.geteuid())
+
+
+class Background:
+    """A read-only query run in a thread while the script goes on: one command's queries wait
+    for zfs and git at the same time, not one after the other. result() waits for it and
+    raises what it raised."""
+
+    def __init__(self, function, *args):
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(function,) + args, daemon=True)
+        self._thread.start()
+
+    def _run(self, function, *args):
+        try:
+            self._value = function(*args)
+        except BaseException as e:  # handed to the caller of result()
+            self._error = e
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class SnapshotSet:

@@ -12,6 +12,7 @@ import time
 
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.site import BAD_INPUT
+from collective.recipe.zfssnap.site import Background
 from collective.recipe.zfssnap.site import FAILED
 from collective.recipe.zfssnap.site import P
 from collective.recipe.zfssnap.site import Stop
@@ -83,6 +84,9 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
     now = datetime.datetime.now(datetime.timezone.utc)
     short = snapshot_name(site, label, now)
     datasets = site.datasets
+    git = Background(git_info, site.directory)
+    # The older sets, for the warnings after the snapshot: read while git runs.
+    older = None if dry_run else Background(site.snapshot_sets)
     for dataset in datasets:
         problem = zfsmod.check_snapshot_name(dataset, short)
         if problem:
@@ -92,7 +96,7 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
                   "message": message or "", "user": current_user(),
                   "host": socket.gethostname(), "version": site.config.get("version", ""),
                   "datasets": ",".join(datasets), "made-by": made_by or ""}
-    properties.update(git_info(site.directory))
+    properties.update(git.result())
     # Every value is checked before anything runs (hooks included): zfs would stop half-way.
     for key, value in properties.items():
         problem = zfsmod.check_property_value(key if key != "datasets" else
@@ -134,7 +138,7 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
     out.say("Roll back to it:  %s %s" % (scripts["rollback"], short))
     out.say("Clean it up:      %s %s" % (scripts["cleanup"], short))
     try:
-        warn_about_growth(site, short)
+        warn_about_growth(site, older.result())
     except zfsmod.ZfsError as e:
         out.warn("the snapshot was taken, but its space could not be read: " + e.message)
     site.hook("after-snapshot")
@@ -166,9 +170,9 @@ def undo_partial(site, taken, failed_pool, reason, recursive):
                 failed_pool, reason, ", ".join(destroyed)))
 
 
-def warn_about_growth(site, newest):
-    sets = site.snapshot_sets()
-    older = [s for s in sets if s.short != newest]
+def warn_about_growth(site, older):
+    """`older`: the part's sets before the new one (site.snapshot_sets() read before it)."""
+    sets = older
     keep = site.config.get("keep", 0)
     scripts = site.scripts
     if len(older) > keep:
@@ -196,8 +200,9 @@ def warn_about_growth(site, newest):
 
 def list_snapshots(site):
     from collective.recipe.zfssnap import keep
+    kept = Background(keep.kept_datasets, site)
     sets = site.snapshot_sets()
-    kept = keep.kept_datasets(site)
+    kept = kept.result()
     site.out.data["snapshots"] = [s.as_dict() for s in sets]
     site.out.data["kept"] = kept
     if kept:
