@@ -139,10 +139,12 @@ class Site:
         return self.configured[0]
 
     # -- the layout on disk -----------------------------------------------------------------
-    def check_layout(self, action):
+    def check_layout(self, action, other_script=False):
         """Refuse when the datasets are not mounted as when bin/buildout ran: a dataset moved,
         renamed or unmounted, or a new one mounted inside the buildout, would be rolled back
-        wrongly or not at all. Returns the mountpoints of the part's datasets."""
+        wrongly or not at all. Returns the mountpoints of the part's datasets. For a script
+        other than bin/rollback (`other_script`), an unfinished rollback's record is named as
+        the likely cause."""
         table = mountsmod.zfs_mounts()
         recorded = self.config.get("mounts", {})
         problems = []
@@ -162,6 +164,15 @@ class Site:
             if m.dataset not in covered:
                 problems.append("%s is mounted at %s, inside the part's datasets, and the part "
                                 "does not cover it" % (m.dataset, m.mountpoint))
+        if problems and other_script and os.path.exists(
+                self.config.get("lock_file", "") + ".rollback.json"):
+            # A --keep rollback killed after the start leaves the clones under their own names
+            # until its rerun renames them.
+            raise Stop("refusing to %s: the datasets are not mounted as when bin/buildout ran "
+                       "(%s), and an unfinished rollback is recorded: run %s to finish it; "
+                       "nothing was changed" % (action, "; ".join(problems),
+                                                self.scripts.get("rollback", "bin/rollback")),
+                       REFUSED)
         if problems:
             raise Stop("refusing to %s: the datasets are not mounted as when bin/buildout ran: "
                        "%s; mount them as they were, or run bin/buildout again so that the part "

@@ -112,7 +112,7 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
         for pool, names in groups:
             out.command(site.zfs.command + site.zfs.snapshot_argv(names, props, recursive))
         return short
-    site.check_layout("take a snapshot")
+    site.check_layout("take a snapshot", other_script=True)
     site.hook("before-snapshot")
     taken = []
     started = time.monotonic()

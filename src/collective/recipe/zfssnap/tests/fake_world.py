@@ -166,7 +166,7 @@ class World:
             "supervisor_conf": self.top + "/parts/supervisor/supervisord.conf",
             # supervisord's socket on the buildout's dataset: the rollback shuts it down.
             "supervisord_files": [self.top + "/var/supervisord.sock"] if shutdown else [],
-            "stop_timeout": 10,
+            "stop_timeout": 10, "prefix": "zfssnap",
         }
 
     def close(self):

@@ -10,6 +10,8 @@ there, and with --keep the rolled-away state kept, read-only, never mounted at b
 """
 import unittest
 
+from collective.recipe.zfssnap import snapshot as snapshotmod
+from collective.recipe.zfssnap.site import Stop
 from collective.recipe.zfssnap.tests.fake_world import Crash
 from collective.recipe.zfssnap.tests.fake_world import World
 
@@ -108,6 +110,22 @@ class StageSweepTest(unittest.TestCase):
 
     def test_keep_programs_stopped_then_a_boot(self):
         self.sweep(keep=True, shutdown=False, boot=True)
+
+    def test_a_snapshot_before_the_rerun_of_a_keep_killed_after_the_start_names_it(self):
+        steps = actions(keep=True, shutdown=True)
+        world = World()
+        self.addCleanup(world.close)
+        result = world.rollback(keep=True, crash_after=steps.index("supervisord start "
+                                                                    "supervisord") + 1)
+        self.assertIsInstance(result, Crash)
+        with world.patched():
+            with self.assertRaises(Stop) as caught:
+                snapshotmod.take_snapshot(world.site(), "during")
+        self.assertIn("an unfinished rollback is recorded: run %s/bin/rollback to finish it"
+                      % world.top, caught.exception.message)
+        self.assertIn("data/site-filestorage-rollback-", caught.exception.message)
+        self.assertIsNone(world.rollback(keep=True))
+        self.check_finished(world, keep=True, where="the rerun")
 
     def test_the_actions_of_a_normal_run(self):
         self.assertEqual([a.split(" tank/")[0].split(" data/")[0]
