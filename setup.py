@@ -55,7 +55,6 @@ setup(
     install_requires=[
         # 5 is the floor: what Plone 6.2 sites pin; see the README on 4.x.
         "zc.buildout>=5",
-        "zc.recipe.egg",
     ],
     extras_require={
         "test": [

@@ -13,7 +13,6 @@ import shlex
 
 import zc.buildout
 import zc.buildout.easy_install
-import zc.recipe.egg
 
 from collective.recipe.zfssnap import mounts as mountsmod
 from collective.recipe.zfssnap import zfs as zfsmod
@@ -391,9 +390,12 @@ class Recipe:
         }
 
     def install(self):
-        egg = zc.recipe.egg.Egg(self.buildout, self.options["recipe"],
-                                {"eggs": "collective.recipe.zfssnap"})
-        requirements, ws = egg.working_set(["collective.recipe.zfssnap"])
+        # The recipe's own distribution is installed already (buildout runs it): its working
+        # set comes from where buildout put it, with no zc.recipe.egg, whose newest release
+        # needs zc.buildout 6, between a zc.buildout 5 buildout and the part.
+        ws = zc.buildout.easy_install.working_set(
+            ["collective.recipe.zfssnap"], [self.buildout["buildout"]["develop-eggs-directory"],
+                                            self.buildout["buildout"]["eggs-directory"]])
         config = dict(self.config)
         config["version"] = next((d.version for d in ws
                                   if d.project_name == "collective.recipe.zfssnap"), "")
