@@ -119,6 +119,8 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
     for pool, names in groups:
         try:
             site.zfs.snapshot(names, props, recursive)
+        except zfsmod.NoZfsCommand:
+            raise  # bad input (exit 2), as for the other scripts: nothing was taken
         except zfsmod.ZfsError as e:
             # A name taken already (two snapshots in one second) is the one foreseeable case.
             exists = "dataset already exists" in e.stderr
