@@ -108,11 +108,12 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
     recursive = bool(site.config.get("recursive"))
     groups = by_pool("%s@%s" % (d, short) for d in site.configured)
     out.data.update(snapshot=short, datasets=datasets, properties=properties)
+    # Before the dry run returns: it must refuse what the real run refuses.
+    site.check_layout("take a snapshot", other_script=True)
     if dry_run:
         for pool, names in groups:
             out.command(site.zfs.command + site.zfs.snapshot_argv(names, props, recursive))
         return short
-    site.check_layout("take a snapshot", other_script=True)
     site.hook("before-snapshot")
     taken = []
     started = time.monotonic()

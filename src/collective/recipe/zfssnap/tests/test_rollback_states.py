@@ -127,6 +127,17 @@ class StageSweepTest(unittest.TestCase):
         self.assertIsNone(world.rollback(keep=True))
         self.check_finished(world, keep=True, where="the rerun")
 
+    def test_a_snapshot_dry_run_refuses_what_the_snapshot_refuses(self):
+        world = World()
+        self.addCleanup(world.close)
+        world.pool.run("unmount", "data/site-blobstorage")
+        for dry_run in (True, False):
+            with world.patched():
+                with self.assertRaises(Stop) as caught:
+                    snapshotmod.take_snapshot(world.site(), "pre", dry_run=dry_run)
+            self.assertIn("data/site-blobstorage is not mounted", caught.exception.message)
+        self.assertEqual([c for c in world.pool.calls if c[0] == "snapshot"], [])
+
     def test_the_actions_of_a_normal_run(self):
         self.assertEqual([a.split(" tank/")[0].split(" data/")[0]
                           for a in actions(keep=False, shutdown=True)],
