@@ -22,6 +22,7 @@ SUPERVISOR_RECIPE = "collective.recipe.supervisor"
 ZODB_RECIPES = ("plone.recipe.zope2instance", "plone.recipe.zeoserver")
 HOOKS = ("before-snapshot", "after-snapshot", "before-rollback", "after-rollback")
 SCRIPTS = ("snapshot", "rollback", "cleanup")
+WARNED_NOT_ON_ZFS = set()  # buildout directories warned about: once per bin/buildout run
 TRUE = ("true", "yes", "on", "1")
 FALSE = ("false", "no", "off", "0", "")
 OPTIONS = set(HOOKS) | {s + "-script" for s in SCRIPTS} | {
@@ -190,8 +191,13 @@ class Recipe:
         """The dataset mounted at the buildout directory; '' on a machine without ZFS."""
         try:
             return self.dataset_at("dataset", self.directory, "the buildout directory ")
-        except zfsmod.NotOnZfs:
+        except zfsmod.NotOnZfs as e:
             # A developer's laptop without ZFS still installs; the scripts say what is missing.
+            if self.directory not in WARNED_NOT_ON_ZFS:
+                WARNED_NOT_ON_ZFS.add(self.directory)
+                self.log.warning("%s; the scripts are generated, but they refuse to run "
+                                 "until the buildout directory is a ZFS dataset of its own "
+                                 "and bin/buildout runs again" % e.message)
             return ""
 
     def mountpoint_of(self, dataset):
@@ -321,6 +327,37 @@ class Recipe:
         return None if value.lower() in ("none", "") else self.split(option)
 
     # -- scripts ----------------------------------------------------------------------------
+    def other_part_with_script(self, script):
+        """The other [zfssnap]-style part of this buildout that generates `script`, or None.
+        Read from the raw sections: buildout[part] would initialise that part's recipe."""
+        raw = self.buildout._raw
+        for part in self.buildout["buildout"].get("parts", "").split():
+            if part == self.name or recipe_of(raw, part) != "collective.recipe.zfssnap":
+                continue
+            section = raw.get(part) or {}
+            for name in SCRIPTS:
+                value = (section.get(name + "-script") or (
+                    name if part == "zfssnap" else "%s-%s" % (part, name))).strip()
+                if value == script:
+                    return part
+        return None
+
+    def words(self, option):
+        """The option's words (spaces or new lines between them; quotes for a word with a
+        space), possibly none."""
+        try:
+            return shlex.split(self.options[option])
+        except ValueError as e:
+            raise self.error(option, "cannot split %r into words (%s)" % (self.options[option], e))
+
+    def hook(self, option):
+        value = self.options[option].strip()
+        if "\n" in value:
+            raise self.error(option, "one command on one line, not %d lines: put several "
+                             "commands in a script and name the script here"
+                             % len(value.splitlines()))
+        return self.split(option)
+
     def compute_config(self):
         options = self.options
         prefix = options["prefix"].strip()
@@ -341,6 +378,11 @@ class Recipe:
             if value in scripts.values():
                 raise self.error(script + "-script", "%r is also the name of another of the "
                                  "part's scripts: give each its own" % value)
+            other = self.other_part_with_script(value)
+            if other:
+                raise self.error(script + "-script", "%r is also the name of a script of the "
+                                 "[%s] part: one would overwrite the other; give each part "
+                                 "its own names" % (value, other))
             scripts[script] = value
         guard = options["release-guard"].strip()
         if guard not in ("refuse", "warn", "snapshot", "off"):
@@ -376,14 +418,13 @@ class Recipe:
             "supervisord": self.command_or_none("supervisord"),
             "supervisord_unit": unit or None,
             "supervisord_files": self.supervisor_files,
-            "programs": options["programs"].split(),
+            "programs": [p for p in re.split(r"[\s,]+", options["programs"]) if p],
             "stop_timeout": self.number("stop-timeout", 1),
             "hook_timeout": self.number("hook-timeout", 1),
-            "filestorages": [os.path.join(self.directory, p.strip()) for p in
-                             options["filestorages"].split("\n") if p.strip()],
+            "filestorages": [os.path.join(self.directory, p) for p in self.words("filestorages")],
             "health_check": self.health_check(),
             "keep_rolled_away": self.boolean("keep-rolled-away"),
-            "hooks": {hook: self.split(hook) for hook in HOOKS if options[hook].strip()},
+            "hooks": {hook: self.hook(hook) for hook in HOOKS if options[hook].strip()},
             "lock_file": options["lock-file"],
             "log_file": options["log-file"],
             "scripts": {k: os.path.join(self.bin, v) for k, v in scripts.items()},
