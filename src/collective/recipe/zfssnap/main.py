@@ -36,8 +36,21 @@ def parse_age(text):
     return seconds
 
 
-def parser_for(script, description):
-    parser = argparse.ArgumentParser(prog=script, description=description)
+EXIT_CODES = ("exit codes: 0 done; 1 failed (the message says what happened to the site); "
+              "2 bad usage or input; 3 refused, nothing changed; 4 rollback incomplete (run "
+              "bin/rollback again to finish)")
+
+
+def parser_for(script, description, config=None):
+    config = config or {}
+    datasets = config.get("datasets") or []
+    epilog = "The part [%s] of %s: datasets %s. %s." % (
+        config.get("part", "?"), config.get("directory", "?"),
+        ", ".join(datasets) if datasets else "none found (not on ZFS when bin/buildout ran)",
+        EXIT_CODES)
+    parser = argparse.ArgumentParser(prog=script, description=description, epilog=epilog)
+    parser.add_argument("--version", action="version", version="%s (collective.recipe.zfssnap "
+                        "%s)" % (script, config.get("version") or "?"))
     parser.add_argument("--dry-run", action="store_true",
                         help="print the exact commands and change nothing")
     parser.add_argument("--json", action="store_true",
@@ -52,7 +65,7 @@ def parser_for(script, description):
 def run(config, name, description, add_arguments, work, argv=None, read_only=None):
     """Parse arguments, lock, open the log, do `work`, map failures to exit codes."""
     script = config.get("scripts", {}).get(name, name)
-    parser = parser_for(os.path.basename(script), description)
+    parser = parser_for(os.path.basename(script), description, config)
     add_arguments(parser)
     args = parser.parse_args(argv)
     out = Output(os.path.basename(script), args.json, 0 if args.quiet else 2 if args.verbose
