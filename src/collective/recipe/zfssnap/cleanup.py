@@ -9,6 +9,7 @@ import time
 
 from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
+from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Background
 from collective.recipe.zfssnap.site import Stop
 from collective.recipe.zfssnap.site import find_in
@@ -64,7 +65,44 @@ def destroy_kept(site, kept, dry_run):
     return gone
 
 
-def cleanup(site, names=(), older_than=None, dry_run=False):
+def choose(site, sets, names, older_than):
+    """The sets to destroy: the ones named (`names` not None), or all but the newest `keep`
+    (older than AGE)."""
+    if names is not None:
+        chosen = []
+        for name in names:
+            found = find_in(site, sets, name)
+            if found not in chosen:
+                chosen.append(found)
+        return chosen
+    keep = site.config.get("keep", 0)
+    chosen = sets[:-keep] if keep else list(sets)
+    if older_than is not None:
+        limit = time.time() - older_than
+        chosen = [s for s in chosen if s.created < limit]
+    return chosen
+
+
+def ask(site, kept, chosen, confirm):
+    """More than one thing to destroy: the list, and a 'yes' (--yes for scripts)."""
+    going = [k["name"] for k in kept]
+
+    def blocked(s):
+        # Held, or cloned by something other than a kept state destroyed before it.
+        return s.held or any(not any(c == k or c.startswith(k + "/") for k in going)
+                             for c in s.cloned)
+
+    sets = [s.short for s in chosen if not blocked(s)]
+    if len(going) + len(sets) <= 1:
+        return
+    site.out.plan("bin/cleanup will destroy %s." % "; ".join(
+        (["the kept states " + ", ".join(going)] if going else []) +
+        (["the snapshot sets " + ", ".join(sets)] if sets else [])))
+    if confirm is None or not confirm():
+        raise Stop("not confirmed: nothing was destroyed", REFUSED)
+
+
+def cleanup(site, names=(), older_than=None, dry_run=False, yes=False, confirm=None):
     from collective.recipe.zfssnap import keep as keepmod
     out = site.out
     sets = Background(site.snapshot_sets)  # read while the kept states are looked up
@@ -77,23 +115,15 @@ def cleanup(site, names=(), older_than=None, dry_run=False):
         limit = datetime.datetime.fromtimestamp(time.time() - older_than,
                                                 datetime.timezone.utc)
         kept = [k for k in kept if k.get("created", "") < limit.strftime("%Y%m%dT%H%M%SZ")]
+    chosen = choose(site, sets.result(), names if named else None, older_than)
+    if not dry_run and not yes:
+        ask(site, kept, [s for s in chosen if s.short != protected_target(site)], confirm)
     # Kept states first: the snapshots they were rolled back to are their clones' origins.
     out.data["destroyed_kept"] = destroy_kept(site, kept, dry_run)
-    sets = sets.result()
     if out.data["destroyed_kept"] and not dry_run:
-        sets = site.snapshot_sets()  # a kept state gone: its origin snapshot is not cloned now
-    keep = site.config.get("keep", 0)
-    if named:
-        chosen = []
-        for name in names:
-            found = find_in(site, sets, name)
-            if found not in chosen:
-                chosen.append(found)
-    else:
-        chosen = sets[:-keep] if keep else list(sets)
-        if older_than is not None:
-            limit = time.time() - older_than
-            chosen = [s for s in chosen if s.created < limit]
+        # The sets shown, read again: a kept state gone, its origin is not cloned any more.
+        shorts = [s.short for s in chosen]
+        chosen = [s for s in site.snapshot_sets() if s.short in shorts]
     skipped = [s for s in chosen if s.held or s.cloned]
     for s in skipped:
         out.warn("skipped %s: %s" % (s.short, "; ".join(

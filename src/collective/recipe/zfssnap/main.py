@@ -222,11 +222,22 @@ def cleanup(config, argv=None):
                             "(default: all but the newest 'keep' ones)")
         parser.add_argument("--older-than", type=parse_age, metavar="AGE",
                             help="only snapshots older than AGE (e.g. 12h, 7d, 2w)")
+        parser.add_argument("-y", "--yes", action="store_true",
+                            help="do not ask for confirmation (it asks before destroying more "
+                            "than one snapshot set or kept state)")
 
     def work(site, args):
         if args.snapshots and args.older_than is not None:
             raise Stop("give snapshot names or --older-than, not both", BAD_INPUT)
-        cleanupmod.cleanup(site, args.snapshots, args.older_than, dry_run=args.dry_run)
+
+        def confirm():
+            if not sys.stdin.isatty():
+                raise Stop("no terminal to ask for confirmation: pass --yes to destroy them "
+                           "(nothing was destroyed)", REFUSED)
+            return site.out.ask("Type yes to destroy them: ")
+
+        cleanupmod.cleanup(site, args.snapshots, args.older_than, dry_run=args.dry_run,
+                           yes=args.yes, confirm=confirm)
 
     return run(config, "cleanup", "Destroy this part's snapshots (never another tool's).",
                arguments, work, argv)

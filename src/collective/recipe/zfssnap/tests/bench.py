@@ -6,10 +6,11 @@ size and run it times:
 
 - the floor: Python's start-up and the raw zfs commands each script must run;
 - bin/snapshot against collective.recipe.backup's bin/snapshotbackup (blobs included);
-- bin/rollback --yes (and with --keep) against the manual sequence (supervisorctl shutdown, zfs rollback of each
-  dataset, bin/supervisord) and against bin/snapshotrestore with the same stop and start: the
-  time from the command until the site answers with the old data, and the time it was down
-  (from its last answer before to its first answer after, as a client polling it sees it);
+- bin/rollback --yes (and with --keep) against the manual sequence (supervisorctl shutdown,
+  zfs rollback of each dataset, bin/supervisord) and against bin/snapshotrestore with the same
+  stop and start: the time from the command until the site answers with the old data, and
+  the time it was down (from its last answer before to its first answer after, as a client
+  polling it sees it);
 - bin/cleanup, and bin/snapshot --list and bin/cleanup with SETS snapshot sets;
 - the downtime's floor, from the manual sequence's own phases: the programs' stop (shutdown
   until every process is gone), the raw `zfs rollback` of the datasets, and the start until
@@ -249,14 +250,14 @@ def run(sizes, runs, sets, out_path, busy=200, busy_snapshots=20):
                     lambda: timed([SITE + "/bin/rollback", "--yes", "-q"])])
                 record(size, r, "bin/rollback", total)
                 record(size, r, "bin/rollback: down", down)
-                record(size, r, "bin/cleanup", timed([SITE + "/bin/cleanup", "-q"]))
+                record(size, r, "bin/cleanup", timed([SITE + "/bin/cleanup", "--yes", "-q"]))
 
                 timed([SITE + "/bin/snapshot", "bench-keep"])
                 total, down = rollback_like(poller, [
                     lambda: timed([SITE + "/bin/rollback", "--yes", "--keep", "-q"])])
                 record(size, r, "bin/rollback --keep", total)
                 record(size, r, "bin/rollback --keep: down", down)
-                timed([SITE + "/bin/cleanup", "-q"])
+                timed([SITE + "/bin/cleanup", "--yes", "-q"])
 
                 zfs_snapshot(["%s@manual" % d for d in DATASETS])
                 total, down, stop, zfs, start = manual_rollback(poller)
@@ -289,7 +290,7 @@ def run(sizes, runs, sets, out_path, busy=200, busy_snapshots=20):
                 record(size, r, "bin/snapshot --list (%d sets)" % sets,
                        timed([SITE + "/bin/snapshot", "--list"]))
                 record(size, r, "bin/cleanup (%d sets)" % sets,
-                       timed([SITE + "/bin/cleanup", "-q"]))
+                       timed([SITE + "/bin/cleanup", "--yes", "-q"]))
             say("%d snapshot sets: %s" % (sets, ", ".join(
                 "%s %.2f s" % (m, s) for z, rr, m, s in rows if "sets" in m and rr == 0)))
             if busy:
@@ -324,7 +325,8 @@ def busy_pool(size, runs, record):
                 lambda: timed([SITE + "/bin/rollback", "--yes", "-q"])])
             record(size, r, "bin/rollback (busy pool)", total)
             record(size, r, "bin/rollback: down (busy pool)", down)
-            record(size, r, "bin/cleanup (busy pool)", timed([SITE + "/bin/cleanup", "-q"]))
+            record(size, r, "bin/cleanup (busy pool)",
+                   timed([SITE + "/bin/cleanup", "--yes", "-q"]))
     finally:
         poller.stop()
 

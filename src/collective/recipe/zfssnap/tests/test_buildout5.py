@@ -90,7 +90,7 @@ class Buildout5Test(unittest.TestCase):
         self.assertEqual(rc, 0, out)
         self.assertIn("Rolled back to", out)
         self.assertEqual(layers.wait_for(state)["counter"], before["counter"])
-        rc, out = run5(SITE5 + "/bin/cleanup")
+        rc, out = run5(SITE5 + "/bin/cleanup", "--yes")
         self.assertEqual(rc, 0, out)
 
         # The release guard works on zc.buildout 5 too.

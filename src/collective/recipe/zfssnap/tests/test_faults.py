@@ -127,7 +127,7 @@ class KilledRunTest(unittest.TestCase):
                       "%s/bin/rollback %s, or forget it with %s/bin/rollback --forget; nothing "
                       "was changed" % (self.name, SITE, self.name, SITE), err)
         # cleanup never destroys the snapshot an unfinished rollback goes back to
-        rc, out, err = bin_("cleanup")
+        rc, out, err = bin_("cleanup", "--yes")
         self.assertEqual(rc, 0, out + err)
         self.assertIn("skipped %s: an unfinished rollback goes back to it" % self.name, err)
         self.assertIn("tank/site@" + self.name, snapshots("tank/site"))
@@ -202,7 +202,7 @@ class KilledRunTest(unittest.TestCase):
         configure(hooks={"before-rollback": ["/tmp/slow-hook"]})
         proc = rollback_in_background()
         wait_for(lambda: os.path.exists("/tmp/hook-started"), what="the hook")
-        rc, out, err = bin_("cleanup")
+        rc, out, err = bin_("cleanup", "--yes")
         self.assertEqual(rc, 1, out + err)
         self.assertIn("another snapshot, rollback or cleanup of this buildout is running", err)
         out, err = proc.communicate(timeout=300)
@@ -321,7 +321,7 @@ class SpaceTest(unittest.TestCase):
             rc, out, err = bin_("snapshot", "--list")
             self.assertEqual(rc, 0, out + err)
             self.assertNotIn("hourly", out)
-            rc, out, err = bin_("cleanup")
+            rc, out, err = bin_("cleanup", "--yes")
             self.assertEqual(rc, 0, out + err)
             self.assertIn("tank/site@hourly", snapshots("tank/site"))
         finally:
@@ -348,7 +348,7 @@ class SpaceTest(unittest.TestCase):
             rc, out, err = bin_("rollback", "--yes", name)
             self.assertEqual(rc, 0, out + err)
             self.assertFalse(os.path.exists(SITE + "/var/release-data"))
-            rc, out, err = bin_("cleanup")
+            rc, out, err = bin_("cleanup", "--yes")
             self.assertEqual(rc, 0, out + err)
             self.assertEqual(snapshots("tank/site"), ["tank/site@lab-baseline"])
         finally:

@@ -125,7 +125,7 @@ class ForensicsTest(unittest.TestCase):
         self.assertEqual(rc, 0, out + err)
         self.assertIn(fs, out)
         sh("zfs", "release", "hold-test", fs + "@held")
-        rc, out, err = bin_("cleanup")
+        rc, out, err = bin_("cleanup", "--yes")
         self.assertEqual(rc, 0, out + err)
         self.assertEqual(kept(), [])
         self.assertEqual(snapshots("tank/site"), ["tank/site@lab-baseline"])

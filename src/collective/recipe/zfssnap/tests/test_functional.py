@@ -127,7 +127,7 @@ class WorkflowTest(unittest.TestCase):
         for dataset in DATASETS:
             self.assertIn("%s@%s" % (dataset, name), snapshots(dataset))
 
-        rc, out, err = bin_("cleanup", "--json")
+        rc, out, err = bin_("cleanup", "--yes", "--json")
         self.assertEqual(rc, 0, out + err)
         doc = json.loads(out)
         self.assertEqual(doc["destroyed"], [name])
@@ -358,7 +358,7 @@ class RefusalTest(unittest.TestCase):
     def test_cleanup_skips_held_snapshots_and_names_them(self):
         sh("zfs", "hold", "keep", "tank/site-filestorage@" + self.name)
         try:
-            rc, out, err = bin_("cleanup")
+            rc, out, err = bin_("cleanup", "--yes")
             self.assertEqual(rc, 0, out + err)
             self.assertIn("skipped %s: held: tank/site-filestorage@%s" % (self.name, self.name),
                           err)
@@ -409,7 +409,7 @@ class RecursiveTest(unittest.TestCase):
         self.assertEqual(rc, 0, out + err)
         with open(SITE + "/var/uploads/one.txt") as f:
             self.assertEqual(f.read(), "before")
-        rc, out, err = bin_("cleanup")
+        rc, out, err = bin_("cleanup", "--yes")
         self.assertEqual(rc, 0, out + err)
         self.assertNotIn("tank/site/uploads@" + name, snapshots("tank/site/uploads"))
 

@@ -87,7 +87,7 @@ class TwoPoolsTest(unittest.TestCase):
         self.assertEqual(read(ARCHIVE_AT + "/a.txt"), "before")
         self.assertNotIn("late", wait_for(app)["blobs"])
 
-        rc, out, err = bin_("cleanup")
+        rc, out, err = bin_("cleanup", "--yes")
         self.assertEqual(rc, 0, out + err)
         self.assertEqual(snapshots(ARCHIVE), [])
         self.assertEqual(snapshots("tank/site"), ["tank/site@lab-baseline"])
@@ -282,7 +282,7 @@ class SiteUserTest(unittest.TestCase):
         rc, out, err = self.as_siteop(SITE + "/bin/rollback", "--yes")
         self.assertEqual(rc, 0, out + err)
         self.assertEqual(wait_for(app)["counter"], before["counter"])
-        rc, out, err = self.as_siteop(SITE + "/bin/cleanup")
+        rc, out, err = self.as_siteop(SITE + "/bin/cleanup", "--yes")
         self.assertEqual(rc, 0, out + err)
         self.assertEqual(snapshots("tank/site"), ["tank/site@lab-baseline"])
         self.assertEqual(os.stat(self.state).st_mode & 0o777, 0o700)

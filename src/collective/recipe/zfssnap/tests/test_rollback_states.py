@@ -10,7 +10,9 @@ there, and with --keep the rolled-away state kept, read-only, never mounted at b
 """
 import unittest
 
+from collective.recipe.zfssnap import cleanup as cleanupmod
 from collective.recipe.zfssnap import snapshot as snapshotmod
+from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Stop
 from collective.recipe.zfssnap.tests.fake_world import Crash
 from collective.recipe.zfssnap.tests.fake_world import World
@@ -146,3 +148,55 @@ class StageSweepTest(unittest.TestCase):
                           "zfs rollback", "record rolling back", "zfs rollback",
                           "record rolling back", "record rolled back", "supervisord start "
                           "supervisord", "record removed"])
+
+
+class CleanupConfirmationTest(unittest.TestCase):
+    """bin/cleanup asks before it destroys more than one set or kept state (--yes for
+    scripts); one goes without asking, as after a good release."""
+
+    def setUp(self):
+        self.world = World()
+        self.addCleanup(self.world.close)
+
+    def add_set(self, short):
+        datasets = [n for n, _ in self.world.layout]
+        for name in datasets:
+            self.world.pool.snapshot(name + "@" + short, properties={
+                "part": "zfssnap", "buildout": self.world.top, "label": "",
+                "datasets": ",".join(datasets), "created": "2026-12-02T01:00:00Z"})
+
+    def cleanup(self, **kw):
+        with self.world.patched():
+            try:
+                cleanupmod.cleanup(self.world.site(), **kw)
+            except Stop as e:
+                return e
+        return None
+
+    def own(self):
+        return sorted({n.split("@")[1] for d, _ in self.world.layout
+                       for n in self.world.pool.snapshots_of(d) if "zfssnap-" in n})
+
+    def test_one_set_goes_without_asking(self):
+        self.assertIsNone(self.cleanup())
+        self.assertEqual(self.own(), [])
+
+    def test_two_sets_are_not_destroyed_unconfirmed(self):
+        self.add_set("zfssnap-T2-second")
+        for confirm in (None, lambda: False):
+            stop = self.cleanup(confirm=confirm)
+            self.assertIsInstance(stop, Stop)
+            self.assertEqual(stop.code, REFUSED)
+            self.assertEqual(self.own(), ["zfssnap-T-pre", "zfssnap-T2-second"])
+        self.assertIsNone(self.cleanup(confirm=lambda: True))
+        self.assertEqual(self.own(), [])
+
+    def test_yes_does_not_ask(self):
+        self.add_set("zfssnap-T2-second")
+        self.assertIsNone(self.cleanup(yes=True))
+        self.assertEqual(self.own(), [])
+
+    def test_naming_one_set_of_two_does_not_ask_and_destroys_only_it(self):
+        self.add_set("zfssnap-T2-second")
+        self.assertIsNone(self.cleanup(names=["zfssnap-T2-second"]))
+        self.assertEqual(self.own(), ["zfssnap-T-pre"])
