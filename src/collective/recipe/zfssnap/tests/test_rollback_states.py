@@ -8,6 +8,8 @@ power cut and a boot follow, and `bin/rollback` typed again must finish the job:
 at the target's content, what ran before running, no record left, the other tool's snapshots
 there, and with --keep the rolled-away state kept, read-only, never mounted at boot.
 """
+import os
+import sys
 import unittest
 
 from collective.recipe.zfssnap import cleanup as cleanupmod
@@ -200,3 +202,33 @@ class CleanupConfirmationTest(unittest.TestCase):
         self.add_set("zfssnap-T2-second")
         self.assertIsNone(self.cleanup(names=["zfssnap-T2-second"]))
         self.assertEqual(self.own(), ["zfssnap-T-pre"])
+
+
+class HealthCheckTest(unittest.TestCase):
+    """The health check as the README states it: run in the buildout directory, after what ran
+    before is RUNNING again, and not when nothing ran before."""
+
+    def setUp(self):
+        self.world = World()
+        self.addCleanup(self.world.close)
+        # Passes only in the buildout directory.
+        self.world.config["health_check"] = {"command": [
+            sys.executable, "-c", "import os, sys; sys.exit(os.getcwd() != sys.argv[1])",
+            os.path.realpath(self.world.top)]}
+        self.world.config["stop_timeout"] = 1
+
+    def test_run_in_the_buildout_directory_also_after_keep(self):
+        self.assertIsNone(self.world.rollback(keep=True))
+        self.assertIsNone(self.world.rollback(keep=False))
+
+    def test_not_run_when_nothing_ran_before(self):
+        self.world.config["health_check"] = {"command": ["false"]}
+        for program in self.world.sup.programs.values():
+            program.state, program.pid = "STOPPED", None
+        self.assertIsNone(self.world.rollback())
+
+    def test_a_check_that_does_not_pass_fails_the_rollback(self):
+        self.world.config["health_check"] = {"command": ["false"]}
+        result = self.world.rollback()
+        self.assertIsInstance(result, Stop)
+        self.assertIn("did not pass within 1 s", result.message)
