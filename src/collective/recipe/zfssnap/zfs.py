@@ -333,8 +333,35 @@ class Zfs:
                 return int(parts[1])
         return 0
 
+    def zpool_command(self):
+        """zpool, elevated as the zfs option is (`sudo -n zpool` for `sudo -n zfs`); None when
+        the option does not end in a zfs command."""
+        last = self.command[-1]
+        if os.path.basename(last) != "zfs":
+            return None
+        return self.command[:-1] + [os.path.join(os.path.dirname(last), "zpool")]
+
+    def sync_pools(self, pools):
+        """`zpool sync` of the pools, best effort: `written` counts only what reached a
+        transaction group, so right after a release it says 0 until the pool syncs. A failure
+        (no zpool, no permission) leaves the figures as they are."""
+        argv = self.zpool_command()
+        if not argv or not pools:
+            return
+        argv = argv + ["sync"] + sorted(pools)
+        if self.trace:
+            self.trace(argv)
+        try:
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           stdin=subprocess.DEVNULL, env=self.env, start_new_session=True,
+                           timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
     def written_since(self, datasets, short):
-        """{dataset: bytes written since its snapshot `short`}, in one zfs call."""
+        """{dataset: bytes written since its snapshot `short`}, in one zfs call, after the
+        pools synced."""
+        self.sync_pools({self.pool(d) for d in datasets})
         values = self.get(list(datasets), ["written@" + short])
         found = {}
         for dataset in datasets:

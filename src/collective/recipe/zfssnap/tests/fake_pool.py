@@ -75,6 +75,9 @@ class FakePool(zfsmod.Zfs):
         found, _ = self.snapshots(datasets)
         return {d: [s for s in found[d] if s.createtxg > createtxgs[d]] for d in datasets}
 
+    def sync_pools(self, pools):
+        self.synced = sorted(pools)  # nothing lags in the model
+
     def by_guid(self, guid):
         return [n for n, d in self.datasets.items() if d["guid"] == guid]
 

@@ -78,6 +78,19 @@ def recorded(name):
 
 class AdapterTest(unittest.TestCase):
 
+    def test_zpool_elevated_as_zfs_is(self):
+        self.assertEqual(zfs.Zfs(["sudo", "-n", "/sbin/zfs"]).zpool_command(),
+                         ["sudo", "-n", "/sbin/zpool"])
+        self.assertEqual(zfs.Zfs(["zfs"]).zpool_command(), ["zpool"])
+        self.assertIsNone(zfs.Zfs(["/opt/bin/zfs-wrapper"]).zpool_command())
+
+    def test_a_pool_sync_that_cannot_run_is_not_an_error(self):
+        traced = []
+        z = zfs.Zfs(["/nonexistent/zfs"])
+        z.trace = traced.append
+        z.sync_pools({"tank", "data"})
+        self.assertEqual(traced, [["/nonexistent/zpool", "sync", "data", "tank"]])
+
     def test_snapshots_sorted_by_txg_with_local_properties_only(self):
         # Recorded on OpenZFS: @hourly was taken after someone set the part property on the
         # dataset itself, so the snapshot inherits it: it is not this tool's.
