@@ -66,7 +66,7 @@ def destroy_kept(site, kept, dry_run):
 
 
 def choose(site, sets, names, older_than):
-    """The sets to destroy: the ones named (`names` not None), or all but the newest `keep`
+    """The sets to destroy: the ones named (`names` not None), or all but the newest `retain`
     (older than AGE)."""
     if names is not None:
         chosen = []
@@ -75,8 +75,8 @@ def choose(site, sets, names, older_than):
             if found not in chosen:
                 chosen.append(found)
         return chosen
-    keep = site.config.get("keep", 0)
-    chosen = sets[:-keep] if keep else list(sets)
+    retain = site.config.get("retain", 0)
+    chosen = sets[:-retain] if retain else list(sets)
     if older_than is not None:
         limit = time.time() - older_than
         chosen = [s for s in chosen if s.created < limit]

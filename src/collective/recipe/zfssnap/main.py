@@ -219,7 +219,7 @@ def cleanup(config, argv=None):
     def arguments(parser):
         parser.add_argument("snapshots", nargs="*", metavar="SNAPSHOT",
                             help="names or labels of this part's snapshots to destroy "
-                            "(default: all but the newest 'keep' ones)")
+                            "(default: all but the newest 'retain' ones)")
         parser.add_argument("--older-than", type=parse_age, metavar="AGE",
                             help="only snapshots older than AGE (e.g. 12h, 7d, 2w)")
         parser.add_argument("-y", "--yes", action="store_true",

@@ -27,8 +27,8 @@ TRUE = ("true", "yes", "on", "1")
 FALSE = ("false", "no", "off", "0", "")
 OPTIONS = set(HOOKS) | {s + "-script" for s in SCRIPTS} | {
     "dataset", "exclude-datasets", "extra-datasets", "filestorages", "health-check",
-    "hook-timeout", "keep", "keep-rolled-away", "lock-file", "log-file", "prefix", "programs",
-    "recipe", "recursive", "release-guard", "stop-timeout", "supervisor-conf",
+    "hook-timeout", "keep-rolled-away", "lock-file", "log-file", "prefix", "programs",
+    "recipe", "recursive", "release-guard", "retain", "stop-timeout", "supervisor-conf",
     "supervisorctl", "supervisord", "supervisord-unit", "warn-size", "zfs"}
 
 
@@ -92,7 +92,7 @@ class Recipe:
         if self.found_dataset:
             options["dataset"] = self.find_dataset()
         for option, default in (("extra-datasets", ""), ("exclude-datasets", ""),
-                                ("recursive", "false"), ("prefix", name), ("keep", "0"),
+                                ("recursive", "false"), ("prefix", name), ("retain", "0"),
                                 ("warn-size", "10G"), ("programs", ""), ("stop-timeout", "60"),
                                 ("hook-timeout", "600"), ("supervisord-unit", ""),
                                 ("release-guard", "refuse"), ("health-check", ""),
@@ -128,6 +128,10 @@ class Recipe:
         for key in self.options.keys():
             if key in OPTIONS or key.startswith(("_", "<")):
                 continue
+            if key == "keep":
+                raise self.error(key, "renamed retain: the number of the newest snapshot sets "
+                                 "bin/cleanup leaves (0 leaves none, where "
+                                 "collective.recipe.backup's keep = 0 keeps all)")
             close = difflib.get_close_matches(key, sorted(OPTIONS), n=1)
             raise self.error(key, "unknown option%s (the options are listed in the README)"
                              % ("; did you mean %s?" % close[0] if close else ""))
@@ -411,7 +415,7 @@ class Recipe:
             "recursive": self.boolean("recursive"),
             "zfs": self.split("zfs"),
             "prefix": prefix,
-            "keep": self.number("keep", 0),
+            "retain": self.number("retain", 0),
             "warn_size": warn_size,
             "supervisor_conf": conf or None,
             "supervisorctl": self.command_or_none("supervisorctl"),

@@ -176,12 +176,12 @@ def undo_partial(site, taken, failed_pool, reason, recursive):
 def warn_about_growth(site, older):
     """`older`: the part's sets before the new one (site.snapshot_sets() read before it)."""
     sets = older
-    keep = site.config.get("keep", 0)
+    retain = site.config.get("retain", 0)
     scripts = site.scripts
-    if len(older) > keep:
-        site.out.warn("%d older snapshot(s) of this part are kept beyond keep = %d (%s): they "
-                      "grow as the data changes; run %s when the release is good"
-                      % (len(older), keep, ", ".join(s.short for s in older),
+    if len(older) > retain:
+        site.out.warn("%d older snapshot(s) of this part are kept beyond retain = %d (%s): "
+                      "they grow as the data changes; run %s when the release is good"
+                      % (len(older), retain, ", ".join(s.short for s in older),
                          scripts["cleanup"]))
     limit = site.config.get("warn_size")
     if not limit or not sets:

@@ -301,7 +301,7 @@ class SpaceTest(unittest.TestCase):
             rc, out, err = bin_("snapshot", label)
             self.assertEqual(rc, 0, out + err)
         os.remove(SITE + "/var/big")
-        configure(warn_size=8 << 20, keep=5)
+        configure(warn_size=8 << 20, retain=5)
         rc, out, err = bin_("snapshot", "three", "--json")
         self.assertEqual(rc, 0, out + err)
         doc = json.loads(out)
