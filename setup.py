@@ -37,7 +37,9 @@ setup(
     ],
     keywords="buildout recipe zfs snapshot rollback release plone zope supervisor",
     author="The collective.recipe.zfssnap developers",
-    author_email="zfssnap-developers@example.org",
+    # The list of the Plone community's developers, as collective packages give (no address of
+    # our own that could bounce).
+    author_email="plone-developers@lists.sourceforge.net",
     url="https://github.com/collective/collective.recipe.zfssnap",
     project_urls={
         "Documentation": "https://collectiverecipezfssnap.readthedocs.io/",
@@ -46,7 +48,9 @@ setup(
         "Changelog": "https://github.com/collective/collective.recipe.zfssnap/blob/main/"
                      "CHANGES.rst",
     },
-    license="GPL-2.0-only",
+    # PEP 639: an SPDX expression and the licence file (setuptools 77 or later).
+    license_expression="GPL-2.0-only",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     package_dir={"": "src"},
     packages=find_namespace_packages("src", include=["collective.*"]),

@@ -25,3 +25,23 @@ if [ "$rating" != 10 ]; then
     "$venv/bin/pyroma" "$out"/dist/*.tar.gz
     exit 1
 fi
+# PEP 639 licence metadata, and no placeholder address on the package's index page.
+"$venv/bin/python" - "$out"/dist/*.whl <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as whl:
+    meta = next(whl.read(n).decode() for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
+    names = whl.namelist()
+problems = []
+if "License-Expression: GPL-2.0-only" not in meta.splitlines():
+    problems.append("no PEP 639 License-Expression")
+if not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
+    problems.append("the LICENSE file is not in the wheel's licenses")
+if "example.org" in meta or "example.com" in meta:
+    problems.append("a placeholder address in the metadata")
+if problems:
+    sys.exit("check-package: " + "; ".join(problems))
+print("metadata: License-Expression and licence file present, no placeholder address")
+PY
+# Read the Docs builds docs/ with docs/requirements.txt, as make docs does.
+grep -q "configuration: docs/conf.py" .readthedocs.yaml && test -f docs/requirements.txt \
+    || { echo "check-package: .readthedocs.yaml does not build docs/conf.py"; exit 1; }
