@@ -25,7 +25,8 @@ if [ "$rating" != 10 ]; then
     "$venv/bin/pyroma" "$out"/dist/*.tar.gz
     exit 1
 fi
-# PEP 639 licence metadata, and no placeholder address on the package's index page.
+# PEP 639 licence metadata, no placeholder address on the package's index page, and the lab's
+# drivers and test site left out of the wheel users install (the lab builds its own).
 "$venv/bin/python" - "$out"/dist/*.whl <<'PY'
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as whl:
@@ -36,11 +37,14 @@ if "License-Expression: GPL-2.0-only" not in meta.splitlines():
     problems.append("no PEP 639 License-Expression")
 if not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
     problems.append("the LICENSE file is not in the wheel's licenses")
+lab = [n for n in names if n.endswith(("tests/bench.py", "tests/demo.py")) or "/tests/site/" in n]
+if lab:
+    problems.append("the lab's drivers or test site are in the wheel: %s" % ", ".join(lab))
 if "example.org" in meta or "example.com" in meta:
     problems.append("a placeholder address in the metadata")
 if problems:
     sys.exit("check-package: " + "; ".join(problems))
-print("metadata: License-Expression and licence file present, no placeholder address")
+print("wheel: License-Expression and licence file present, no placeholder address, no lab")
 PY
 # Read the Docs builds docs/ with docs/requirements.txt, as make docs does.
 grep -q "configuration: docs/conf.py" .readthedocs.yaml && test -f docs/requirements.txt \

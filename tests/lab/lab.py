@@ -181,7 +181,8 @@ def ensure_wheelhouse():
 
 
 def build_wheel(dest):
-    """The package's wheel, built from the working tree as users get it from the index."""
+    """The package's wheel, built from the working tree as users get it from the index, plus
+    the lab's drivers and test site (ZFSSNAP_LAB_WHEEL)."""
     with tempfile.TemporaryDirectory(prefix="zfssnap-src-") as tmp:
         # A copy: setuptools writes build/ and *.egg-info into the tree it builds.
         for name in PACKAGE_FILES:
@@ -191,9 +192,11 @@ def build_wheel(dest):
                     "__pycache__", "*.egg-info", "*.pyc"))
             elif os.path.exists(src):
                 shutil.copy2(src, tmp)
+        # With the lab's drivers and test site, which the wheel users install leaves out.
         proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                                "--disable-pip-version-check", "-w", dest, tmp],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=dict(os.environ, ZFSSNAP_LAB_WHEEL="1"))
     if proc.returncode != 0:
         raise LabError("building the package's wheel failed:\n" + proc.stdout)
 
