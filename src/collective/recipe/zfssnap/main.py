@@ -9,7 +9,6 @@ import argparse
 import os
 import signal
 import sys
-import traceback
 
 from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
@@ -98,6 +97,7 @@ def run(config, name, description, add_arguments, work, argv=None, read_only=Non
         message = getattr(e, "message", None)
         if message is None:
             if args.verbose:
+                import traceback  # only here: a standard module the rollback does not replace
                 traceback.print_exc()
             message = ("unexpected %s: %s; this is a bug in collective.recipe.zfssnap: please "
                        "report it (run with -v for the traceback)" % (type(e).__name__, e))
