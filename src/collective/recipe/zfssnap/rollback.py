@@ -215,8 +215,10 @@ class Run(Downtime):
             reason = getattr(e, "message", None) or e
             if required:  # nothing has been stopped yet: a run that cannot be resumed is not
                 # worth starting
-                raise Stop("cannot record the rollback in %s (%s): fix that, then try again; "
-                           "nothing was stopped" % (self.record.path, reason), FAILED)
+                # Once the site was stopped, the abort that follows says what runs again.
+                raise Stop("cannot record the rollback in %s (%s): fix that, then try again%s"
+                           % (self.record.path, reason, "; nothing was stopped"
+                              if self.stopped_at is None else ""), FAILED)
             # Refusing here would leave the site stopped: go on, and say it.
             self.out.warn("could not record the rollback's progress in %s (%s): if it is "
                           "interrupted, start the site by hand" % (self.record.path, reason))
@@ -302,6 +304,8 @@ class Run(Downtime):
             self.out.warn("putting the datasets back failed too: %s" % (
                 getattr(e, "message", None) or e))
             return
+        # Every dataset is as it was: a way back again, not only forward.
+        self.committed = False
         self.abort(reason)
 
     def settle(self, target):

@@ -142,6 +142,29 @@ class StageSweepTest(unittest.TestCase):
             self.assertIn("data/site-blobstorage is not mounted", caught.exception.message)
         self.assertEqual([c for c in world.pool.calls if c[0] == "snapshot"], [])
 
+    def test_a_keep_swap_that_fails_before_any_handover_puts_everything_back(self):
+        world = World()
+        self.addCleanup(world.close)
+        real = world.pool.run
+
+        def failing(*args, check=True):
+            if args[0] == "mount" and "-rollback-" in args[-1] and "data/" in args[-1]:
+                world.pool.fail("cannot mount: mountpoint is busy")
+            return real(*args, check=check)
+        world.pool.run = failing
+        result = world.rollback(keep=True)
+        self.assertIsInstance(result, Stop)
+        self.assertEqual(result.code, 1, result.message)
+        self.assertIn("rollback aborted, nothing rolled back; now running: app, worker",
+                      result.message)
+        self.assertIsNone(world.record())
+        for name, mountpoint in world.layout:
+            d = world.pool.datasets[name]
+            self.assertEqual((d["content"], d["mounted"], d["canmount"]), ("v2", True, "on"))
+        self.assertEqual([n for n in world.pool.datasets if "-rollback-" in n], [])
+        self.assertEqual({n: p.state for n, p in world.sup.programs.items()},
+                         {"app": "RUNNING", "worker": "RUNNING"})
+
     def test_the_actions_of_a_normal_run(self):
         self.assertEqual([a.split(" tank/")[0].split(" data/")[0]
                           for a in actions(keep=False, shutdown=True)],
