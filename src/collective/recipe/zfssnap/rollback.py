@@ -657,9 +657,21 @@ def forget(site):
     site.out.say(describe_record(data))
     if data.keep and data.stage in (PREPARING, STOPPING):
         keepmod.undo(site, data.keep)  # made for a swap that never began
+    left = []
+    if data.keep and data.stage in (ROLLED_BACK, SETTLING):
+        # Swapped: what the rerun would have done after the start is the operator's now.
+        try:
+            left = [" ".join(site.zfs.command + argv) for _, argv in keepmod.settle_steps(
+                site, data.keep, keepmod.facts(site, data.keep), data.target, data.stamp)]
+        except zfsmod.ZfsError as e:
+            site.out.warn("could not read where the --keep swap stands: %s" % e.message)
     record.clear()
     site.out.log("forgot the unfinished rollback to %s" % data.target)
     site.out.say("Forgotten: start what should run by hand.")
+    if left:
+        site.out.data["left_to_do"] = left
+        site.out.say("The --keep rollback was not settled; to finish it by hand: %s"
+                     % "; ".join(left))
 
 
 __all__ = ["rollback", "forget", "BAD_INPUT"]

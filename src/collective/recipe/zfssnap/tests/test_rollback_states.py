@@ -13,6 +13,7 @@ import sys
 import unittest
 
 from collective.recipe.zfssnap import cleanup as cleanupmod
+from collective.recipe.zfssnap import rollback as rollbackmod
 from collective.recipe.zfssnap import snapshot as snapshotmod
 from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Stop
@@ -130,6 +131,20 @@ class StageSweepTest(unittest.TestCase):
         self.assertIn("data/site-filestorage-rollback-", caught.exception.message)
         self.assertIsNone(world.rollback(keep=True))
         self.check_finished(world, keep=True, where="the rerun")
+
+    def test_forget_after_the_start_of_a_keep_gives_the_commands_left(self):
+        steps = actions(keep=True, shutdown=True)
+        world = World()
+        self.addCleanup(world.close)
+        world.rollback(keep=True, crash_after=steps.index("supervisord start supervisord") + 1)
+        with world.patched():
+            site = world.site()
+            rollbackmod.forget(site)
+        said = "\n".join(site.out.data.get("left_to_do", []))
+        self.assertIsNone(world.record())
+        for name, _ in world.layout:
+            self.assertIn("zfs rename -u %s %s-rolled-away-" % (name, name), said)
+            self.assertIn("zfs promote %s" % name, said)
 
     def test_a_snapshot_dry_run_refuses_what_the_snapshot_refuses(self):
         world = World()
