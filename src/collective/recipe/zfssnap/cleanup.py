@@ -105,6 +105,7 @@ def ask(site, kept, chosen, confirm):
 def cleanup(site, names=(), older_than=None, dry_run=False, yes=False, confirm=None):
     from collective.recipe.zfssnap import keep as keepmod
     out = site.out
+    site.refuse_while_unsettled("clean up")
     sets = Background(site.snapshot_sets)  # read while the kept states are looked up
     kept = keepmod.kept_datasets(site)
     named = list(names)

@@ -156,6 +156,7 @@ def check(buildout, part, config, mode, found, last):
     try:
         site = Site(config, out)
         state.trust_owner_of(site.directory)
+        site.refuse_while_unsettled("let bin/buildout change the site")
         # Without a record (the guard's first run) any snapshot of the part will do.
         since, when = (last["epoch"], last["finished"]) if last else (0, "none recorded")
         fresh = [s for s in site.snapshot_sets() if s.created >= int(since)]

@@ -196,10 +196,10 @@ def fresh_facts(swaps):
 
 def is_buildout(swap, swaps):
     """The swap of the buildout's own dataset: recorded by plan_swaps; in a record of an
-    earlier version, the outermost one."""
+    earlier version, the first (plan_swaps keeps the part's order, the buildout's first)."""
     if any("buildout" in s for s in swaps):
         return bool(swap.get("buildout"))
-    return swap is min(swaps, key=lambda s: s["mountpoint"] or "")
+    return swap is swaps[0]
 
 
 def canmount_steps(pairs, swaps):
@@ -411,9 +411,9 @@ def settle(site, swaps, target, stamp):
     the others. The commands that failed, as text for the operator."""
     failed, broken = [], set()
     for s, argv in settle_steps(site, swaps, facts(site, swaps), target, stamp):
-        if s["dataset"] in broken and argv[0] != "set":
-            # A rename that failed: what follows would act on the wrong names (the mark goes
-            # on the kept name only, so it cannot land elsewhere).
+        if s["dataset"] in broken:
+            # A rename that failed: what follows would act on the wrong names; the kept name
+            # may even be another dataset's, which the marks would make the part's.
             failed.append(" ".join(site.zfs.command + argv))
             continue
         try:

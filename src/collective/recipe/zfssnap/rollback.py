@@ -282,7 +282,7 @@ class Run(Downtime):
                            reason, self.site.scripts["rollback"], steps), INCOMPLETE)
         for s in self.swaps:
             self.out.log("rollback %s: %s is now a clone of the snapshot, the state before is "
-                         "kept in %s" % (target, s["dataset"], s["kept"]))
+                         "kept (as %s once settled)" % (target, s["dataset"], s["kept"]))
         return names
 
     def clone_names(self):
@@ -581,13 +581,16 @@ def finish_recorded(run, pending, yes, dry_run, confirm, critical):
     if run.sup and pending.unit:
         run.sup.unit = pending.unit  # stopped through its unit: started through it too
     stage = pending.stage
+    current = keepmod.facts(run.site, run.swaps) if run.swaps else []
+    left = keepmod.swap_steps(run.swaps, current) if run.swaps else []
+    if left and stage != ROLLING_BACK:
+        # Swapped, but not mounted so (a boot with a buildout dataset of canmount=noauto, or
+        # the old one mounted by its name, which it still has until settled): the swap's
+        # mounts again, with nothing of the site running.
+        stage = ROLLING_BACK
     if stage == ROLLING_BACK:
-        current = keepmod.facts(run.site, run.swaps)
-        left = keepmod.swap_steps(run.swaps, current)
-        where = ["%s %s" % (s["dataset"], "is the clone of %s" % target
-                            if f["new"] == s["dataset"] else "is being replaced"
-                            if f.get("new_mounted") else "is as it was")
-                 for s, f in zip(run.swaps, current)]
+        where = ["%s %s" % (s["dataset"], "is mounted from its clone" if f.get("new_mounted")
+                            else "is as it was") for s, f in zip(run.swaps, current)]
         out.plan("The datasets are being replaced by clones of %s (%s); this run finishes that "
                  "(%d zfs command%s), then starts what ran before: %s." % (
                      target, "; ".join(where), len(left), "" if len(left) == 1 else "s",

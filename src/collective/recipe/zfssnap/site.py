@@ -12,7 +12,11 @@ import threading
 
 from collective.recipe.zfssnap import crashpoint
 from collective.recipe.zfssnap import mounts as mountsmod
+from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
+from collective.recipe.zfssnap.progress import ROLLED_BACK
+from collective.recipe.zfssnap.progress import ROLLING_BACK
+from collective.recipe.zfssnap.progress import SETTLING
 
 
 P = zfsmod.PROPERTY_PREFIX
@@ -21,6 +25,10 @@ PROPERTIES = ("part", "buildout", "created", "label", "message", "git-revision",
 
 # Exit codes, documented in README.rst.
 OK, FAILED, BAD_INPUT, REFUSED, INCOMPLETE = 0, 1, 2, 3, 4
+
+
+# A --keep rollback's stages from the swap on to the end of its settling.
+UNSETTLED = (ROLLING_BACK, ROLLED_BACK, SETTLING)
 
 
 class Stop(Exception):
@@ -180,6 +188,27 @@ class Site:
                        "changed" % (action, "; ".join(problems)), REFUSED)
         return [mountsmod.where(d, table) for d in self.datasets
                 if mountsmod.where(d, table)]
+
+    def unsettled_keep(self):
+        """The stage of a --keep rollback that is swapping or has swapped the datasets and has
+        not settled them, or None. Until its rerun settles them, a dataset's name may still be
+        the state's rolled away from: nothing may be read or destroyed by those names."""
+        try:
+            data = state.Record(self.config.get("lock_file", "") + ".rollback.json").load()
+        except state.StateError:
+            return None
+        if data and data.get("keep") and data.get("stage") in UNSETTLED:
+            return data["stage"]
+        return None
+
+    def refuse_while_unsettled(self, action):
+        stage = self.unsettled_keep()
+        if stage:
+            raise Stop("refusing to %s: an unfinished bin/rollback --keep is recorded (stage "
+                       "'%s'), and until it is finished the datasets' names are not the "
+                       "site's; run %s to finish it first; nothing was changed"
+                       % (action, stage, self.scripts.get("rollback", "bin/rollback")),
+                       REFUSED)
 
     # -- reading ----------------------------------------------------------------------------
     def is_own(self, snapshot):

@@ -203,6 +203,11 @@ def warn_about_growth(site, older):
 
 def list_snapshots(site):
     from collective.recipe.zfssnap import keep
+    stage = site.unsettled_keep()
+    if stage:
+        site.out.warn("an unfinished bin/rollback --keep is recorded (stage '%s'): until %s "
+                      "finishes it, what is listed by the datasets' names may be the state "
+                      "rolled away from" % (stage, site.scripts["rollback"]))
     kept = Background(keep.kept_datasets, site)
     sets = site.snapshot_sets()
     kept = kept.result()

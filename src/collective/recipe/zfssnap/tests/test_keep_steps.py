@@ -231,6 +231,10 @@ class SwapOrderTest(unittest.TestCase):
                          self.swaps[0]["new_guid"])
         self.assertEqual(self.pool.datasets["tank/site"]["guid"], self.swaps[0]["old_guid"])
         self.assertEqual(self.pool.datasets["data/blobs"]["guid"], self.swaps[2]["new_guid"])
+        # The dataset that had the kept name is not the part's: not marked, not unmounted.
+        foreign = self.pool.datasets["tank/site-rolled-away-S"]
+        self.assertNotIn(keep.P + "kind", foreign["user"])
+        self.assertNotEqual(foreign.get("readonly"), "on")
 
     def test_the_dry_run_prints_what_a_run_runs(self):
         self.pool, self.site, self.swaps = copy.deepcopy((self.pool, self.site, self.swaps))

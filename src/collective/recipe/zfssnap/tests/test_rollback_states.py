@@ -32,6 +32,14 @@ def actions(keep, shutdown):
         world.close()
 
 
+def actions_in(world, keep):
+    """The actions of a normal run in `world` (which it changes)."""
+    log = []
+    result = world.rollback(keep=keep, log=log)
+    assert result is None, "the counting run failed: %s" % result
+    return log
+
+
 class StageSweepTest(unittest.TestCase):
 
     def sweep(self, keep, shutdown, boot):
@@ -131,6 +139,31 @@ class StageSweepTest(unittest.TestCase):
         self.assertIn("data/site-filestorage-rollback-", caught.exception.message)
         self.assertIsNone(world.rollback(keep=True))
         self.check_finished(world, keep=True, where="the rerun")
+
+    def test_a_noauto_buildout_mounted_by_name_after_a_boot_is_swapped_again(self):
+        # The buildout's dataset is mounted by other means than zfs mount -a (canmount=noauto):
+        # killed after the start, with the renames still to do, a boot mounts neither it nor
+        # its clone, and mounting it by its name mounts the state rolled away from.
+        world = World()
+        self.addCleanup(world.close)
+        world.pool.datasets["tank/site"]["canmount"] = "noauto"
+        steps = actions_in(world, keep=True)
+        world = World()
+        self.addCleanup(world.close)
+        world.pool.datasets["tank/site"]["canmount"] = "noauto"
+        crash = world.rollback(keep=True, crash_after=steps.index(
+            "supervisord start supervisord") + 1)
+        self.assertIsInstance(crash, Crash)
+        mounted, empty = world.power_cut()
+        self.assertNotIn(world.top, mounted)
+        world.mount_by_name(["tank/site"])
+        self.assertEqual(world.pool.datasets["tank/site"]["content"], "v2")  # the old state
+        self.assertIsNone(world.rollback(keep=True))
+        site = world.pool.datasets["tank/site"]
+        self.assertEqual((site["content"], site["mounted"]), ("v1", True))
+        self.assertIsNone(world.record())
+        self.assertEqual({n: p.state for n, p in world.sup.programs.items()},
+                         {"app": "RUNNING", "worker": "RUNNING"})
 
     def test_forget_after_the_start_of_a_keep_gives_the_commands_left(self):
         steps = actions(keep=True, shutdown=True)
@@ -270,3 +303,29 @@ class HealthCheckTest(unittest.TestCase):
         result = self.world.rollback()
         self.assertIsInstance(result, Stop)
         self.assertIn("did not pass within 1 s", result.message)
+
+
+class UnsettledKeepTest(unittest.TestCase):
+    """While a --keep rollback killed after its swap is not finished, the datasets' names may be
+    the old states': bin/cleanup and the release guard refuse, --list warns."""
+
+    def test_cleanup_refuses_until_the_rerun(self):
+        steps = actions(keep=True, shutdown=True)
+        world = World()
+        self.addCleanup(world.close)
+        world.rollback(keep=True, crash_after=steps.index("supervisord start supervisord") + 1)
+        with world.patched():
+            with self.assertRaises(Stop) as caught:
+                cleanupmod.cleanup(world.site(), yes=True)
+        self.assertEqual(caught.exception.code, REFUSED)
+        self.assertIn("an unfinished bin/rollback --keep is recorded (stage 'rolled back')",
+                      caught.exception.message)
+        self.assertEqual([c for c in world.pool.calls if c[0] == "destroy"], [])
+        with world.patched():
+            site = world.site()
+            snapshotmod.list_snapshots(site)
+        self.assertTrue(any("unfinished bin/rollback --keep" in w for w in site.out.warnings))
+        self.assertIsNone(world.rollback(keep=True))
+        with world.patched():
+            cleanupmod.cleanup(world.site(), yes=True)
+        self.assertTrue([c for c in world.pool.calls if c[0] == "destroy"])
