@@ -527,6 +527,7 @@ def finish(run, target, start=True):
         run.save(stage=SETTLING)
         failed = run.settle(target)
         if failed:
+            restore_guard_record(run.site, target)  # the site runs the target's state
             raise Stop("rolled back to %s and started the site, but setting up the state kept "
                        "in %s failed (above): run %s again to finish it, or by hand: %s" % (
                            target, ", ".join(s["kept"] for s in run.swaps),
