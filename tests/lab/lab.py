@@ -39,7 +39,8 @@ HOST_TOOLS = {  # command: Debian package
 WHEELHOUSE_REQUIREMENTS = os.path.join(HERE, "wheelhouse.txt")
 WHEELHOUSE_EXTRA = (os.path.join(HERE, "wheelhouse-buildout5.txt"),)
 # The package's sources, built into the wheel the guest installs.
-PACKAGE_FILES = ("setup.py", "setup.cfg", "MANIFEST.in", "README.rst", "CHANGES.rst", "src")
+PACKAGE_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "README.rst",
+                 "CHANGES.rst", "LICENSE", "src")
 KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] ")
 EXIT_TIMEOUT = 124
 EXIT_LAB_BROKEN = 125
