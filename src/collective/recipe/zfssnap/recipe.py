@@ -437,10 +437,15 @@ class Recipe:
     def install(self):
         # The recipe's own distribution is installed already (buildout runs it): its working
         # set comes from where buildout put it, with no zc.recipe.egg, whose newest release
-        # needs zc.buildout 6, between a zc.buildout 5 buildout and the part.
-        ws = zc.buildout.easy_install.working_set(
-            ["collective.recipe.zfssnap"], [self.buildout["buildout"]["develop-eggs-directory"],
-                                            self.buildout["buildout"]["eggs-directory"]])
+        # needs zc.buildout 6, between a zc.buildout 5 buildout and the part. The eggs
+        # directory as a destination, not a path: zc.buildout 5 keeps eggs there in a format
+        # only its installer reads. Never newer: bin/buildout chose the recipe's version.
+        b = self.buildout["buildout"]
+        ws = zc.buildout.easy_install.install(
+            ["collective.recipe.zfssnap"], b["eggs-directory"],
+            path=[b["develop-eggs-directory"]], newest=False, index=b.get("index"),
+            links=b.get("find-links", "").split(),
+            allow_hosts=[h.strip() for h in b.get("allow-hosts", "*").split("\n") if h.strip()])
         config = dict(self.config)
         config["version"] = next((d.version for d in ws
                                   if d.project_name == "collective.recipe.zfssnap"), "")

@@ -84,9 +84,7 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
     now = datetime.datetime.now(datetime.timezone.utc)
     short = snapshot_name(site, label, now)
     datasets = site.datasets
-    git = Background(git_info, site.directory)
-    # The older sets, for the warnings after the snapshot: read while git runs.
-    older = None if dry_run else Background(site.snapshot_sets)
+    git = Background(git_info, site.directory)  # while the names and layout are checked
     for dataset in datasets:
         problem = zfsmod.check_snapshot_name(dataset, short)
         if problem:
@@ -141,7 +139,9 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
     out.say("Roll back to it:  %s %s" % (scripts["rollback"], short))
     out.say("Clean it up:      %s %s" % (scripts["cleanup"], short))
     try:
-        warn_about_growth(site, older.result())
+        # Read after the snapshot, which synced the pool: read before, the space a file
+        # deleted since the last snapshot holds may not be counted yet.
+        warn_about_growth(site, [s for s in site.snapshot_sets() if s.short != short])
     except zfsmod.ZfsError as e:
         out.warn("the snapshot was taken, but its space could not be read: " + e.message)
     site.hook("after-snapshot")
@@ -174,7 +174,7 @@ def undo_partial(site, taken, failed_pool, reason, recursive):
 
 
 def warn_about_growth(site, older):
-    """`older`: the part's sets before the new one (site.snapshot_sets() read before it)."""
+    """`older`: the part's sets but the new one, read after it was taken."""
     sets = older
     retain = site.config.get("retain", 0)
     scripts = site.scripts
