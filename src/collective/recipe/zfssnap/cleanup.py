@@ -18,7 +18,7 @@ from collective.recipe.zfssnap.site import find_in
 def protected_target(site):
     """The snapshot an unfinished rollback is rolling back to: never destroyed under it."""
     try:
-        data = state.Record(site.config["lock_file"] + ".rollback.json").load()
+        data = site.rollback_record().load()
     except state.StateError:
         return None
     return data["target"] if data else None

@@ -43,10 +43,6 @@ def supervisor_of(site):
                       config.get("stop_timeout", 60), config.get("supervisord_files", ()))
 
 
-def record_of(site):
-    return state.Record(site.config["lock_file"] + ".rollback.json")
-
-
 # -- the plan -------------------------------------------------------------------------------
 def plan_rollback(site, target, written=True, keep=False):
     """Everything the rollback of the datasets will do, checked before anything is changed.
@@ -195,7 +191,7 @@ class Run(Downtime):
         self.site = site
         self.out = site.out
         self.sup = supervisor_of(site)
-        self.record = record_of(site)
+        self.record = site.rollback_record()
         self.force = force
         self.data = None  # the Progress recorded while the rollback is unfinished
         self.stopped_at = None
@@ -653,7 +649,7 @@ def report(run, target):
 
 def forget(site):
     """bin/rollback --forget: drop the record of an unfinished rollback (after showing it)."""
-    record = record_of(site)
+    record = site.rollback_record()
     data = Progress.from_record(record.load())
     if not data:
         site.out.say("No unfinished rollback is recorded.")

@@ -172,8 +172,7 @@ class Site:
             if m.dataset not in covered:
                 problems.append("%s is mounted at %s, inside the part's datasets, and the part "
                                 "does not cover it" % (m.dataset, m.mountpoint))
-        if problems and other_script and os.path.exists(
-                self.config.get("lock_file", "") + ".rollback.json"):
+        if problems and other_script and os.path.exists(self.rollback_record().path):
             # A --keep rollback killed after the start leaves the clones under their own names
             # until its rerun renames them.
             raise Stop("refusing to %s: the datasets are not mounted as when bin/buildout ran "
@@ -189,12 +188,17 @@ class Site:
         return [mountsmod.where(d, table) for d in self.datasets
                 if mountsmod.where(d, table)]
 
+    def rollback_record(self):
+        """Where bin/rollback records an unfinished rollback (beside the lock, outside the
+        datasets)."""
+        return state.Record(self.config.get("lock_file", "") + ".rollback.json")
+
     def unsettled_keep(self):
         """The stage of a --keep rollback that is swapping or has swapped the datasets and has
         not settled them, or None. Until its rerun settles them, a dataset's name may still be
         the state's rolled away from: nothing may be read or destroyed by those names."""
         try:
-            data = state.Record(self.config.get("lock_file", "") + ".rollback.json").load()
+            data = self.rollback_record().load()
         except state.StateError:
             return None
         if data and data.get("keep") and data.get("stage") in UNSETTLED:

@@ -9,6 +9,7 @@ import itertools
 
 from collective.recipe.zfssnap import crashpoint
 from collective.recipe.zfssnap import mounts as mountsmod
+from collective.recipe.zfssnap import site as sitemod
 from collective.recipe.zfssnap import zfs as zfsmod
 
 
@@ -295,6 +296,8 @@ class FakeSite:
         self.out = Out()
         self.config = {}
         self.scripts = {"cleanup": "/srv/site/bin/cleanup"}
+
+    rollback_record = sitemod.Site.rollback_record  # the real one: config["lock_file"]
 
     def permission_message(self, error, permissions):
         return error.message
