@@ -117,8 +117,9 @@ def cleanup(site, names=(), older_than=None, dry_run=False, yes=False, confirm=N
                                                 datetime.timezone.utc)
         kept = [k for k in kept if k.get("created", "") < limit.strftime("%Y%m%dT%H%M%SZ")]
     chosen = choose(site, sets.result(), names if named else None, older_than)
+    target = protected_target(site)
     if not dry_run and not yes:
-        ask(site, kept, [s for s in chosen if s.short != protected_target(site)], confirm)
+        ask(site, kept, [s for s in chosen if s.short != target], confirm)
     # Kept states first: the snapshots they were rolled back to are their clones' origins.
     out.data["destroyed_kept"] = destroy_kept(site, kept, dry_run)
     if out.data["destroyed_kept"] and not dry_run:
@@ -130,7 +131,6 @@ def cleanup(site, names=(), older_than=None, dry_run=False, yes=False, confirm=N
         out.warn("skipped %s: %s" % (s.short, "; ".join(
             ["held: " + ", ".join(s.held)] * bool(s.held) +
             ["cloned: " + ", ".join(s.cloned)] * bool(s.cloned))))
-    target = protected_target(site)
     for s in chosen:
         if s.short == target:
             out.warn("skipped %s: an unfinished rollback goes back to it (see %s)"

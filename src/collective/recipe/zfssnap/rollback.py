@@ -281,12 +281,6 @@ class Run(Downtime):
                          "kept (as %s once settled)" % (target, s["dataset"], s["kept"]))
         return names
 
-    def clone_names(self):
-        """--keep: where the clones are now (renamed or not yet); {} for a plain rollback."""
-        if not self.swaps:
-            return {}
-        return keepmod.clone_names(self.swaps, keepmod.facts(self.site, self.swaps))
-
     def swap_back(self, reason):
         """A swap that failed before any dataset was handed over to its clone: the old
         datasets mounted again, the clones destroyed, the site started (Aborted). Returns when
@@ -621,7 +615,7 @@ def finish_recorded(run, pending, yes, dry_run, confirm, critical):
         names = run.swap(target)
         run.save(stage=ROLLED_BACK)
     else:
-        names = run.clone_names()
+        names = keepmod.clone_names(run.swaps, current)  # {} for a plain rollback
     # What ran before runs again (a boot may have come between): started if it does not.
     run.check_mounted(target, names)
     finish(run, target)
