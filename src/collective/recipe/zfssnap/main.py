@@ -129,6 +129,17 @@ def snapshot(config, argv=None):
                read_only=lambda args: args.list)
 
 
+def terminal_confirmation(out, question, what_yes_does):
+    """The `confirm` of a script that asks before it acts: a 'yes' typed on the terminal, and
+    without a terminal a refusal that names --yes."""
+    def confirm():
+        if not sys.stdin.isatty():
+            raise Stop("no terminal to ask for confirmation: pass --yes %s" % what_yes_does,
+                       REFUSED)
+        return out.ask(question)
+    return confirm
+
+
 class Deferred:
     """Signal handlers that let a rollback finish: an interrupt is noted, not obeyed.
 
@@ -194,13 +205,8 @@ def rollback(config, argv=None):
                 raise Stop("--forget takes no snapshot", BAD_INPUT)
             return rollbackmod.forget(site)
         out = site.out
-
-        def confirm():
-            if not sys.stdin.isatty():
-                raise Stop("no terminal to ask for confirmation: pass --yes to roll back "
-                           "(nothing was changed)", REFUSED)
-            return out.ask("Type yes to stop the site and roll back: ")
-
+        confirm = terminal_confirmation(out, "Type yes to stop the site and roll back: ",
+                                        "to roll back (nothing was changed)")
         deferred = Deferred(out)
         try:
             rollbackmod.rollback(site, args.snapshot, yes=args.yes, dry_run=args.dry_run,
@@ -229,13 +235,8 @@ def cleanup(config, argv=None):
     def work(site, args):
         if args.snapshots and args.older_than is not None:
             raise Stop("give snapshot names or --older-than, not both", BAD_INPUT)
-
-        def confirm():
-            if not sys.stdin.isatty():
-                raise Stop("no terminal to ask for confirmation: pass --yes to destroy them "
-                           "(nothing was destroyed)", REFUSED)
-            return site.out.ask("Type yes to destroy them: ")
-
+        confirm = terminal_confirmation(site.out, "Type yes to destroy them: ",
+                                        "to destroy them (nothing was destroyed)")
         cleanupmod.cleanup(site, args.snapshots, args.older_than, dry_run=args.dry_run,
                            yes=args.yes, confirm=confirm)
 

@@ -137,10 +137,7 @@ class Recipe:
                              % ("; did you mean %s?" % close[0] if close else ""))
 
     def split(self, option):
-        try:
-            argv = shlex.split(self.options[option])
-        except ValueError as e:
-            raise self.error(option, "cannot split %r into words (%s)" % (self.options[option], e))
+        argv = self.words(option)
         if not argv:
             raise self.error(option, "must not be empty")
         return argv
