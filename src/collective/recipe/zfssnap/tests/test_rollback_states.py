@@ -24,10 +24,7 @@ from collective.recipe.zfssnap.tests.fake_world import World
 def actions(keep, shutdown):
     world = World(shutdown=shutdown)
     try:
-        log = []
-        result = world.rollback(keep=keep, log=log)
-        assert result is None, "the counting run failed: %s" % result
-        return log
+        return actions_in(world, keep)
     finally:
         world.close()
 
@@ -38,6 +35,23 @@ def actions_in(world, keep):
     result = world.rollback(keep=keep, log=log)
     assert result is None, "the counting run failed: %s" % result
     return log
+
+
+def keep_killed_after_the_start(test, prepare=lambda world: None):
+    """A world whose bin/rollback --keep was killed right after it started the site again,
+    with the renames and the settling still to do. `prepare` changes the world first (the
+    run that counts the actions gets the same change)."""
+    counting = World()
+    test.addCleanup(counting.close)
+    prepare(counting)
+    steps = actions_in(counting, keep=True)
+    world = World()
+    test.addCleanup(world.close)
+    prepare(world)
+    result = world.rollback(keep=True, crash_after=steps.index(
+        "supervisord start supervisord") + 1)
+    test.assertIsInstance(result, Crash)
+    return world
 
 
 class StageSweepTest(unittest.TestCase):
@@ -125,12 +139,7 @@ class StageSweepTest(unittest.TestCase):
         self.sweep(keep=True, shutdown=False, boot=True)
 
     def test_a_snapshot_before_the_rerun_of_a_keep_killed_after_the_start_names_it(self):
-        steps = actions(keep=True, shutdown=True)
-        world = World()
-        self.addCleanup(world.close)
-        result = world.rollback(keep=True, crash_after=steps.index("supervisord start "
-                                                                    "supervisord") + 1)
-        self.assertIsInstance(result, Crash)
+        world = keep_killed_after_the_start(self)
         with world.patched():
             with self.assertRaises(Stop) as caught:
                 snapshotmod.take_snapshot(world.site(), "during")
@@ -144,16 +153,9 @@ class StageSweepTest(unittest.TestCase):
         # The buildout's dataset is mounted by other means than zfs mount -a (canmount=noauto):
         # killed after the start, with the renames still to do, a boot mounts neither it nor
         # its clone, and mounting it by its name mounts the state rolled away from.
-        world = World()
-        self.addCleanup(world.close)
-        world.pool.datasets["tank/site"]["canmount"] = "noauto"
-        steps = actions_in(world, keep=True)
-        world = World()
-        self.addCleanup(world.close)
-        world.pool.datasets["tank/site"]["canmount"] = "noauto"
-        crash = world.rollback(keep=True, crash_after=steps.index(
-            "supervisord start supervisord") + 1)
-        self.assertIsInstance(crash, Crash)
+        def noauto(world):
+            world.pool.datasets["tank/site"]["canmount"] = "noauto"
+        world = keep_killed_after_the_start(self, noauto)
         mounted, empty = world.power_cut()
         self.assertNotIn(world.top, mounted)
         world.mount_by_name(["tank/site"])
@@ -166,10 +168,7 @@ class StageSweepTest(unittest.TestCase):
                          {"app": "RUNNING", "worker": "RUNNING"})
 
     def test_forget_after_the_start_of_a_keep_gives_the_commands_left(self):
-        steps = actions(keep=True, shutdown=True)
-        world = World()
-        self.addCleanup(world.close)
-        world.rollback(keep=True, crash_after=steps.index("supervisord start supervisord") + 1)
+        world = keep_killed_after_the_start(self)
         with world.patched():
             site = world.site()
             rollbackmod.forget(site)
@@ -310,10 +309,7 @@ class UnsettledKeepTest(unittest.TestCase):
     the old states': bin/cleanup and the release guard refuse, --list warns."""
 
     def test_cleanup_refuses_until_the_rerun(self):
-        steps = actions(keep=True, shutdown=True)
-        world = World()
-        self.addCleanup(world.close)
-        world.rollback(keep=True, crash_after=steps.index("supervisord start supervisord") + 1)
+        world = keep_killed_after_the_start(self)
         with world.patched():
             with self.assertRaises(Stop) as caught:
                 cleanupmod.cleanup(world.site(), yes=True)
