@@ -60,6 +60,11 @@ def recipe_of(raw, part, doing=()):
     return ""
 
 
+def default_script_name(part, script):
+    """bin/snapshot for a part named zfssnap; bin/PART-snapshot for any other."""
+    return script if part == "zfssnap" else "%s-%s" % (part, script)
+
+
 def is_inside(path, directory):
     return mountsmod.is_inside(os.path.realpath(path), os.path.realpath(directory))
 
@@ -101,7 +106,7 @@ class Recipe:
         for hook in HOOKS:
             options.setdefault(hook, "")
         for script in SCRIPTS:
-            default = script if name == "zfssnap" else "%s-%s" % (name, script)
+            default = default_script_name(name, script)
             options.setdefault(script + "-script", default)
         self.find_supervisor()
         options.setdefault("filestorages", "\n".join(self.find_filestorages()))
@@ -337,8 +342,8 @@ class Recipe:
                 continue
             section = raw.get(part) or {}
             for name in SCRIPTS:
-                value = (section.get(name + "-script") or (
-                    name if part == "zfssnap" else "%s-%s" % (part, name))).strip()
+                value = (section.get(name + "-script") or default_script_name(part, name)
+                         ).strip()
                 if value == script:
                     return part
         return None
