@@ -1,15 +1,24 @@
 """The ZODB's view of a rollback, on real FileStorages written by ZODB (no ZFS needed)."""
+import contextlib
 import datetime
+import io
+import itertools
+import json
 import os
 import shutil
+import struct
 import tempfile
 import unittest
+from unittest import mock
 
 import transaction
 import ZODB
 import ZODB.FileStorage
 
+from collective.recipe.zfssnap import main
+from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap import zodb
+from collective.recipe.zfssnap.tests.fake_world import World
 
 
 def commit(db, user, description, value):
@@ -20,6 +29,24 @@ def commit(db, user, description, value):
         txn.note(description)
         conn.root()["value"] = value
     conn.close()
+
+
+def new_storage(path, magic=b"FS30"):
+    """A FileStorage as a ZEO server leaves it before its first client: it opens no DB, so
+    no root is created, and the file is its magic alone (FS21 when the server ran on Python 2,
+    as in issue 17)."""
+    ZODB.FileStorage.FileStorage(path, create=True).close()
+    with open(path, "r+b") as f:
+        f.write(magic)
+
+
+def root_created(path):
+    """A FileStorage whose only transaction is the root's creation, as ZODB writes it when a DB
+    is first opened on it; that transaction's id."""
+    db = ZODB.DB(ZODB.FileStorage.FileStorage(path, create=True))
+    tid = db.lastTransaction()
+    db.close()
+    return tid
 
 
 class ZodbViewTest(unittest.TestCase):
@@ -95,17 +122,16 @@ class EdgeFilesTest(unittest.TestCase):
         shutil.rmtree(self.dir)
 
     def test_a_new_storage_holds_its_header_only(self):
-        storage = ZODB.FileStorage.FileStorage(self.path)  # no DB: no root created
-        storage.close()
-        self.assertEqual(os.path.getsize(self.path), 4)
-        self.assertIsNone(zodb.last_tid(self.path))
-        view = zodb.since(self.path, None)
-        self.assertEqual((view["count"], view["transactions"]), (0, []))
+        for magic in zodb.MAGICS:
+            with self.subTest(magic=magic):
+                new_storage(self.path, magic)
+                self.assertEqual(os.path.getsize(self.path), 4)
+                self.assertIsNone(zodb.last_tid(self.path))
+                self.assertEqual(zodb.since(self.path, None), {
+                    "count": 0, "first": None, "last": None, "transactions": []})
 
     def test_only_the_roots_creation(self):
-        db = ZODB.DB(ZODB.FileStorage.FileStorage(self.path))
-        tid = db.lastTransaction()
-        db.close()
+        tid = root_created(self.path)
         self.assertEqual(zodb.last_tid(self.path), tid)
         self.assertEqual(zodb.since(self.path, tid)["count"], 0)
         view = zodb.since(self.path, None)  # the snapshot had the header only
@@ -134,20 +160,183 @@ class EdgeFilesTest(unittest.TestCase):
         self.assertEqual(zodb.since(self.path, before)["count"], 0)
         self.assertEqual(zodb.since(self.path, None)["count"], 2)
 
-    def test_a_bad_status_or_length_is_named_not_an_os_error(self):
+    def unreadable(self):
+        """The message both readers give for the file: one sentence, no bare OS error."""
+        messages = set()
+        for read in (zodb.last_tid, lambda path: zodb.since(path, None)):
+            with self.assertRaises(zodb.Unreadable) as caught:
+                read(self.path)
+            messages.add(str(caught.exception))
+        self.assertEqual(len(messages), 1, messages)
+        message = messages.pop()
+        self.assertNotIn("Errno", message)
+        self.assertNotIn("\n", message)
+        return message
+
+    def damaged(self, end, found):
+        return ("%s does not read as a FileStorage (expected a transaction record ending at "
+                "byte %d, found %s)" % (self.path, end, found))
+
+    def test_a_bad_status_is_named_not_an_os_error(self):
         db = ZODB.DB(ZODB.FileStorage.FileStorage(self.path))
         commit(db, "admin", "one", 1)
         db.close()
         self.last_status_is(b"?")
-        with self.assertRaises(zodb.Unreadable) as caught:
-            zodb.last_tid(self.path)
-        self.assertIn("transaction records were expected", str(caught.exception))
+        with open(self.path, "rb") as f:
+            whole = f.read()
+        end = len(whole)
+        start = end - 8 - int.from_bytes(whole[-8:], "big")
+        self.assertEqual(self.unreadable(), self.damaged(
+            end, "a record at byte %d with the unknown status '?'" % start))
 
-    def test_too_short_files(self):
-        for content in (b"FS3", b"FS30\0\0\0", b"FS30" + b"\0" * 4 + (100).to_bytes(8, "big")):
-            with open(self.path, "wb") as f:
-                f.write(content)
-            with self.assertRaises(zodb.Unreadable) as caught:
-                zodb.since(self.path, None)
-            message = str(caught.exception)
-            self.assertTrue("FileStorage" in message, message)
+    def test_not_a_file(self):
+        os.mkdir(self.path)
+        self.assertEqual(self.unreadable(), "%s is not a FileStorage (expected a file, found a "
+                         "directory)" % self.path)
+        os.rmdir(self.path)
+        os.mkfifo(self.path)  # never opened: that would wait for a writer
+        self.assertEqual(self.unreadable(), "%s is not a FileStorage (expected a file, found a "
+                         "named pipe)" % self.path)
+
+    def test_an_os_error_is_named_with_the_file(self):
+        root_created(self.path)
+        denied = PermissionError(13, "Permission denied", self.path)
+        with mock.patch.object(zodb, "open", create=True, side_effect=denied):
+            self.assertEqual(self.unreadable(),
+                             "%s cannot be read (Permission denied)" % self.path)
+
+    def test_another_start_than_a_filestorages(self):
+        for content, found in ((b"", "an empty file"), (b"FS3", "only 'FS3'"),
+                               (b"PK\x03\x04 a zip file", "'PK\\x03\\x04'"),
+                               (b"FS20" + b"\0" * 40, "'FS20'")):
+            with self.subTest(content=content):
+                with open(self.path, "wb") as f:
+                    f.write(content)
+                self.assertEqual(self.unreadable(), "%s is not a FileStorage (expected it to "
+                                 "start with FS30 or FS21, found %s)" % (self.path, found))
+
+    def test_too_short_after_the_header(self):
+        for content in (b"FS30\0\0\0", b"FS21" + b"\0" * 30):
+            with self.subTest(content=content):
+                with open(self.path, "wb") as f:
+                    f.write(content)
+                self.assertEqual(self.unreadable(), self.damaged(
+                    len(content), "only %d bytes after the header" % (len(content) - 4)))
+
+    def test_a_damaged_end(self):
+        tid = root_created(self.path)
+        with open(self.path, "rb") as f:
+            whole = f.read()
+        size = len(whole)
+        self.assertEqual(whole[4:12], tid)  # the header of the only transaction starts at 4
+        february_31 = struct.pack(">II", ((126 * 12 + 1) * 31 + 30) * 24 * 60, 0)
+        for name, content, found in (
+                ("garbage at the end", whole + b"garbage!",
+                 "a length of %d, which reaches back before the header"
+                 % int.from_bytes(b"garbage!", "big")),
+                ("zeros at the end", whole + b"\0" * 40,
+                 "a length of 0, less than a transaction header's 23 bytes"),
+                ("a length pointing before the header", whole[:-8] + (size - 11).to_bytes(
+                    8, "big"), "a length of %d, which reaches back before the header"
+                 % (size - 11)),
+                # The transaction twice, the second's length reaching to the first's start.
+                ("a length pointing at another record", whole + whole[4:-8] + (
+                    2 * size - 16).to_bytes(8, "big"),
+                 "a record at byte 4 whose header gives the length %d" % (size - 12)),
+                ("a transaction id that is no time", whole[:4] + february_31 + whole[12:],
+                 "a record at byte 4 whose transaction id %s is not a time"
+                 % february_31.hex())):
+            with self.subTest(name):
+                with open(self.path, "wb") as f:
+                    f.write(content)
+                self.assertEqual(self.unreadable(), self.damaged(len(content), found))
+        # Cut inside its last transaction: whatever its last 8 bytes say, the file is named.
+        with open(self.path, "wb") as f:
+            f.write(whole[:-5])
+        self.assertTrue(self.unreadable().startswith(self.damaged(size - 5, "")[:-1]))
+
+
+class PlanTest(unittest.TestCase):
+    """The ZODB line of bin/rollback's plan and the "zodb" of its --json document, through the
+    script's entry point on the fast suite's modelled pool and site (fake_world)."""
+
+    def setUp(self):
+        self.world = World()
+        self.addCleanup(self.world.close)
+        filestorage = self.world.top + "/var/filestorage"
+        self.path = filestorage + "/Data.fs"
+        self.world.config["filestorages"] = [self.path]
+        # The snapshot's Data.fs, where the rollback reads it: the dataset's snapshot directory.
+        self.then = os.path.join(filestorage, ".zfs", "snapshot", self.world.target, "Data.fs")
+        os.makedirs(os.path.dirname(self.then))
+
+    def plan(self):
+        """The ZODB lines of `bin/rollback --dry-run`, and the "zodb" of its --json."""
+        printed = []
+        for argv in (["--dry-run"], ["--dry-run", "--json"]):
+            stdout = io.StringIO()
+            with self.world.patched(), \
+                    mock.patch.object(zfsmod, "Zfs", lambda command: self.world.pool), \
+                    contextlib.redirect_stdout(stdout):
+                code = main.rollback(dict(self.world.config), argv)
+            self.assertEqual(code, 0, stdout.getvalue())
+            printed.append(stdout.getvalue())
+        lines = printed[0].splitlines()
+        first = [i for i, line in enumerate(lines) if line.startswith("  ZODB ")][0]
+        listed = itertools.takewhile(lambda line: line.startswith("    "), lines[first + 1:])
+        return [lines[first]] + list(listed), json.loads(printed[1])["zodb"]
+
+    def test_a_new_storage_then_and_now(self):
+        # Issue 17: a ZEO server had created the Data.fs (its magic alone) before the snapshot.
+        new_storage(self.then, b"FS21")
+        new_storage(self.path, b"FS21")
+        shown, views = self.plan()
+        self.assertEqual(shown, ["  ZODB %s: no transaction since the snapshot" % self.path])
+        self.assertEqual(views, [{"path": self.path, "count": 0, "first": None, "last": None,
+                                  "transactions": []}])
+
+    def test_the_roots_creation_since(self):
+        new_storage(self.then)
+        tid = root_created(self.path)
+        when = zodb.tid_time(tid).strftime("%Y-%m-%dT%H:%M:%SZ")
+        shown, views = self.plan()
+        self.assertEqual(shown, [
+            "  ZODB %s: undoes 1 transaction committed since the snapshot, %s to %s:"
+            % (self.path, when, when),
+            "    %s  -  initial database creation" % when])
+        self.assertEqual(views, [{"path": self.path, "count": 1, "first": when, "last": when,
+                                  "transactions": [{
+                                      "tid": tid.hex(), "time": when, "user": "",
+                                      "description": "initial database creation",
+                                      "status": " "}]}])
+        # A Data.fs that was not there at the snapshot: the same.
+        os.remove(self.then)
+        self.assertEqual(self.plan(), (shown, views))
+        # The root's creation in the snapshot already: nothing since.
+        shutil.copy(self.path, self.then)
+        shown, views = self.plan()
+        self.assertEqual(shown, ["  ZODB %s: no transaction since the snapshot" % self.path])
+        self.assertEqual(views[0]["count"], 0)
+
+    def test_unreadable_files_are_named_on_the_line(self):
+        root_created(self.path)
+        for then, expected in (
+                (b"", "%s is not a FileStorage (expected it to start with FS30 or FS21, "
+                      "found an empty file)"),
+                (b"FS30\0\0\0", "%s does not read as a FileStorage (expected a transaction "
+                                "record ending at byte 7, found only 3 bytes after the "
+                                "header)"),
+                (None, "%s is not a FileStorage (expected a file, found a directory)")):
+            with self.subTest(then=then):
+                if then is None:
+                    os.remove(self.then)
+                    os.mkdir(self.then)
+                else:
+                    with open(self.then, "wb") as f:
+                        f.write(then)
+                shown, views = self.plan()
+                # The snapshot's copy is the one named: the live Data.fs reads well.
+                error = expected % self.then
+                self.assertEqual(shown, ["  ZODB %s: cannot tell what it undoes (%s)"
+                                         % (self.path, error)])
+                self.assertEqual(views, [{"path": self.path, "error": error}])
