@@ -3,7 +3,7 @@
 # make test-fast  unit tests, doctests, package checks and the documentation build, no guest
 # make test-lab   the guest suite only; ZFS=2.1 or ZFS=2.3 for one series
 # make docs       the documentation (Sphinx) in docs/_build/html
-# make demo       the release workflow, typed on a throwaway site in the guest
+# make demo       the release workflow, typed on a throwaway Zope site in the guest (2.3)
 # make bench      snapshot, rollback and cleanup against collective.recipe.backup and by hand
 # make lab-smoke  boots the guest and runs the ZFS smoke test only
 PYTHON ?= python3
@@ -62,7 +62,7 @@ test-lab:
 	for v in $(if $(ZFS),$(ZFS),$(ZFS_SERIES)); do $(LAB) test --zfs $$v || exit $$?; done
 
 demo:
-	$(LAB) demo --zfs $(if $(ZFS),$(ZFS),2.1)
+	$(LAB) demo --zfs $(if $(ZFS),$(ZFS),2.3)
 
 bench: .venv-tools/bin/pip
 	$(LAB) bench --zfs $(if $(ZFS),$(ZFS),2.1) --out docs/bench --plot-python .venv-tools/bin/python

@@ -37,7 +37,13 @@ HOST_TOOLS = {  # command: Debian package
 }
 # What the guest's python installs, offline: made on the host with pip for CPython 3.11.
 WHEELHOUSE_REQUIREMENTS = os.path.join(HERE, "wheelhouse.txt")
-WHEELHOUSE_EXTRA = (os.path.join(HERE, "wheelhouse-buildout5.txt"),)
+WHEELHOUSE_EXTRA = (os.path.join(HERE, "wheelhouse-buildout5.txt"),
+                    os.path.join(HERE, "wheelhouse-zope.txt"))
+# The series whose guest suite runs the Zope stack (test_zope) and whose `make demo` shows it:
+# its cached venv disk also carries the stack's eggs, built and compiled once.
+ZOPE_SERIES = "2.3"
+# Its eggs follow from the wheelhouse: a site whose buildout.cfg asks for more installs the rest.
+ZOPE_FILES = (os.path.join(HERE, "wheelhouse-zope.txt"),)
 # The package's sources, built into the wheel the guest installs.
 PACKAGE_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "README.rst",
                  "CHANGES.rst", "LICENSE", "src")
@@ -342,6 +348,7 @@ GUEST_VENV_SCRIPT = """\
 #!/bin/bash
 set -e
 export ZFSSNAP_LAB=1 ZFSSNAP_LAB_SERIES={series} ZFSSNAP_LAB_FIND_LINKS="/mnt/wheels /mnt/share/dist"
+export ZFSSNAP_LAB_ZOPE_SERIES={zope_series}
 echo "lab: guest $(uname -r), $(zfs version 2>/dev/null | head -1), $(python3 --version)"
 mkfs.ext4 -q -F /dev/vdb
 mkdir -p /scratch && mount /dev/vdb /scratch
@@ -356,6 +363,9 @@ make)
     python3 -m venv /opt/venv
     $pip_install --find-links /mnt/share/dist --find-links /mnt/wheels \\
         'collective.recipe.zfssnap[test]' ZODB
+    if [ {series} = {zope_series} ]; then
+        /opt/venv/bin/python -m collective.recipe.zfssnap.tests.zope_site warm /opt/eggs
+    fi
     sync && touch /mnt/share/venv-made ;;
 *)
     python3 -m venv /opt/venv
@@ -368,11 +378,15 @@ cd /tmp
 {command}
 """
 GUEST_TEST_COMMAND = ("exec /opt/venv/bin/zope-testrunner --test-path \"$site\" "
-                      "--package collective.recipe.zfssnap --layer zfssnap.tests.layers -vvv {args}")
+                      "--package collective.recipe.zfssnap --layer 'zfssnap.tests.(layers|zope_site)' -vvv {args}")
 GUEST_DEMO_COMMAND = "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.demo"
 GUEST_BENCH_COMMAND = ("BENCH_SIZES={sizes} BENCH_RUNS={runs} BENCH_SETS={sets} "
                        "BENCH_OUT=/mnt/share/bench.csv "
                        "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.bench")
+
+
+def guest_venv_script(series, command):
+    return GUEST_VENV_SCRIPT.format(series=series, zope_series=ZOPE_SERIES, command=command)
 
 
 def main(argv=None):
@@ -419,20 +433,21 @@ def main(argv=None):
             with open(args.file) as f:
                 script = f.read()
         elif args.command == "demo":
-            script = GUEST_VENV_SCRIPT.format(series=args.zfs, command=GUEST_DEMO_COMMAND)
+            script = guest_venv_script(args.zfs, GUEST_DEMO_COMMAND)
         elif args.command == "bench":
             if not re.match(r"^\d+(,\d+)*$", args.sizes):
                 raise LabError("--sizes takes MiB separated by commas, not %r" % args.sizes)
-            script = GUEST_VENV_SCRIPT.format(series=args.zfs, command=GUEST_BENCH_COMMAND.format(
+            script = guest_venv_script(args.zfs, GUEST_BENCH_COMMAND.format(
                 sizes=args.sizes, runs=args.runs, sets=args.sets))
         else:
             command = GUEST_TEST_COMMAND.format(args=" ".join(shlex.quote(a) for a in rest))
-            script = GUEST_VENV_SCRIPT.format(series=args.zfs, command=command)
+            script = guest_venv_script(args.zfs, command)
         init = args.init or ("shell" if args.command in ("run", "shell-script") else "systemd")
         venv = None
         if args.command in ("test", "demo", "bench"):
             venv = os.path.join(cache_dir(), "venvs", "venv-%s-%s.img" % (args.zfs, digest(
                 WHEELHOUSE_REQUIREMENTS, os.path.join(CHECKOUT, "setup.py"),
+                *(ZOPE_FILES if args.zfs == ZOPE_SERIES else ()),
                 extra=os.path.basename(ensure_image(args.zfs)))))
             os.makedirs(os.path.dirname(venv), exist_ok=True)
         collect = (["bench.csv"], args.out) if args.command == "bench" else None

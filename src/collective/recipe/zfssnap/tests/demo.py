@@ -1,8 +1,9 @@
 """The release workflow as an operator types it, on a throwaway site in the lab guest.
 
-Run by `make demo` (lab.py demo): builds the test site (buildout, supervisor, a ZODB app on
-three datasets), then runs bin/snapshot, a release, bin/rollback (answering its prompt on a
-terminal) and bin/cleanup, and a few wrong inputs, printing each command and its output.
+Run by `make demo` (lab.py demo): builds the Zope stack of zope_site (a ZEO server and two Zope
+clients under supervisor, Data.fs and blobs on datasets of their own), then runs bin/snapshot, a
+release that writes through Zope, bin/rollback (answering its prompt on a terminal) and
+bin/cleanup, and a few wrong inputs, printing each command and its output.
 """
 import os
 import pty
@@ -10,8 +11,8 @@ import sys
 import time
 
 from collective.recipe.zfssnap.tests import layers
-from collective.recipe.zfssnap.tests.layers import SITE
-from collective.recipe.zfssnap.tests.layers import app
+from collective.recipe.zfssnap.tests import zope_site
+from collective.recipe.zfssnap.tests.zope_site import SITE
 
 
 def show(argv, answer=None):
@@ -46,30 +47,28 @@ def show(argv, answer=None):
                                         time.monotonic() - started), flush=True)
 
 
-class DemoSite(layers.Site):
-    # The part knows the site's Data.fs: the rollback plan says what it undoes in ZODB terms.
-    extra_zfssnap = "filestorages = ${buildout:directory}/var/filestorage/Data.fs"
-
-
 def main():
-    print("Building a throwaway site (datasets %s)..." % ", ".join(layers.DATASETS), flush=True)
+    print("Building a throwaway Zope site: a ZEO server and two Zope clients under supervisor, "
+          "on datasets %s..." % ", ".join(zope_site.DATASETS), flush=True)
     layers.GuestPool.setUp()
-    DemoSite.setUp()
-    print("The site runs: %s\n" % app(), flush=True)
+    zope_site.ZopeStack.setUp()
+    print("The site runs: %s; both clients answer (ports %s).\n" % (
+        ", ".join("%s %s" % i for i in sorted(zope_site.program_states().items())),
+        ", ".join(map(str, zope_site.HTTP_PORTS))), flush=True)
 
     show(["bin/snapshot", "pre-2.0", "-m", "before the 2.0 release"])
     show(["bin/snapshot", "--list"])
 
-    print("# the release: tag 2.0, bin/buildout, new ZODB transactions and blobs", flush=True)
+    print("# the release: tag 2.0, bin/buildout, objects added through Zope", flush=True)
     with open(SITE + "/VERSION", "w") as f:
         f.write("2.0\n")
     layers.sh(*layers.GIT, "-C", SITE, "commit", "-q", "-a", "-m", "Release 2.0")
     layers.sh(*layers.GIT, "-C", SITE, "tag", "2.0")
     show(["/usr/bin/git", "checkout", "-q", "2.0"])
-    show(["/opt/venv/bin/buildout", "-q"])
-    app("/write?blob=release-2.0&user=admin&note=/Plone/@@upgrade-2.0", "POST")
-    app("/write?blob=news&user=editor&note=/Plone/news/edit", "POST")
-    print("The site after the release (and an editor's change): %s\n" % app(), flush=True)
+    show([zope_site.BUILDOUT, "-q"])
+    zope_site.add_folder(zope_site.HTTP_PORTS[0], "release-2-0", "the upgrade of 2.0")
+    zope_site.add_folder(zope_site.HTTP_PORTS[1], "news", "an editor's change")
+    print("Added through Zope: /release-2-0 (client 1) and /news (client 2).\n", flush=True)
 
     print("# wrong inputs first", flush=True)
     show(["bin/snapshot", "pre/2.0"])
@@ -78,13 +77,17 @@ def main():
 
     show(["bin/rollback", "--dry-run"])
     show(["bin/rollback"], answer="yes")
-    print("The site after the rollback: %s\n" % layers.wait_for(app), flush=True)
+    layers.wait_for(zope_site.answering, timeout=300, what="both Zope clients to answer")
+    print("After the rollback: %s; /before %s, /release-2-0 %s, /news %s.\n" % (
+        ", ".join("%s %s" % i for i in sorted(zope_site.program_states().items())),
+        *("there" if zope_site.has_folder(zope_site.HTTP_PORTS[0], name) else "gone"
+          for name in ("before", "release-2-0", "news"))), flush=True)
 
     show(["bin/snapshot", "--list"])
     show(["bin/cleanup", "--dry-run"])
-    show(["bin/cleanup"])
+    show(["bin/cleanup"], answer="yes")
     show(["bin/snapshot", "--list"])
-    DemoSite.tearDown()
+    zope_site.ZopeStack.tearDown()
     layers.GuestPool.tearDown()
 
 

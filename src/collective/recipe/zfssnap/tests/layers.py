@@ -127,13 +127,13 @@ def take_snapshot(label, **kw):
     return out.split()[1]
 
 
-def on_terminal(argv, answer=None, prompt=b"Type yes", timeout=300):
+def on_terminal(argv, answer=None, prompt=b"Type yes", timeout=300, cwd=SITE):
     """(exit code, what the terminal showed) of a command run on a pseudo-terminal; `answer`
     is typed when `prompt` shows."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: the command, on the terminal pty.fork made
         try:
-            os.chdir(SITE)
+            os.chdir(cwd)
             os.execv(argv[0], list(argv))
         finally:
             os._exit(127)
