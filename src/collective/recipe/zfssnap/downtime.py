@@ -58,6 +58,14 @@ def check_open_files(site, mountpoints, exclude, force, before_stop=False):
             site.out.warn("rolling back under %s (--force)" % h.describe())
 
 
+def stop_order(names, procs):
+    """`names` as supervisord stops them: the highest priority first (a ZEO server's clients
+    before the server), by name within a priority."""
+    order = sorted(names)
+    order.sort(key=lambda n: procs[n].priority if n in procs else (999, 999), reverse=True)
+    return order
+
+
 def supervisord_on_datasets(site, holders, devices, daemon_pid):
     if daemon_pid and any(h.pid == daemon_pid and not h.cwd_only for h in holders):
         return True
@@ -119,7 +127,8 @@ class Downtime:
                 self.save(unit=sup.unit)
             self.out.action("shutdown supervisord (its files are on the datasets%s), stopping "
                             "%s" % (", through systemctl: unit " + sup.unit if sup.unit else "",
-                                    ", ".join(self.data.running_before) or "no program"))
+                                    ", ".join(stop_order(self.data.running_before, procs))
+                                    or "no program"))
             self.stopped_at = time.monotonic()
             pids = [daemon_pid] + [p.pid for p in procs.values() if p.pid]
             alive = sup.shutdown(pids, time.monotonic() + sup.timeout)

@@ -52,6 +52,7 @@ def main():
           "on datasets %s..." % ", ".join(zope_site.DATASETS), flush=True)
     layers.GuestPool.setUp()
     zope_site.ZopeStack.setUp()
+    zope_site.run(SITE + "/bin/cleanup", "--yes", "new-site")  # the test's, not the demo's
     print("The site runs: %s; both clients answer (ports %s).\n" % (
         ", ".join("%s %s" % i for i in sorted(zope_site.program_states().items())),
         ", ".join(map(str, zope_site.HTTP_PORTS))), flush=True)

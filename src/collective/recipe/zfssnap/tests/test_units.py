@@ -223,3 +223,21 @@ class FileStoragesTest(unittest.TestCase):
             "client3": "plone.recipe.zope2instance", "both": "plone.recipe.zope2instance",
             "zeo": "plone.recipe.zeoserver", "own": "collective.recipe.zfssnap", "loop": ""})
         self.assertEqual(recipe_of(raw, "missing"), "")
+
+
+class StopOrderTest(unittest.TestCase):
+    """What bin/rollback says it stops when it shuts supervisord down: in supervisord's order."""
+
+    def test_clients_before_their_server(self):
+        from collective.recipe.zfssnap.downtime import stop_order
+
+        class Proc:
+            def __init__(self, group, process=999):
+                self.priority = (group, process)
+
+        procs = {"zeoserver": Proc(10), "instance2": Proc(20), "instance1": Proc(20),
+                 "worker": Proc(999)}
+        self.assertEqual(stop_order(["zeoserver", "instance1", "instance2", "worker"], procs),
+                         ["worker", "instance1", "instance2", "zeoserver"])
+        # A program without a known priority has supervisor's default, 999: among the first.
+        self.assertEqual(stop_order(["zeoserver", "other"], procs), ["other", "zeoserver"])

@@ -86,6 +86,7 @@ class ZopeStackTest(unittest.TestCase):
         rc, shown = on_terminal([SITE + "/bin/rollback", taken], answer="yes", timeout=900,
                                 cwd=SITE)
         self.assertEqual(rc, 0, shown)
+        self.assertIn("stopping instance1, instance2, zeoserver\n", shown)
 
         # Clients stopped before the ZEO server, the server started before the clients.
         events = supervisor_events(zope_site.supervisord_log()[log_start:])
