@@ -59,11 +59,11 @@ def check_open_files(site, mountpoints, exclude, force, before_stop=False):
 
 
 def stop_order(names, procs):
-    """`names` as supervisord stops them: the highest priority first (a ZEO server's clients
-    before the server), by name within a priority."""
-    order = sorted(names)
-    order.sort(key=lambda n: procs[n].priority if n in procs else (999, 999), reverse=True)
-    return order
+    """`names` as supervisord stops them: the reverse of its start order, which is by
+    priority, then by name (`procs` is in start order). A program it does not know has the
+    default priority, 999: among the first."""
+    return [n for n in names if n not in procs] + [n for n in reversed(list(procs))
+                                                   if n in names]
 
 
 def supervisord_on_datasets(site, holders, devices, daemon_pid):
@@ -137,7 +137,7 @@ class Downtime:
             if alive:
                 # supervisord stops its programs one after another, in reverse priority
                 # order: the first of them still alive is the one it is waiting for.
-                left = [n for n, p in reversed(list(procs.items())) if p.pid in alive]
+                left = [n for n in stop_order(procs, procs) if procs[n].pid in alive]
                 stuck = left[:1] or ["supervisord"]
                 # supervisor kills them after their stopwaitsecs: wait, then start again.
                 alive = wait_gone(alive, time.monotonic() + sup.timeout + 60)

@@ -52,7 +52,9 @@ def main():
           "on datasets %s..." % ", ".join(zope_site.DATASETS), flush=True)
     layers.GuestPool.setUp()
     zope_site.ZopeStack.setUp()
-    zope_site.run(SITE + "/bin/cleanup", "--yes", "new-site")  # the test's, not the demo's
+    rc, out, err = zope_site.run(SITE + "/bin/cleanup", "--yes", "new-site")  # the test's
+    if rc != 0:
+        sys.exit("bin/cleanup new-site failed (exit %d): %s%s" % (rc, out, err))
     print("The site runs: %s; both clients answer (ports %s).\n" % (
         ", ".join("%s %s" % i for i in sorted(zope_site.program_states().items())),
         ", ".join(map(str, zope_site.HTTP_PORTS))), flush=True)
@@ -79,10 +81,12 @@ def main():
     show(["bin/rollback", "--dry-run"])
     show(["bin/rollback"], answer="yes")
     layers.wait_for(zope_site.answering, timeout=300, what="both Zope clients to answer")
-    print("After the rollback: %s; /before %s, /release-2-0 %s, /news %s.\n" % (
+    print("After the rollback: %s; /before %s, /release-2-0 %s, /news %s; git at %s.\n" % (
         ", ".join("%s %s" % i for i in sorted(zope_site.program_states().items())),
-        *("there" if zope_site.has_folder(zope_site.HTTP_PORTS[0], name) else "gone"
-          for name in ("before", "release-2-0", "news"))), flush=True)
+        *(" and ".join("there" if zope_site.has_folder(port, name) else "gone"
+                       for port in zope_site.HTTP_PORTS)
+          for name in ("before", "release-2-0", "news")),
+        layers.sh("git", "-C", SITE, "describe", "--tags").strip()), flush=True)
 
     show(["bin/snapshot", "--list"])
     show(["bin/cleanup", "--dry-run"])

@@ -162,9 +162,9 @@ def on_terminal(argv, answer=None, prompt=b"Type yes", timeout=300, cwd=SITE):
             output.decode("utf-8", "replace").replace("\r\n", "\n"))
 
 
-def script_config(script="rollback"):
+def script_config(script="rollback", site=SITE):
     """The part's options as bin/SCRIPT has them (the dict the recipe wrote)."""
-    with open(os.path.join(SITE, "bin", script)) as f:
+    with open(os.path.join(site, "bin", script)) as f:
         text = f.read()
     call = text.rindex("(", 0, text.rindex("))"))
     return ast.literal_eval(text[call + 1:text.rindex("))")])

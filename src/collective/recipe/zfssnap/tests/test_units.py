@@ -235,9 +235,13 @@ class StopOrderTest(unittest.TestCase):
             def __init__(self, group, process=999):
                 self.priority = (group, process)
 
-        procs = {"zeoserver": Proc(10), "instance2": Proc(20), "instance1": Proc(20),
+        # In start order, as the supervisor adapter lists them: by priority, then by name.
+        procs = {"zeoserver": Proc(10), "instance1": Proc(20), "instance2": Proc(20),
                  "worker": Proc(999)}
+        # supervisord stops the last group it started first, within a priority too.
         self.assertEqual(stop_order(["zeoserver", "instance1", "instance2", "worker"], procs),
-                         ["worker", "instance1", "instance2", "zeoserver"])
+                         ["worker", "instance2", "instance1", "zeoserver"])
+        self.assertEqual(stop_order(["instance1", "zeoserver"], procs),
+                         ["instance1", "zeoserver"])
         # A program without a known priority has supervisor's default, 999: among the first.
         self.assertEqual(stop_order(["zeoserver", "other"], procs), ["other", "zeoserver"])
