@@ -95,9 +95,14 @@ EVENTS = "/run/site-events.log"
 SCRIPTS = ("snapshot", "rollback", "cleanup")
 
 
+def find_links():
+    """Where a site's buildout finds its eggs offline (lab.py sets it): the first is its index."""
+    return os.environ.get("ZFSSNAP_LAB_FIND_LINKS", "/mnt/wheels /tmp/dist").split()
+
+
 def buildout_cfg(extra_buildout="", extra_zfssnap="", extra_supervisor="", port=PORT,
                  backups="/scratch/site-backups", versions=""):
-    links = os.environ.get("ZFSSNAP_LAB_FIND_LINKS", "/mnt/wheels /tmp/dist").split()
+    links = find_links()
     with open(os.path.join(TEMPLATES, "buildout.cfg.in")) as f:
         return f.read().format(find_links="\n    ".join(links), index=links[0], port=port,
                                extra_buildout=extra_buildout, extra_zfssnap=extra_zfssnap,
@@ -105,11 +110,11 @@ def buildout_cfg(extra_buildout="", extra_zfssnap="", extra_supervisor="", port=
                                versions=versions)
 
 
-def run_in_site(*argv, input=None, env=None, user=None):
+def run_in_site(*argv, input=None, env=None, user=None, site=SITE):
     """(exit code, stdout, stderr) of a command run in the site directory."""
     if user:
         argv = ("runuser", "-u", user, "--") + argv
-    proc = subprocess.run(argv, cwd=SITE, input=input, stdout=subprocess.PIPE,
+    proc = subprocess.run(argv, cwd=site, input=input, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=env,
                           stdin=None if input is not None else subprocess.DEVNULL)
     return proc.returncode, proc.stdout, proc.stderr
@@ -196,11 +201,11 @@ def write_script(path, text):
     return path
 
 
-def supervisorctl(*args):
-    return run_in_site(SITE + "/bin/supervisorctl", *args)[1]
+def supervisorctl(*args, site=SITE):
+    return run_in_site(site + "/bin/supervisorctl", *args, site=site)[1]
 
 
-def program_states():
+def program_states(site=SITE):
     """{program: state} as `supervisorctl status` shows them ({} when supervisord is down).
 
     Asked over supervisord's socket from this process (a bin/supervisorctl per poll costs a
@@ -208,7 +213,8 @@ def program_states():
     package's reader of the [supervisorctl] section and its transport, not its adapter."""
     from collective.recipe.zfssnap import supervisor
     try:
-        url, user, password = supervisor.read_client_config(script_config()["supervisor_conf"])
+        url, user, password = supervisor.read_client_config(
+            script_config(site=site)["supervisor_conf"])
         proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=supervisor._Transport(
             url, user, password, 30))
         try:
@@ -218,14 +224,14 @@ def program_states():
     except OSError:
         return {}
     except (supervisor.SupervisorError, xmlrpc.client.ProtocolError):
-        return program_states_by_supervisorctl()
+        return program_states_by_supervisorctl(site)
     return {(i["name"] if i["group"] == i["name"] else "%s:%s" % (i["group"], i["name"])):
             i["statename"] for i in infos}
 
 
-def program_states_by_supervisorctl():
+def program_states_by_supervisorctl(site=SITE):
     states = {}
-    for line in supervisorctl("status").splitlines():
+    for line in supervisorctl("status", site=site).splitlines():
         words = line.split()
         if len(words) >= 2 and words[1] in ("STOPPED", "STARTING", "RUNNING", "BACKOFF",
                                             "STOPPING", "EXITED", "FATAL", "UNKNOWN"):
@@ -331,6 +337,14 @@ def rebuild(user=None):
     return out + err
 
 
+def first_release(site):
+    """The site directory as a git checkout, its files committed and tagged 1.0."""
+    sh("git", "-C", site, "init", "-q", "-b", "main")
+    sh(*GIT, "-C", site, "add", "-A")
+    sh(*GIT, "-C", site, "commit", "-q", "-m", "Release 1.0")
+    sh(*GIT, "-C", site, "tag", "1.0")
+
+
 def last_tid_on_disk():
     """The Data.fs's last transaction id, read from the file (read-only: no lock taken)."""
     import ZODB.FileStorage
@@ -378,10 +392,7 @@ class Site(GuestPool):
             f.write(buildout_cfg(extra_zfssnap=cls.extra_zfssnap))
         with open(SITE + "/.gitignore", "w") as f:
             f.write("/bin/\n/eggs/\n/parts/\n/develop-eggs/\n/var/\n/.installed.cfg\n")
-        sh("git", "-C", SITE, "init", "-q", "-b", "main")
-        sh(*GIT, "-C", SITE, "add", "-A")
-        sh(*GIT, "-C", SITE, "commit", "-q", "-m", "Release 1.0")
-        sh(*GIT, "-C", SITE, "tag", "1.0")
+        first_release(SITE)
         rc, out, err = run_in_site("/opt/venv/bin/buildout")
         if rc != 0:
             raise AssertionError("bin/buildout of the test site failed:\n%s%s" % (out, err))

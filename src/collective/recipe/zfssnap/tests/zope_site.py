@@ -45,7 +45,7 @@ BUILDOUT = "/opt/venv/bin/buildout"
 
 
 def buildout_cfg(parts=PARTS, eggs=EGGS):
-    links = os.environ.get("ZFSSNAP_LAB_FIND_LINKS", "/mnt/wheels /tmp/dist").split()
+    links = layers.find_links()
     with open(TEMPLATE) as f:
         return f.read().format(parts=parts, find_links="\n    ".join(links), index=links[0],
                                eggs=eggs, zeo_port=ZEO_PORT, http_port1=HTTP_PORTS[0],
@@ -68,12 +68,9 @@ def warm(eggs=EGGS):
           % (eggs, time.monotonic() - started), flush=True)
 
 
-def run(*argv, input=None):
-    """(exit code, stdout, stderr) of a command run in the site directory."""
-    proc = subprocess.run(argv, cwd=SITE, input=input, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True,
-                          stdin=None if input is not None else subprocess.DEVNULL)
-    return proc.returncode, proc.stdout, proc.stderr
+def run(*argv):
+    """(exit code, stdout, stderr) of a command run in the stack's directory."""
+    return layers.run_in_site(*argv, site=SITE)
 
 
 def zope(port, path, data=None, timeout=60):
@@ -156,17 +153,7 @@ def supervisord_pids():
 
 
 def program_states():
-    from collective.recipe.zfssnap import supervisor
-    import xmlrpc.client
-    url, user, password = supervisor.read_client_config(SITE + "/parts/supervisor/supervisord.conf")
-    proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=supervisor._Transport(
-        url, user, password, 30))
-    try:
-        return {i["name"]: i["statename"] for i in proxy.supervisor.getAllProcessInfo()}
-    except OSError:
-        return {}
-    finally:
-        proxy("close")()
+    return layers.program_states(site=SITE)
 
 
 def start():
@@ -181,7 +168,7 @@ def start():
 
 def diagnosis():
     """What supervisord says and the ends of the stack's logs: for a test that failed."""
-    lines = [run(SITE + "/bin/supervisorctl", "status")[1]]
+    lines = [layers.supervisorctl("status", site=SITE)]
     logs = SITE + "/var/log"
     for path in [os.path.join(logs, n) for n in sorted(os.listdir(logs))] + [SUPERVISORD_LOG]:
         if path.endswith(".log") and os.path.isfile(path):
@@ -191,7 +178,7 @@ def diagnosis():
 
 
 def stop():
-    rc, out, err = run(SITE + "/bin/supervisorctl", "shutdown")
+    layers.supervisorctl("shutdown", site=SITE)
     layers.wait_for(lambda: not supervisord_pids(), timeout=120,
                     what="supervisord to shut down")
 
@@ -221,10 +208,7 @@ class ZopeStack(layers.GuestPool):
             f.write("1.0\n")
         with open(SITE + "/.gitignore", "w") as f:
             f.write("/bin/\n/parts/\n/develop-eggs/\n/var/\n/.installed.cfg\n")
-        sh("git", "-C", SITE, "init", "-q", "-b", "main")
-        sh(*layers.GIT, "-C", SITE, "add", "-A")
-        sh(*layers.GIT, "-C", SITE, "commit", "-q", "-m", "Release 1.0")
-        sh(*layers.GIT, "-C", SITE, "tag", "1.0")
+        layers.first_release(SITE)
         rc, out, err = run(BUILDOUT)
         if rc != 0:
             raise AssertionError("bin/buildout of the Zope stack failed:\n%s%s" % (out, err))
