@@ -10,7 +10,8 @@ and exit code. Standard library only: it runs before any virtualenv exists.
     lab.py run   [--zfs 2.1] -- CMD [ARG...]  run a command in a fresh guest
     lab.py test  [--zfs 2.1] [-- TESTRUNNER-ARGS]   the guest suite (zope.testrunner)
     lab.py demo  [--zfs 2.1]                  the release workflow typed on a throwaway site
-    lab.py bench [--zfs 2.1] [--datafs-mb N]  snapshot/rollback/cleanup times against repozo
+    lab.py bench [--zfs 2.1] [--sizes 10,100,1024] [--runs 3] [--sets 500] [--profile]
+                                              snapshot/rollback/cleanup times against repozo
     lab.py shell-script [--zfs 2.1] FILE      run a bash script in a fresh guest
 """
 import argparse
@@ -382,6 +383,7 @@ GUEST_LAYERS = "zfssnap.tests.layers"
 ZOPE_LAYERS = "'zfssnap.tests.(layers|zope_site)'"
 GUEST_DEMO_COMMAND = "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.demo"
 GUEST_BENCH_COMMAND = ("BENCH_SIZES={sizes} BENCH_RUNS={runs} BENCH_SETS={sets} "
+                       "BENCH_PROFILE={profile} "
                        "BENCH_OUT=/mnt/share/bench.csv "
                        "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.bench")
 
@@ -416,6 +418,9 @@ def main(argv=None):
             p.add_argument("--out", default=os.path.join(CHECKOUT, "docs", "bench"),
                            help="where bench.csv, bench.rst and bench.png go (default "
                            "%(default)s)")
+            p.add_argument("--profile", action="store_true", help="instead of the figures, "
+                           "where each script's time goes: its imports and the commands it "
+                           "runs, timed (to profile.txt in --out)")
             p.add_argument("--plot-python", default=sys.executable,
                            help="a Python with matplotlib, for the plot (default: this one)")
         if name != "build":
@@ -443,7 +448,8 @@ def main(argv=None):
             if not re.match(r"^\d+(,\d+)*$", args.sizes):
                 raise LabError("--sizes takes MiB separated by commas, not %r" % args.sizes)
             script = guest_venv_script(args.zfs, GUEST_BENCH_COMMAND.format(
-                sizes=args.sizes, runs=args.runs, sets=args.sets))
+                sizes=args.sizes, runs=args.runs, sets=args.sets,
+                profile="1" if args.profile else ""))
         else:
             command = GUEST_TEST_COMMAND.format(
                 layers=ZOPE_LAYERS if args.zfs == ZOPE_SERIES else GUEST_LAYERS,
@@ -457,10 +463,11 @@ def main(argv=None):
                 *(ZOPE_FILES if args.zfs == ZOPE_SERIES else ()),
                 extra=os.path.basename(ensure_image(args.zfs)))))
             os.makedirs(os.path.dirname(venv), exist_ok=True)
-        collect = (["bench.csv"], args.out) if args.command == "bench" else None
+        collect = ((["profile.txt"] if args.profile else ["bench.csv"]), args.out) \
+            if args.command == "bench" else None
         rc = Guest(args.zfs, script, args.timeout, init=init, venv=venv,
                    collect=collect).run()
-        if args.command == "bench" and rc == 0:
+        if args.command == "bench" and rc == 0 and not args.profile:
             rc = subprocess.run([args.plot_python, os.path.join(HERE, "report_bench.py"),
                                  os.path.join(args.out, "bench.csv"), args.out,
                                  "OpenZFS " + args.zfs]).returncode

@@ -342,10 +342,11 @@ def undo(site, swaps):
     return problems
 
 
-def swap(site, swaps):
+def swap(site, swaps, current=None):
     """While the site is down: each dataset's clone takes its place, from where ZFS says the
-    swap stands (a killed run may have done part of it). Returns clone_names()."""
-    current = facts(site, swaps)
+    swap stands (a killed run may have done part of it; `current`: facts() read since the
+    site was stopped). Returns clone_names()."""
+    current = facts(site, swaps) if current is None else current
     lost = [s["dataset"] for s, f in zip(swaps, current) if not f["old"] or not f["new"]]
     if lost:
         # Never act on a name whose guid is not the one recorded: it is not ours to touch.

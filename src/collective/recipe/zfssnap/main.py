@@ -172,12 +172,13 @@ class Deferred:
 def rollback(config, argv=None):
     # Everything a rollback uses, imported now: the rollback replaces the eggs under us (and
     # a virtualenv inside the buildout with them).
-    from collective.recipe.zfssnap import health  # noqa: F401
+    from collective.recipe.zfssnap import health
     from collective.recipe.zfssnap import keep  # noqa: F401
     from collective.recipe.zfssnap import processes  # noqa: F401
     from collective.recipe.zfssnap import rollback as rollbackmod
     from collective.recipe.zfssnap import supervisor  # noqa: F401
     from collective.recipe.zfssnap import zodb  # noqa: F401
+    health.prepare(config.get("health_check"))
 
     def arguments(parser):
         parser.add_argument("snapshot", nargs="?",

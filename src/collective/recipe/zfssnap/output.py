@@ -2,7 +2,6 @@
 import json
 import os
 import re
-import socket
 import sys
 
 from collective.recipe.zfssnap import state
@@ -25,7 +24,7 @@ class Output:
         self.warnings = []
         self.log_file = None
         self.user = current_user()
-        self.host = socket.gethostname()
+        self.host = os.uname().nodename
 
     def _print(self, text, level=1, stream=None):
         if self.verbosity < level:

@@ -16,7 +16,7 @@ The stages, in order; a rerun resumes from the one recorded:
 - settling       --keep, the site runs again: the rerun finishes the renames and sets up the
                  kept state.
 """
-import dataclasses
+import copy
 
 
 PREPARING = "preparing"
@@ -26,33 +26,52 @@ ROLLED_BACK = "rolled back"
 SETTLING = "settling"
 STAGES = (PREPARING, STOPPING, ROLLING_BACK, ROLLED_BACK, SETTLING)
 
+# The record's fields and their defaults (a list default is a new list each time). A plain
+# class, not a dataclass: importing dataclasses (with inspect) was a tenth of every script's
+# start-up.
+FIELDS = {
+    "target": None,
+    "datasets": list,
+    "stage": STOPPING,
+    "started": "?",
+    "by": "?",
+    "pid": None,
+    "rolled_back": list,  # plain: done so far
+    "daemon_was_running": False,
+    "daemon_down": False,  # supervisord was shut down by this rollback
+    "unit": None,  # the systemd unit supervisord was stopped through: started through it
+    "running_before": list,  # to start at the end
+    "keep": None,  # --keep: the swaps (keep.plan_swaps), guids included
+    "stamp": None,  # --keep: the stamp in the clones' and kept datasets' names
+}
 
-@dataclasses.dataclass
+
 class Progress:
-    target: str = None
-    datasets: list = dataclasses.field(default_factory=list)
-    stage: str = STOPPING
-    started: str = "?"
-    by: str = "?"
-    pid: int = None
-    rolled_back: list = dataclasses.field(default_factory=list)  # plain: done so far
-    daemon_was_running: bool = False
-    daemon_down: bool = False  # supervisord was shut down by this rollback
-    unit: str = None  # the systemd unit supervisord was stopped through: started through it
-    running_before: list = dataclasses.field(default_factory=list)  # to start at the end
-    keep: list = None  # --keep: the swaps (keep.plan_swaps), guids included
-    stamp: str = None  # --keep: the stamp in the clones' and kept datasets' names
+
+    def __init__(self, **values):
+        unknown = sorted(set(values) - set(FIELDS))
+        if unknown:
+            raise TypeError("a rollback record has no %s" % ", ".join(unknown))
+        for name, default in FIELDS.items():
+            setattr(self, name, values[name] if name in values else
+                    default() if default is list else default)
+
+    def __eq__(self, other):
+        return isinstance(other, Progress) and self.as_record() == other.as_record()
+
+    def __repr__(self):
+        return "Progress(%s)" % ", ".join("%s=%r" % (n, getattr(self, n)) for n in FIELDS)
 
     @classmethod
     def from_record(cls, data):
         """From a record's dict; None stays None. Keys of other versions are left out."""
         if data is None:
             return None
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k in FIELDS})
 
     def as_record(self):
-        return dataclasses.asdict(self)
+        """A copy: later changes to the swaps' dicts do not reach a record already made."""
+        return {name: copy.deepcopy(getattr(self, name)) for name in FIELDS}
 
     def update(self, **changes):
         for name, value in changes.items():

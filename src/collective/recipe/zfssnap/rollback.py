@@ -22,6 +22,7 @@ from collective.recipe.zfssnap.progress import Progress
 from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.site import BAD_INPUT
+from collective.recipe.zfssnap.site import Background
 from collective.recipe.zfssnap.site import FAILED
 from collective.recipe.zfssnap.site import INCOMPLETE
 from collective.recipe.zfssnap.site import REFUSED
@@ -257,10 +258,11 @@ class Run(Downtime):
             raise self.failed_midway(plan, done, self.site.permission_message(
                 e, "rollback,destroy,mount"))
 
-    def swap(self, target):
-        """--keep: the clones take the datasets' places, from where ZFS says the swap stands."""
+    def swap(self, target, current=None):
+        """--keep: the clones take the datasets' places, from where ZFS says the swap stands
+        (`current`: a Background reading of keep.facts, made since the site was stopped)."""
         try:
-            names = keepmod.swap(self.site, self.swaps)
+            names = keepmod.swap(self.site, self.swaps, current and current.result())
         except (zfsmod.ZfsError, OSError) as e:
             reason = getattr(e, "message", None) or str(e)
             self.out.log("rollback --keep FAILED: %s" % reason)
@@ -464,6 +466,8 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
             keepmod.undo(site, swaps)
             run.record.clear()
         raise
+    # The clones' facts (--keep) read while the plan is read again: the site is down.
+    current = Background(keepmod.facts, site, swaps) if keep else None
     try:
         fresh = plan_rollback(site, target, written=False, keep=keep)
         if not same_plan(plan, fresh):
@@ -485,7 +489,7 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
     names = {}
     if keep:
         run.committed = True
-        names = run.swap(target.short)
+        names = run.swap(target.short, current)
     else:
         run.roll_back_datasets(plan, commands)
     run.save(stage=ROLLED_BACK)

@@ -6,7 +6,6 @@ a later pool's fails the ones already taken are destroyed again, so that no half
 """
 import datetime
 import os
-import socket
 import subprocess
 import time
 
@@ -92,7 +91,7 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
     properties = {"part": site.part, "buildout": site.directory,
                   "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "label": label or "",
                   "message": message or "", "user": current_user(),
-                  "host": socket.gethostname(), "version": site.config.get("version", ""),
+                  "host": os.uname().nodename, "version": site.config.get("version", ""),
                   "datasets": ",".join(datasets), "made-by": made_by or ""}
     properties.update(git.result())
     # Every value is checked before anything runs (hooks included): zfs would stop half-way.

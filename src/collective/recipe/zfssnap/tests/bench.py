@@ -331,6 +331,104 @@ def busy_pool(size, runs, record):
         poller.stop()
 
 
+TIMELINE = '''\
+import runpy, subprocess, sys, threading, time
+t0 = time.monotonic()
+calls = []
+lock = threading.Lock()
+real = subprocess.run
+
+
+def run(argv, *a, **k):
+    start = time.monotonic()
+    try:
+        return real(argv, *a, **k)
+    finally:
+        with lock:
+            calls.append((start - t0, time.monotonic() - t0, argv))
+
+
+subprocess.run = run
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(script, run_name="__main__")
+finally:
+    end = time.monotonic() - t0
+    for start, stop, argv in sorted(calls):
+        sys.stderr.write("timeline: %6.3f-%6.3f %5.3f  %s\\n" % (
+            start, stop, stop - start, " ".join(map(str, argv))[:110]))
+    sys.stderr.write("timeline: %6.3f end\\n" % end)
+'''
+
+
+def importtime(argv):
+    """The 15 slowest imports (cumulative, microseconds) of a script's run, and their sum."""
+    proc = subprocess.run([PYTHON, "-X", "importtime"] + argv, cwd=SITE, text=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rows = []
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            self_us, cumulative, name = line[12:].split("|")
+            if self_us.strip().isdigit():
+                rows.append((int(cumulative), int(self_us), name.rstrip()))
+    # Imported by the code run itself, not by another module: the name is indented once.
+    top = [(c, s, n.strip()) for c, s, n in rows if not n.startswith("  ")]
+    return sum(r[0] for r in top), sorted(top, reverse=True)[:15]
+
+
+def timeline(argv):
+    """Each subprocess the script runs, from its start (after Python's own start-up)."""
+    with open("/tmp/timeline.py", "w") as f:
+        f.write(TIMELINE)
+    started = time.monotonic()
+    proc = subprocess.run([PYTHON, "/tmp/timeline.py"] + argv, cwd=SITE, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wall = time.monotonic() - started
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("timeline:")]
+    return wall, proc.returncode, lines
+
+
+def profile(report):
+    """Where a small command's time goes (make bench-profile): for each script, its imports
+    (python -X importtime) and the commands it runs, each with its start and end; for the
+    rollbacks, also the downtime a client saw."""
+    def say_(text):
+        say(text)
+        report.append(text)
+
+    layers.start_site()
+    say_("python start-up: %.3f s" % timed([PYTHON, "-c", "pass"]))
+    for args in (["snapshot", "profile"], ["snapshot", "--list"], ["cleanup", "--yes"]):
+        argv = [SITE + "/bin/" + args[0]] + args[1:]
+        if args[0] == "cleanup":
+            timed([SITE + "/bin/snapshot", "profile-2"])
+        wall, rc, lines = timeline(argv)
+        say_("bin/%s: %.3f s wall (exit %d)" % (" ".join(args), wall, rc))
+        for line in lines:
+            say_("  " + line)
+    total, top = importtime(["-c", "import collective.recipe.zfssnap.main, "
+                             "collective.recipe.zfssnap.rollback"])
+    say_("imports of main and rollback: %.3f s; the slowest:" % (total / 1e6))
+    for cumulative, self_us, name in top:
+        say_("  %7.3f s  %s" % (cumulative / 1e6, name))
+    poller = Poller()
+    try:
+        for args in (["rollback", "--yes"], ["rollback", "--yes", "--keep"]):
+            timed([SITE + "/bin/snapshot", "profile-" + args[-1].strip("-")])
+            expected = write_and_expect()
+            started = time.monotonic()
+            wall, rc, lines = timeline([SITE + "/bin/" + args[0]] + args[1:])
+            total, down = poller.outage(started, expected)
+            say_("bin/%s: %.3f s wall (exit %d), until answering %.3f s, down %.3f s" % (
+                " ".join(args), wall, rc, total, down))
+            for line in lines:
+                say_("  " + line)
+            timed([SITE + "/bin/cleanup", "--yes", "-q"])
+    finally:
+        poller.stop()
+
+
 class BenchPool(layers.GuestPool):
     """Room for a 1 GiB Data.fs and blobs, their snapshots and collective.recipe.backup's."""
 
@@ -354,7 +452,13 @@ def main():
     BenchPool.setUp()
     BenchSite.setUp()
     try:
-        run(sizes, runs, sets, out, busy, busy_snapshots)
+        if os.environ.get("BENCH_PROFILE"):
+            report = []
+            profile(report)
+            with open(os.path.join(os.path.dirname(out), "profile.txt"), "w") as f:
+                f.write("\n".join(report) + "\n")
+        else:
+            run(sizes, runs, sets, out, busy, busy_snapshots)
     finally:
         BenchSite.tearDown()
         BenchPool.tearDown()

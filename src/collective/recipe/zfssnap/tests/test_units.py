@@ -245,3 +245,39 @@ class StopOrderTest(unittest.TestCase):
                          ["instance1", "zeoserver"])
         # A program without a known priority has supervisor's default, 999: among the first.
         self.assertEqual(stop_order(["zeoserver", "other"], procs), ["other", "zeoserver"])
+
+
+class RollbackImportsTest(unittest.TestCase):
+    """bin/rollback imports what it will need before it starts (the rollback replaces the eggs
+    under it), and not urllib when there is no URL to check (a third of its imports)."""
+
+    def modules_when_work_starts(self, health_check):
+        tmp = tempfile.mkdtemp(prefix="zfssnap-imports-")
+        self.addCleanup(lambda: subprocess.run(["rm", "-rf", tmp]))
+        config = {"part": "zfssnap", "directory": tmp, "datasets": ["tank/site"],
+                  "zfs": ["zfs"], "mounts": {"tank/site": tmp}, "prefix": "zfssnap",
+                  "lock_file": os.path.join(tmp, "lock"), "health_check": health_check,
+                  "scripts": {s: os.path.join(tmp, "bin", s) for s in ("snapshot", "rollback",
+                                                                      "cleanup")}}
+        code = ("import sys\n"
+                "from collective.recipe.zfssnap import main, rollback\n"
+                "rollback.rollback = lambda *a, **k: print(' '.join(sorted(sys.modules)))\n"
+                "sys.exit(main.rollback(%r, ['--dry-run']))\n" % config)
+        proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        return proc.stdout.split()
+
+    def test_everything_for_a_url_check(self):
+        modules = self.modules_when_work_starts({"url": "http://127.0.0.1:8080/"})
+        for name in ("urllib.request", "urllib.error", "collective.recipe.zfssnap.keep",
+                     "collective.recipe.zfssnap.zodb", "collective.recipe.zfssnap.supervisor",
+                     "collective.recipe.zfssnap.processes", "collective.recipe.zfssnap.health"):
+            self.assertIn(name, modules)
+
+    def test_no_urllib_without_a_url(self):
+        for check in (None, {"command": ["true"]}):
+            modules = self.modules_when_work_starts(check)
+            self.assertNotIn("urllib.request", modules)
+            self.assertIn("collective.recipe.zfssnap.downtime", modules)
