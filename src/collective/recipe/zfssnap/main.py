@@ -196,9 +196,16 @@ def rollback(config, argv=None):
                             help="keep the state rolled away from (and newer snapshots) as "
                             "datasets of their own instead of destroying it (default: the "
                             "part's keep-rolled-away option)")
-        parser.add_argument("--forget", action="store_true",
-                            help="forget the record of an unfinished rollback (after showing "
-                            "it) instead of rolling back")
+        phase = parser.add_mutually_exclusive_group()
+        phase.add_argument("--forget", action="store_true",
+                           help="forget the record of an unfinished rollback (after showing "
+                           "it) instead of rolling back")
+        phase.add_argument("--no-start", action="store_true",
+                           help="stop and roll back, but start nothing: the record stays, and "
+                           "--start starts what ran before (a release across several hosts)")
+        phase.add_argument("--start", action="store_true",
+                           help="start what ran before a rollback made with --no-start, from "
+                           "its record (nothing recorded: nothing to do)")
 
     def work(site, args):
         if args.forget:
@@ -206,13 +213,16 @@ def rollback(config, argv=None):
                 raise Stop("--forget takes no snapshot", BAD_INPUT)
             return rollbackmod.forget(site)
         out = site.out
-        confirm = terminal_confirmation(out, "Type yes to stop the site and roll back: ",
-                                        "to roll back (nothing was changed)")
+        confirm = terminal_confirmation(out, "Type yes to start what ran before: ",
+                                        "to start (nothing was changed)") if args.start else \
+            terminal_confirmation(out, "Type yes to stop the site and roll back: ",
+                                  "to roll back (nothing was changed)")
         deferred = Deferred(out)
         try:
             rollbackmod.rollback(site, args.snapshot, yes=args.yes, dry_run=args.dry_run,
                                  force=args.force, diff=args.diff, confirm=confirm,
-                                 critical=deferred, keep=args.keep)
+                                 critical=deferred, keep=args.keep, start=not args.no_start,
+                                 start_only=args.start)
         finally:
             deferred.restore()
 

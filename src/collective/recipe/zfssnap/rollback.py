@@ -236,6 +236,7 @@ class Run(Downtime):
                           "%s; start it with: %s" % (reason, e.message, self.start_hint()),
                           FAILED)
         self.record.clear()
+        self.out.data["phase"] = "aborted"
         raise Aborted("%s: rollback aborted, nothing rolled back; %s%s" % (
             reason, "now running: " + (", ".join(self.data.running_before) or "nothing")
             if not late else "NOT running now: %s (start with %s)" % (
@@ -357,17 +358,70 @@ class Run(Downtime):
 
 
 def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=False,
-             confirm=None, critical=None, keep=False):
+             confirm=None, critical=None, keep=False, start=True, start_only=False):
     """bin/rollback: from the recorded progress of an unfinished run if there is one (resume),
-    else a new rollback to `wanted` (the newest snapshot set if None). The plan, or None."""
+    else a new rollback to `wanted` (the newest snapshot set if None). The plan, or None.
+
+    `start` False (--no-start): stop and roll back, and leave the record for `start_only`
+    (--start), which starts what ran before from it: phases an orchestrator can interleave
+    across hosts. The --json document's `phase` says how far the run got (PHASES)."""
     run = Run(site, force)
+    site.out.data["phase"] = "none"
     pending = Progress.from_record(run.record.load())
+    if start_only:
+        return start_recorded(run, pending, wanted, yes, dry_run, confirm, critical)
     if pending:
-        return resume(run, pending, wanted, keep, yes, dry_run, confirm, critical, diff)
-    return roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff)
+        return resume(run, pending, wanted, keep, yes, dry_run, confirm, critical, diff,
+                      start)
+    return roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, start=start)
 
 
-def resume(run, pending, wanted, keep, yes, dry_run, confirm, critical, diff):
+# What the --json `phase` says: the last of these the run reached.
+PHASES = {
+    "none": "nothing was changed",
+    "planned": "the plan was shown (--dry-run): nothing was changed",
+    "aborted": "the site was stopped and started again; nothing was rolled back",
+    "stopped": "the site is stopped; the datasets are not (all) rolled back",
+    "rolled-back": "the datasets are at the snapshot; what ran before is not started",
+    "started": "what ran before runs again; a --keep state is not yet set up",
+    "done": "rolled back, started and, with --keep, the state rolled away from kept",
+}
+
+
+def start_recorded(run, pending, wanted, yes, dry_run, confirm, critical):
+    """bin/rollback --start: start what ran before a rollback that stopped at the rolled-back
+    phase (--no-start), from its record. Nothing recorded: nothing to start (a rerun of a
+    finished --start is no error)."""
+    site, out = run.site, run.out
+    if pending is None:
+        out.say("No unfinished rollback is recorded: nothing to start.")
+        out.data["phase"] = "done"
+        return None
+    out.plan(describe_record(pending))
+    if wanted is not None and wanted != pending.target and \
+            site.find_set(wanted).short != pending.target:
+        raise Stop("the recorded rollback is to %s, not %s: start it with %s --start; nothing "
+                   "was changed" % (pending.target, wanted, site.scripts["rollback"]), REFUSED)
+    if pending.stage not in (ROLLED_BACK, SETTLING):
+        raise Stop("the recorded rollback to %s has not rolled back the datasets yet (stage "
+                   "'%s'): run %s --no-start %s to finish that first, then --start; nothing was "
+                   "changed" % (pending.target, pending.stage, site.scripts["rollback"],
+                                pending.target), REFUSED)
+    return finish_recorded(run, pending, yes, dry_run, confirm, critical)
+
+
+def stop_before_start(run, target):
+    """--no-start: the datasets are at `target`; the record stays, for --start."""
+    names = run.data.running_before
+    run.out.data["to_start"] = list(names)
+    run.out.log("rolled back to %s; not started (--no-start): %s" % (
+        target, ", ".join(names) or "nothing ran before"))
+    run.out.say("Rolled back to %s; nothing was started (--no-start). Start what ran before "
+                "(%s) with: %s --start" % (target, ", ".join(names) or "nothing",
+                                            run.site.scripts["rollback"]))
+
+
+def resume(run, pending, wanted, keep, yes, dry_run, confirm, critical, diff, start=True):
     """The one way on from a recorded unfinished run (progress.py has its stages): for the
     target it recorded, with --keep as it was started."""
     site, out = run.site, run.out
@@ -391,17 +445,17 @@ def resume(run, pending, wanted, keep, yes, dry_run, confirm, critical, diff):
         if not dry_run:
             keepmod.undo(site, pending.swaps)
         return roll_back(run, pending.target, keep, yes, dry_run, confirm, critical, diff,
-                         carried=pending)
+                         carried=pending, start=start)
     if pending.finished_in_zfs:
-        return finish_recorded(run, pending, yes, dry_run, confirm, critical)
+        return finish_recorded(run, pending, yes, dry_run, confirm, critical, start)
     # Killed while stopping, or while rolling back (plain): a new plan from what is there now;
     # what ran before the first run is started at the end.
     return roll_back(run, pending.target, keep, yes, dry_run, confirm, critical, diff,
-                     pending=pending)
+                     pending=pending, start=start)
 
 
 def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=None,
-              carried=None):
+              carried=None, start=True):
     """Plan, stop, roll back (or swap, with --keep), start, settle. `pending`: the progress of
     an unfinished run this one finishes; `carried`: of one killed before it stopped anything."""
     site, out, force = run.site, run.out, run.force
@@ -425,6 +479,8 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
     if dry_run:
         for argv in commands:
             out.command(argv)
+        preflight(run, mountpoints, pending or carried)
+        out.data["phase"] = "planned"
         return plan
     problem = processes.can_check()
     if problem:
@@ -457,6 +513,7 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
     run.save(required=True, stage=STOPPING)
     try:
         run.stop(mountpoints, procs, daemon_pid)
+        out.data["phase"] = "stopped"
     except SupervisorError as e:
         raise run.failed_midway(plan, [], e.message)
     except Aborted:
@@ -493,10 +550,27 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
     else:
         run.roll_back_datasets(plan, commands)
     run.save(stage=ROLLED_BACK)
+    out.data["phase"] = "rolled-back"
     out.data["rolled_back"] = [e["dataset"] for e in plan["datasets"]]
     run.check_mounted(target.short, names)
+    if not start:
+        stop_before_start(run, target.short)
+        return plan
     finish(run, target.short)
     return plan
+
+
+def preflight(run, mountpoints, pending):
+    """What the real run refuses before it stops anything, checked by --dry-run too (it
+    changes nothing): that this machine can tell who has files open on the datasets, and that
+    nothing outside supervisor does."""
+    problem = processes.can_check()
+    if problem:
+        raise Stop("cannot roll back safely: %s" % problem, REFUSED)
+    procs, daemon_pid, _ = run.survey(pending)
+    managed = processes.with_descendants([daemon_pid or 0] + [p.pid for p in procs.values()
+                                                              if p.pid])
+    check_open_files(run.site, mountpoints, managed, run.force, before_stop=True)
 
 
 def finish(run, target, start=True):
@@ -504,6 +578,7 @@ def finish(run, target, start=True):
     try:
         if start:
             run.finish_start(target)
+            run.out.data["phase"] = "started"
     except HealthFailed:
         restore_guard_record(run.site, target)
         if run.swaps and run.settle(target):
@@ -528,6 +603,7 @@ def finish(run, target, start=True):
                            run.site.scripts["rollback"], "; ".join(failed)), INCOMPLETE)
     restore_guard_record(run.site, target)
     run.record.clear()
+    run.out.data["phase"] = "done"
     report(run, target)
     if run.swaps:
         say_kept(run)
@@ -565,7 +641,7 @@ def say_kept(run):
                     "type cd %s to see the restored one." % site.directory)
 
 
-def finish_recorded(run, pending, yes, dry_run, confirm, critical):
+def finish_recorded(run, pending, yes, dry_run, confirm, critical, start=True):
     """Finish a run whose datasets are (being) replaced or rolled back for good: the rest of the
     --keep swap, then starting what ran before (unless it runs already), then settling the kept
     state. ZFS and the record say what is left, not a new plan."""
@@ -576,6 +652,7 @@ def finish_recorded(run, pending, yes, dry_run, confirm, critical):
     if run.sup and pending.unit:
         run.sup.unit = pending.unit  # stopped through its unit: started through it too
     stage = pending.stage
+    out.data["phase"] = {ROLLED_BACK: "rolled-back", SETTLING: "started"}.get(stage, "stopped")
     current = keepmod.facts(run.site, run.swaps) if run.swaps else []
     left = keepmod.swap_steps(run.swaps, current) if run.swaps else []
     if left and stage != ROLLING_BACK:
@@ -593,11 +670,18 @@ def finish_recorded(run, pending, yes, dry_run, confirm, critical):
         if dry_run:
             for _, argv in left:
                 out.command(run.site.zfs.command + argv)
+    elif not start and stage == ROLLED_BACK:
+        out.plan("Every dataset was rolled back to %s; nothing to do before the start "
+                 "(--no-start)." % target)
     else:
         out.plan("Every dataset was rolled back to %s; this run %s." % (
             target, "sets up the kept state rolled away from" if stage == SETTLING else
             "starts what ran before: %s" % (", ".join(pending.running_before) or "nothing")))
     if dry_run:
+        out.data["phase"] = "planned"
+        return None
+    if not start and stage == ROLLED_BACK:
+        stop_before_start(run, target)
         return None
     if not yes and (confirm is None or not confirm()):
         raise Stop("not confirmed: nothing was changed", REFUSED)
@@ -618,10 +702,14 @@ def finish_recorded(run, pending, yes, dry_run, confirm, critical):
                                e.message, run.site.scripts["rollback"]), INCOMPLETE)
         names = run.swap(target)
         run.save(stage=ROLLED_BACK)
+        out.data["phase"] = "rolled-back"
     else:
         names = keepmod.clone_names(run.swaps, current)  # {} for a plain rollback
     # What ran before runs again (a boot may have come between): started if it does not.
     run.check_mounted(target, names)
+    if not start and stage != SETTLING:
+        stop_before_start(run, target)
+        return None
     finish(run, target)
     return None
 

@@ -224,12 +224,18 @@ class World:
             mountsmod.is_inside(path, m.mountpoint) and m.mountpoint != path
             for m in mounts[here[-1] + 1:])
 
-    def rollback(self, keep=False, crash_after=None, log=None, dry_run=False):
-        """bin/rollback --yes [--keep] TARGET: None, the Stop it ended with, or Crash."""
-        with self.patched(crash_after, log):
+    def rollback(self, keep=False, crash_after=None, log=None, dry_run=False, start=True,
+                 start_only=False, holders=()):
+        """bin/rollback --yes [--keep] [--no-start|--start] TARGET: None, the Stop it ended
+        with, or Crash; `self.data` is what its --json document would hold. `holders`: the
+        processes outside supervisor that have files on the datasets."""
+        site = self.site()
+        self.data = site.out.data
+        with self.patched(crash_after, log), mock.patch.object(
+                processes, "holders", lambda *a, **k: list(holders)):
             try:
-                rollbackmod.rollback(self.site(), self.target, yes=True, keep=keep,
-                                     dry_run=dry_run)
+                rollbackmod.rollback(site, self.target, yes=True, keep=keep, dry_run=dry_run,
+                                     start=start, start_only=start_only)
             except (sitemod.Stop, Crash) as e:
                 return e
         return None

@@ -115,6 +115,35 @@ class WorkflowTest(unittest.TestCase):
         self.assertIn("tank/site@" + name, snapshots("tank/site"))
         print("\n    rollback of 3 datasets with supervisor: %.1f s" % elapsed, end=" ")
 
+    def test_no_start_then_start(self):
+        """The two phases of a release across hosts, on one: stopped and rolled back with
+        nothing started, then started from the record."""
+        name = take_snapshot("pre-2.0")
+        release("2.0", buildout=False)
+        rc, out, err = bin_("rollback", "--no-start", "--yes", "--json")
+        self.assertEqual(rc, 0, out + err)
+        doc = json.loads(out)
+        self.assertEqual((doc["phase"], doc["to_start"]), ("rolled-back", ["app", "worker"]))
+        self.assertEqual(supervisord_pids(), [])  # its files are on the datasets: shut down
+        self.assertEqual(last_tid_on_disk(), self.before["last_tid"])
+        with open(SITE + "/VERSION") as f:
+            self.assertEqual(f.read().strip(), "1.0")
+        # The preflight of what is left: nothing but the start.
+        rc, out, err = bin_("rollback", "--dry-run", "--json")
+        self.assertEqual((rc, json.loads(out)["phase"]), (0, "planned"), out + err)
+        self.assertEqual(supervisord_pids(), [])
+        rc, out, err = bin_("rollback", "--start", "--yes", "--json")
+        self.assertEqual(rc, 0, out + err)
+        self.assertEqual(json.loads(out)["phase"], "done")
+        self.assertEqual(program_states(), {"app": "RUNNING", "worker": "RUNNING"})
+        state = wait_for(app, what="the app to answer after --start")
+        self.assertEqual((state["version"], state["counter"]),
+                         ("1.0", self.before["counter"]))
+        rc, out, err = bin_("rollback", "--start", "--yes")  # run again: nothing to do
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("No unfinished rollback is recorded: nothing to start.", out)
+        self.assertIn("tank/site@" + name, snapshots("tank/site"))
+
     def test_cleanup_after_good_release_destroys_only_own_snapshots(self):
         sh("zfs", "snapshot", "tank/site@other-tool")
         rc, out, err = bin_("snapshot")
@@ -248,6 +277,10 @@ class RefusalTest(unittest.TestCase):
                                   cwd="/", stdout=subprocess.PIPE, text=True)
         try:
             holder.stdout.readline()
+            # The preflight refuses as the run does, and changes nothing either.
+            rc, out, err = bin_("rollback", "--dry-run", "--json")
+            self.assertEqual(rc, 3, out + err)
+            self.assertIn("pid %d (python3 -c" % holder.pid, json.loads(out)["error"])
             rc, out, err = bin_("rollback", "--yes")
             self.assertEqual(rc, 3, out + err)
             self.assertIn("pid %d (python3 -c" % holder.pid, err)

@@ -325,3 +325,126 @@ class UnsettledKeepTest(unittest.TestCase):
         with world.patched():
             cleanupmod.cleanup(world.site(), yes=True)
         self.assertTrue([c for c in world.pool.calls if c[0] == "destroy"])
+
+
+class PhasesTest(unittest.TestCase):
+    """--no-start and --start, the phases a release across several hosts interleaves: stop and
+    roll back here, start there, start here; killed anywhere, the same command again finishes
+    its phase. The --json `phase` says how far a run got."""
+
+    def world(self, shutdown=True):
+        world = World(shutdown=shutdown)
+        self.addCleanup(world.close)
+        return world
+
+    def assert_rolled_back_not_started(self, world, where=""):
+        """The target's state mounted at each path, and mounted so at boot (with --keep under
+        the clones' names until the settling after the start); nothing running."""
+        mounted = {m.mountpoint: m.dataset for m in world.pool.mounts()}
+        for name, mountpoint in world.layout:
+            d = world.pool.datasets[mounted[mountpoint]]
+            self.assertEqual((d["content"], d["canmount"]), ("v1", "on"), (where, name))
+            self.assertTrue(world.visible(mountpoint), (where, name))
+        self.assertFalse(any(p.state == "RUNNING" for p in world.sup.programs.values())
+                         and world.sup.up, where)
+        self.assertIn('"stage": "rolled back"', world.record(), where)
+
+    def phases(self, keep, shutdown):
+        world = self.world(shutdown)
+        self.assertIsNone(world.rollback(keep=keep, start=False))
+        self.assertEqual(world.data["phase"], "rolled-back")
+        self.assertEqual(world.data["to_start"], ["app", "worker"])
+        self.assert_rolled_back_not_started(world)
+        # Again: nothing to do before the start, and nothing is started.
+        calls = (list(world.pool.calls), list(world.sup.calls))
+        self.assertIsNone(world.rollback(keep=keep, start=False))
+        self.assertEqual((world.pool.calls, world.sup.calls), calls)
+        self.assertEqual(world.data["phase"], "rolled-back")
+        self.assertIsNone(world.rollback(start_only=True, dry_run=True))
+        self.assertEqual(world.data["phase"], "planned")
+        self.assertIsNone(world.rollback(start_only=True))
+        self.assertEqual(world.data["phase"], "done")
+        StageSweepTest.check_finished(self, world, keep, "after --start")
+        # A second --start (a playbook run again): nothing recorded, nothing done.
+        calls = (list(world.pool.calls), list(world.sup.calls))
+        self.assertIsNone(world.rollback(start_only=True))
+        self.assertEqual(world.data["phase"], "done")
+        self.assertEqual((world.pool.calls, world.sup.calls), calls)
+
+    def test_no_start_then_start(self):
+        self.phases(keep=False, shutdown=True)
+
+    def test_no_start_then_start_programs_stopped(self):
+        self.phases(keep=False, shutdown=False)
+
+    def test_keep_no_start_then_start(self):
+        self.phases(keep=True, shutdown=True)
+
+    def test_keep_no_start_then_start_programs_stopped(self):
+        self.phases(keep=True, shutdown=False)
+
+    def test_no_start_killed_after_every_action_then_again(self):
+        for keep in (False, True):
+            counting = self.world()
+            steps = actions_in(counting, keep)
+            # The actions before the start: what --no-start does.
+            steps = steps[:[i for i, a in enumerate(steps) if "start" in a.split()[1:2]][0]]
+            for n, action in enumerate(steps, 1):
+                where = "keep=%s, killed after %d (%s)" % (keep, n, action)
+                world = self.world()
+                self.assertIsInstance(world.rollback(keep=keep, start=False, crash_after=n),
+                                      Crash, where)
+                result = world.rollback(keep=keep, start=False)
+                self.assertIsNone(result, "%s: the rerun said %s" % (where, result))
+                self.assert_rolled_back_not_started(world, where)
+                self.assertIsNone(world.rollback(start_only=True), where)
+                StageSweepTest.check_finished(self, world, keep, where)
+
+    def test_start_killed_after_every_action_then_again(self):
+        for keep in (False, True):
+            counting = self.world()
+            self.assertIsNone(counting.rollback(keep=keep, start=False))
+            log = []
+            self.assertIsNone(counting.rollback(start_only=True, log=log))
+            self.assertEqual(log[0], "supervisord start supervisord")
+            for n, action in enumerate(log, 1):
+                where = "keep=%s, --start killed after %d (%s)" % (keep, n, action)
+                world = self.world()
+                self.assertIsNone(world.rollback(keep=keep, start=False), where)
+                self.assertIsInstance(world.rollback(start_only=True, crash_after=n), Crash,
+                                      where)
+                result = world.rollback(start_only=True)
+                self.assertIsNone(result, "%s: the rerun said %s" % (where, result))
+                StageSweepTest.check_finished(self, world, keep, where)
+
+    def test_start_before_the_datasets_are_rolled_back_is_refused(self):
+        world = self.world()
+        steps = actions_in(self.world(), keep=False)
+        first = [i for i, a in enumerate(steps, 1) if a.startswith("zfs rollback")][0]
+        self.assertIsInstance(world.rollback(start=False, crash_after=first - 1), Crash)
+        calls = (list(world.pool.calls), list(world.sup.calls))
+        result = world.rollback(start_only=True)
+        self.assertIsInstance(result, Stop)
+        self.assertEqual(result.code, REFUSED)
+        self.assertRegex(result.message, r"has not rolled back the datasets yet \(stage "
+                         r"'(stopping|rolling back)'\): run %s/bin/rollback --no-start "
+                         r"zfssnap-T-pre to finish that first" % world.top)
+        self.assertEqual((world.pool.calls, world.sup.calls), calls)
+        self.assertEqual(world.data["phase"], "none")
+
+    def test_the_preflight_plans_and_refuses_what_the_run_refuses(self):
+        from collective.recipe.zfssnap.processes import Holder
+        world = self.world()
+        self.assertIsNone(world.rollback(dry_run=True))
+        self.assertEqual(world.data["phase"], "planned")
+        calls = (list(world.pool.calls), list(world.sup.calls), world.record())
+        outside = [Holder(4242, "python3 backup.py", ["fd 3"])]
+        result = world.rollback(dry_run=True, holders=outside)
+        self.assertIsInstance(result, Stop)
+        self.assertEqual(result.code, REFUSED)
+        self.assertIn("processes outside supervisor have files on the datasets: pid 4242",
+                      result.message)
+        self.assertEqual(world.data["phase"], "none")
+        self.assertEqual((world.pool.calls, world.sup.calls, world.record()), calls)
+        self.assertIsInstance(world.rollback(holders=outside), Stop)  # as the run does
+        self.assertEqual((world.pool.calls, world.sup.calls, world.record()), calls)
