@@ -1,6 +1,7 @@
 # make test       every test: the fast suite (with its buildout and Python matrix and the package
 #                 checks) beside the OpenZFS guest suite on 2.1 and 2.3
-# make test-fast  unit tests, doctests, package checks and the documentation build, no guest
+# make test-fast  unit tests, doctests, package checks, the Ansible collection's checks and the
+#                 documentation build, no guest
 # make test-lab   the guest suite only; ZFS=2.1 or ZFS=2.3 for one series
 # make docs       the documentation (Sphinx) in docs/_build/html
 # make demo       the release workflow, typed on a throwaway Zope site in the guest (2.3)
@@ -18,7 +19,7 @@ BUILDOUT_VERSION = 6.0.1
 MATRIX = tests/matrix.sh
 MATRIX_RUNS ?= buildout-5.1.3 buildout-5.2.0 python-3.10 python-3.13
 
-.PHONY: test test-fast test-matrix check-package docs test-lab lab-images demo bench \
+.PHONY: test test-fast test-matrix check-package check-ansible docs test-lab lab-images demo bench \
 	lab-smoke clean
 
 # The fast suite runs on the host beside the guest suite (the emulated guest keeps about one of
@@ -41,18 +42,23 @@ bin/test: .venv/bin/buildout buildout.cfg setup.py
 
 test-fast: bin/test
 	bin/test
-	$(MAKE) test-matrix check-package docs
+	$(MAKE) test-matrix check-package check-ansible docs
 
 test-matrix:
 	for run in $(MATRIX_RUNS); do $(MATRIX) $$run || exit $$?; done
 
-.venv-tools/bin/pip:
+# Made again when the tools' requirements change.
+.venv-tools/.installed: tests/tools.txt docs/requirements.txt
 	tests/bootstrap-venv.sh $(PYTHON) .venv-tools -r tests/tools.txt
+	touch $@
 
-check-package: .venv-tools/bin/pip
+check-package: .venv-tools/.installed
 	tests/check-package.sh .venv-tools
 
-docs: .venv-tools/bin/pip
+check-ansible: .venv-tools/.installed
+	tests/check-ansible.sh .venv-tools
+
+docs: .venv-tools/.installed
 	.venv-tools/bin/sphinx-build -q -W --keep-going -b html docs docs/_build/html
 
 lab-images:
@@ -64,7 +70,7 @@ test-lab:
 demo:
 	$(LAB) demo --zfs $(if $(ZFS),$(ZFS),2.3)
 
-bench: .venv-tools/bin/pip
+bench: .venv-tools/.installed
 	$(LAB) bench --zfs $(if $(ZFS),$(ZFS),2.1) --out docs/bench --plot-python .venv-tools/bin/python
 
 lab-smoke:

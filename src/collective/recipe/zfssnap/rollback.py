@@ -368,6 +368,7 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
     run = Run(site, force)
     site.out.data["phase"] = "none"
     pending = Progress.from_record(run.record.load())
+    site.out.data["recorded_stage"] = pending.stage if pending else None
     if start_only:
         return start_recorded(run, pending, wanted, yes, dry_run, confirm, critical)
     if pending:
