@@ -568,7 +568,12 @@ def preflight(run, mountpoints, pending):
     problem = processes.can_check()
     if problem:
         raise Stop("cannot roll back safely: %s" % problem, REFUSED)
-    procs, daemon_pid, _ = run.survey(pending)
+    try:
+        procs, daemon_pid, _ = run.survey(pending)
+    except SupervisorError as e:
+        raise Stop("cannot tell what supervisord runs (%s): the rollback would stop there; "
+                   "run it as a user who can reach supervisord; nothing was changed"
+                   % e.message, REFUSED)
     managed = processes.with_descendants([daemon_pid or 0] + [p.pid for p in procs.values()
                                                               if p.pid])
     check_open_files(run.site, mountpoints, managed, run.force, before_stop=True)

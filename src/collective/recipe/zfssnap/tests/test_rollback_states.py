@@ -448,3 +448,19 @@ class PhasesTest(unittest.TestCase):
         self.assertEqual((world.pool.calls, world.sup.calls, world.record()), calls)
         self.assertIsInstance(world.rollback(holders=outside), Stop)  # as the run does
         self.assertEqual((world.pool.calls, world.sup.calls, world.record()), calls)
+
+    def test_a_preflight_that_cannot_reach_supervisord_refuses_in_one_sentence(self):
+        from collective.recipe.zfssnap.supervisor import SupervisorError
+
+        def denied():
+            raise SupervisorError("cannot connect to /srv/site/var/supervisor.sock: "
+                                  "Permission denied")
+        world = self.world()
+        world.sup.running = denied
+        result = world.rollback(dry_run=True)
+        self.assertIsInstance(result, Stop)
+        self.assertEqual(result.code, REFUSED)
+        self.assertEqual(result.message, "cannot tell what supervisord runs (cannot connect to "
+                         "/srv/site/var/supervisor.sock: Permission denied): the rollback "
+                         "would stop there; run it as a user who can reach supervisord; "
+                         "nothing was changed")
