@@ -213,10 +213,9 @@ def rollback(config, argv=None):
                 raise Stop("--forget takes no snapshot", BAD_INPUT)
             return rollbackmod.forget(site)
         out = site.out
-        confirm = terminal_confirmation(out, "Type yes to start what ran before: ",
-                                        "to start (nothing was changed)") if args.start else \
-            terminal_confirmation(out, "Type yes to stop the site and roll back: ",
-                                  "to roll back (nothing was changed)")
+        question, what = ("Type yes to start what ran before: ", "to start") if args.start \
+            else ("Type yes to stop the site and roll back: ", "to roll back")
+        confirm = terminal_confirmation(out, question, what + " (nothing was changed)")
         deferred = Deferred(out)
         try:
             rollbackmod.rollback(site, args.snapshot, yes=args.yes, dry_run=args.dry_run,

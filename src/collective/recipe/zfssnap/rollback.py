@@ -377,16 +377,9 @@ def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=Fals
     return roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, start=start)
 
 
-# What the --json `phase` says: the last of these the run reached.
-PHASES = {
-    "none": "nothing was changed",
-    "planned": "the plan was shown (--dry-run): nothing was changed",
-    "aborted": "the site was stopped and started again; nothing was rolled back",
-    "stopped": "the site is stopped; the datasets are not (all) rolled back",
-    "rolled-back": "the datasets are at the snapshot; what ran before is not started",
-    "started": "what ran before runs again; a --keep state is not yet set up",
-    "done": "rolled back, started and, with --keep, the state rolled away from kept",
-}
+# What the --json `phase` says, the last of these the run reached: none (nothing was
+# changed), planned (--dry-run), aborted (stopped and started again, nothing rolled back),
+# stopped, rolled-back (nothing started yet), started (a --keep state not yet set up), done.
 
 
 def start_recorded(run, pending, wanted, yes, dry_run, confirm, critical):
@@ -483,9 +476,7 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
         preflight(run, mountpoints, pending or carried)
         out.data["phase"] = "planned"
         return plan
-    problem = processes.can_check()
-    if problem:
-        raise Stop("cannot roll back safely: %s" % problem, REFUSED)
+    check_can_see_holders()
     if not yes and (confirm is None or not confirm()):
         raise Stop("not confirmed: nothing was changed", REFUSED)
     if critical:
@@ -493,10 +484,7 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
     procs, daemon_pid, run.data = run.survey(pending or carried)
     run.data.update(target=target.short, keep=swaps or None, stamp=stamp)
     run.swaps = swaps
-    managed = processes.with_descendants([daemon_pid or 0] + [p.pid for p in procs.values()
-                                                              if p.pid])
-    # Before anything is stopped: processes outside supervisor would block anyway.
-    check_open_files(site, mountpoints, managed, force, before_stop=True)
+    check_outside_supervisor(run, mountpoints, procs, daemon_pid)
     site.hook("before-rollback")
     if keep:
         # Recorded before the clones are made, so that a run killed while making them leaves
@@ -565,15 +553,24 @@ def preflight(run, mountpoints, pending):
     """What the real run refuses before it stops anything, checked by --dry-run too (it
     changes nothing): that this machine can tell who has files open on the datasets, and that
     nothing outside supervisor does."""
-    problem = processes.can_check()
-    if problem:
-        raise Stop("cannot roll back safely: %s" % problem, REFUSED)
+    check_can_see_holders()
     try:
         procs, daemon_pid, _ = run.survey(pending)
     except SupervisorError as e:
         raise Stop("cannot tell what supervisord runs (%s): the rollback would stop there; "
                    "run it as a user who can reach supervisord; nothing was changed"
                    % e.message, REFUSED)
+    check_outside_supervisor(run, mountpoints, procs, daemon_pid)
+
+
+def check_can_see_holders():
+    problem = processes.can_check()
+    if problem:
+        raise Stop("cannot roll back safely: %s" % problem, REFUSED)
+
+
+def check_outside_supervisor(run, mountpoints, procs, daemon_pid):
+    """Before anything is stopped: processes outside supervisor would block anyway."""
     managed = processes.with_descendants([daemon_pid or 0] + [p.pid for p in procs.values()
                                                               if p.pid])
     check_open_files(run.site, mountpoints, managed, run.force, before_stop=True)
