@@ -53,7 +53,8 @@ step "apt-get update"
 in_root apt-get update -q > "$work/apt.log" 2>&1 || { tail -20 "$work/apt.log"; exit 1; }
 
 base="linux-image-amd64 linux-headers-amd64 python3 python3-venv kmod udev iproute2 procps
-      psmisc lsof git e2fsprogs util-linux ca-certificates rsync sudo systemd"
+      psmisc lsof git e2fsprogs util-linux ca-certificates rsync sudo systemd
+      openssh-server openssh-client"
 if [ "$backports" = yes ]; then
     bp=bookworm-backports
     zfs="zfs-dkms/$bp zfsutils-linux/$bp libnvpair3linux/$bp libuutil3linux/$bp

@@ -39,12 +39,16 @@ HOST_TOOLS = {  # command: Debian package
 # What the guest's python installs, offline: made on the host with pip for CPython 3.11.
 WHEELHOUSE_REQUIREMENTS = os.path.join(HERE, "wheelhouse.txt")
 WHEELHOUSE_EXTRA = (os.path.join(HERE, "wheelhouse-buildout5.txt"),
-                    os.path.join(HERE, "wheelhouse-zope.txt"))
-# The series whose guest suite runs the Zope stack (test_zope) and whose `make demo` shows it:
-# its cached venv disk also carries the stack's eggs, built and compiled once.
-ZOPE_SERIES = "2.3"
-# Its eggs follow from the wheelhouse: a site whose buildout.cfg asks for more installs the rest.
-ZOPE_FILES = (os.path.join(HERE, "wheelhouse-zope.txt"),)
+                    os.path.join(HERE, "wheelhouse-zope.txt"),
+                    os.path.join(HERE, "wheelhouse-ansible.txt"))
+# The series whose guest suite runs the stacks: the Zope stack (test_zope, also shown by
+# `make demo`) and the site over three hosts driven by Ansible (test_hosts). Its cached venv
+# disk also carries the Zope stack's eggs, built and compiled once, and ansible-core's venv.
+STACK_SERIES = "2.3"
+# What that disk holds follows from these: a site whose buildout.cfg asks for more installs
+# the rest.
+STACK_FILES = (os.path.join(HERE, "wheelhouse-zope.txt"),
+               os.path.join(HERE, "wheelhouse-ansible.txt"))
 # The package's sources, built into the wheel the guest installs.
 PACKAGE_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "README.rst",
                  "CHANGES.rst", "LICENSE", "src")
@@ -349,7 +353,7 @@ GUEST_VENV_SCRIPT = """\
 #!/bin/bash
 set -e
 export ZFSSNAP_LAB=1 ZFSSNAP_LAB_SERIES={series} ZFSSNAP_LAB_FIND_LINKS="/mnt/wheels /mnt/share/dist"
-export ZFSSNAP_LAB_ZOPE_SERIES={zope_series}
+export ZFSSNAP_LAB_STACK_SERIES={stack_series}
 echo "lab: guest $(uname -r), $(zfs version 2>/dev/null | head -1), $(python3 --version)"
 mkfs.ext4 -q -F /dev/vdb
 mkdir -p /scratch && mount /dev/vdb /scratch
@@ -380,7 +384,12 @@ GUEST_TEST_COMMAND = ("exec /opt/venv/bin/zope-testrunner --test-path \"$site\" 
                       "--package collective.recipe.zfssnap --layer {layers} -vvv {args}")
 # The Zope stack's layer only where its eggs are cached: a skipped test's layer is still set up.
 GUEST_LAYERS = "zfssnap.tests.layers"
-ZOPE_LAYERS = "'zfssnap.tests.(layers|zope_site)'"
+STACK_LAYERS = "'zfssnap.tests.(layers|zope_site|hosts)'"
+STACK_WARM = (
+    "/opt/venv/bin/python -m collective.recipe.zfssnap.tests.zope_site warm /opt/eggs\n"
+    "    python3 -m venv /opt/ansible\n"
+    "    /opt/ansible/bin/pip install -q --disable-pip-version-check --no-index "
+    "--find-links /mnt/wheels -r /mnt/src/tests/lab/wheelhouse-ansible.txt")
 GUEST_DEMO_COMMAND = "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.demo"
 GUEST_BENCH_COMMAND = ("BENCH_SIZES={sizes} BENCH_RUNS={runs} BENCH_SETS={sets} "
                        "BENCH_PROFILE={profile} "
@@ -389,10 +398,10 @@ GUEST_BENCH_COMMAND = ("BENCH_SIZES={sizes} BENCH_RUNS={runs} BENCH_SETS={sets} 
 
 
 def guest_venv_script(series, command):
-    # The venv disk of ZOPE_SERIES also carries the Zope stack's eggs (see ZOPE_FILES).
-    warm = ("/opt/venv/bin/python -m collective.recipe.zfssnap.tests.zope_site warm /opt/eggs"
-            if series == ZOPE_SERIES else ":")
-    return GUEST_VENV_SCRIPT.format(series=series, zope_series=ZOPE_SERIES, warm=warm,
+    # The venv disk of STACK_SERIES also carries the Zope stack's eggs and ansible-core
+    # (see STACK_FILES).
+    warm = (STACK_WARM if series == STACK_SERIES else ":")
+    return GUEST_VENV_SCRIPT.format(series=series, stack_series=STACK_SERIES, warm=warm,
                                     command=command)
 
 
@@ -452,7 +461,7 @@ def main(argv=None):
                 profile="1" if args.profile else ""))
         else:
             command = GUEST_TEST_COMMAND.format(
-                layers=ZOPE_LAYERS if args.zfs == ZOPE_SERIES else GUEST_LAYERS,
+                layers=STACK_LAYERS if args.zfs == STACK_SERIES else GUEST_LAYERS,
                 args=" ".join(shlex.quote(a) for a in rest))
             script = guest_venv_script(args.zfs, command)
         init = args.init or ("shell" if args.command in ("run", "shell-script") else "systemd")
@@ -460,7 +469,7 @@ def main(argv=None):
         if args.command in ("test", "demo", "bench"):
             venv = os.path.join(cache_dir(), "venvs", "venv-%s-%s.img" % (args.zfs, digest(
                 WHEELHOUSE_REQUIREMENTS, os.path.join(CHECKOUT, "setup.py"),
-                *(ZOPE_FILES if args.zfs == ZOPE_SERIES else ()),
+                *(STACK_FILES if args.zfs == STACK_SERIES else ()),
                 extra=os.path.basename(ensure_image(args.zfs)))))
             os.makedirs(os.path.dirname(venv), exist_ok=True)
         collect = ((["profile.txt"] if args.profile else ["bench.csv"]), args.out) \

@@ -36,6 +36,18 @@ def full_series_only(test):
                            "runs on OpenZFS %s only (the sweep runs here)" % FULL_SERIES)(test)
 
 
+# The series whose guest suite runs the stacks (lab.py's STACK_SERIES, whose cached venv disk
+# carries the Zope stack's eggs and ansible-core): they test what the part finds, supervisor's
+# order and the phases across hosts, not OpenZFS.
+STACK_SERIES = os.environ.get("ZFSSNAP_LAB_STACK_SERIES", "2.3")
+
+
+def stack_series_only(test):
+    series = os.environ.get("ZFSSNAP_LAB_SERIES")
+    return unittest.skipIf(series not in (None, STACK_SERIES),
+                           "the stacks run on OpenZFS %s only" % STACK_SERIES)(test)
+
+
 def sh(*argv, check=True, input=None):
     """Run a command of the test's own set-up (argv list); its output for the assertion."""
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

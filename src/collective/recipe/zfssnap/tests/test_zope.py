@@ -1,7 +1,6 @@
 """A release rolled back on a real Zope stack: ZEO server, two ZEO clients, supervisor (lab
-guest only, on the series of zope_site.ZOPE_SERIES)."""
+guest only, on the series of layers.STACK_SERIES)."""
 import json
-import os
 import re
 import unittest
 
@@ -9,6 +8,7 @@ from collective.recipe.zfssnap.tests import zope_site
 from collective.recipe.zfssnap.tests.layers import GIT
 from collective.recipe.zfssnap.tests.layers import on_terminal
 from collective.recipe.zfssnap.tests.layers import script_config
+from collective.recipe.zfssnap.tests.layers import stack_series_only
 from collective.recipe.zfssnap.tests.layers import wait_for
 from collective.recipe.zfssnap.tests.layers import sh
 from collective.recipe.zfssnap.tests.layers import snapshots
@@ -24,8 +24,7 @@ def supervisor_events(log):
     return re.findall(r"(stopped|spawned): '?(zeoserver|instance\d)'?", log)
 
 
-@unittest.skipIf(os.environ.get("ZFSSNAP_LAB_SERIES") not in (None, zope_site.ZOPE_SERIES),
-                 "the Zope stack runs on OpenZFS %s only" % zope_site.ZOPE_SERIES)
+@stack_series_only
 class ZopeStackTest(unittest.TestCase):
     layer = zope_site.ZopeStack
 

@@ -22,9 +22,6 @@ from collective.recipe.zfssnap.tests import layers
 from collective.recipe.zfssnap.tests.layers import sh
 
 
-# The series whose guest suite runs the Zope stack (lab.py's ZOPE_SERIES, whose cached venv
-# carries its eggs): the stack tests what the part finds and supervisor's order, not OpenZFS.
-ZOPE_SERIES = os.environ.get("ZFSSNAP_LAB_ZOPE_SERIES", "2.3")
 SITE = "/srv/plone"
 # The buildout's dataset on the system pool, Data.fs and blobs on the data pool.
 DATASETS = {
