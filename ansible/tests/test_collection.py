@@ -165,6 +165,14 @@ class CollectionTest(unittest.TestCase):
         rc, r = self.module("snapshot", {"buildout": top})
         self.assertEqual(r["msg"], "%s/bin/snapshot printed no JSON document (exit 1): "
                          "Traceback" % top)
+        # A host that died half-way (here the script killed by SIGKILL): what to do next.
+        with open(os.path.join(top, "bin", "rollback"), "w") as f:
+            f.write("#!/bin/sh\nkill -9 $$\n")
+        rc, r = self.module("rollback", {"buildout": top, "snapshot": "pre-2.0"})
+        self.assertEqual(r["msg"], "bin/rollback was killed by signal 9 before it finished: "
+                         "run it (or the playbook) again, it finishes what the host's record "
+                         "says")
+        self.assertEqual((r["rc"], r["phase"]), (-9, "unknown"))
 
     def test_snapshot_with_a_label_already_there_is_not_taken_again(self):
         top = self.site("one", {"snapshot": {

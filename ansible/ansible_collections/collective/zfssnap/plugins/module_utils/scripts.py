@@ -32,6 +32,10 @@ def run_script(module, name, args):
                          % (path, module.params["part"]), phase="none")
     rc, out, err = module.run_command([path, "--json"] + list(args),
                                       cwd=module.params["buildout"])
+    if rc < 0:  # a host that died half-way: its record says where it stopped
+        module.fail_json(msg="bin/%s was killed by signal %d before it finished: run it (or "
+                         "the playbook) again, it finishes what the host's record says"
+                         % (name, -rc), rc=rc, phase="unknown")
     try:
         doc = json.loads(out)
     except ValueError:
