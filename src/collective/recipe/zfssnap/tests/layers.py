@@ -265,11 +265,11 @@ def wait_for(predicate, timeout=90, what="a condition"):
         time.sleep(0.2)
 
 
-def app(path="/state", method="GET", bind_timeout=60):
+def app(path="/state", method="GET", bind_timeout=60, address="127.0.0.1", port=PORT):
     # supervisord calls the app RUNNING once it has lived startsecs; on a loaded TCG guest its
     # interpreter may not have reached bind() by then. A refused connection means the request
     # was never sent, so it is safe to try again, even for a POST.
-    req = urllib.request.Request("http://127.0.0.1:%d%s" % (PORT, path), method=method,
+    req = urllib.request.Request("http://%s:%d%s" % (address, port, path), method=method,
                                  data=b"" if method == "POST" else None)
     deadline = time.monotonic() + bind_timeout
     while True:
