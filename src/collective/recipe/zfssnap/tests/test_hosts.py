@@ -14,6 +14,7 @@ from collective.recipe.zfssnap.tests.hosts import SERVER
 from collective.recipe.zfssnap.tests.hosts import client
 from collective.recipe.zfssnap.tests.hosts import playbook
 from collective.recipe.zfssnap.tests.layers import GIT
+from collective.recipe.zfssnap.tests.layers import run_in_site
 from collective.recipe.zfssnap.tests.layers import script_config
 from collective.recipe.zfssnap.tests.layers import sh
 from collective.recipe.zfssnap.tests.layers import snapshots
@@ -164,6 +165,19 @@ class HostsTest(unittest.TestCase):
         for host in HOSTS:
             self.assertEqual(sh("git", "-C", host.buildout, "describe", "--tags").strip(),
                              "1.0")
+
+        # The control: the server rolled back alone while its clients run (what the playbook's
+        # order prevents) gives the symptom assert_rolled_back looks for in every client.
+        start = len(hosts.events())
+        rc, out, err = run_in_site(SERVER.buildout + "/bin/rollback", "--yes", "pre-2.0",
+                                   site=SERVER.buildout)
+        self.assertEqual(rc, 0, out + err)
+        wait_for(lambda: {e[1] for e in hosts.events()[start:] if e[2].startswith("zeo-")
+                          and NEWER_CACHE.search(e[4])} == {h.name for h in CLIENTS},
+                 timeout=120, what="both clients to log a cache newer than the server")
+        for host in CLIENTS:  # a fresh client process works with the rolled-back server
+            supervisorctl("restart", "client", site=host.buildout)
+        self.assertEqual(self.site(), before)
 
         rc, out = playbook("cleanup", "zfssnap_label=pre-2.0")
         self.assertEqual(rc, 0, out)
