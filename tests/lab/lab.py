@@ -49,6 +49,10 @@ STACK_SERIES = "2.3"
 # the rest.
 STACK_FILES = (os.path.join(HERE, "wheelhouse-zope.txt"),
                os.path.join(HERE, "wheelhouse-ansible.txt"))
+# The venv disk of BUILDOUT5_SERIES carries the zc.buildout 5 site's venv and eggs (its
+# guest test runs there only), following from this file the same way.
+BUILDOUT5_SERIES = "2.1"
+BUILDOUT5_FILES = (os.path.join(HERE, "wheelhouse-buildout5.txt"),)
 # The package's sources, built into the wheel the guest installs.
 PACKAGE_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "README.rst",
                  "CHANGES.rst", "LICENSE", "src")
@@ -390,6 +394,7 @@ STACK_WARM = (
     "    python3 -m venv /opt/ansible\n"
     "    /opt/ansible/bin/pip install -q --disable-pip-version-check --no-index "
     "--find-links /mnt/wheels -r /mnt/src/tests/lab/wheelhouse-ansible.txt")
+BUILDOUT5_WARM = "/opt/venv/bin/python -m collective.recipe.zfssnap.tests.test_buildout5 warm"
 GUEST_DEMO_COMMAND = "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.demo"
 GUEST_BENCH_COMMAND = ("BENCH_SIZES={sizes} BENCH_RUNS={runs} BENCH_SETS={sets} "
                        "BENCH_PROFILE={profile} "
@@ -399,8 +404,8 @@ GUEST_BENCH_COMMAND = ("BENCH_SIZES={sizes} BENCH_RUNS={runs} BENCH_SETS={sets} 
 
 def guest_venv_script(series, command):
     # The venv disk of STACK_SERIES also carries the Zope stack's eggs and ansible-core
-    # (see STACK_FILES).
-    warm = (STACK_WARM if series == STACK_SERIES else ":")
+    # (see STACK_FILES); that of BUILDOUT5_SERIES the zc.buildout 5 site's venv and eggs.
+    warm = {STACK_SERIES: STACK_WARM, BUILDOUT5_SERIES: BUILDOUT5_WARM}.get(series, ":")
     return GUEST_VENV_SCRIPT.format(series=series, stack_series=STACK_SERIES, warm=warm,
                                     command=command)
 
@@ -470,6 +475,7 @@ def main(argv=None):
             venv = os.path.join(cache_dir(), "venvs", "venv-%s-%s.img" % (args.zfs, digest(
                 WHEELHOUSE_REQUIREMENTS, os.path.join(CHECKOUT, "setup.py"),
                 *(STACK_FILES if args.zfs == STACK_SERIES else ()),
+                *(BUILDOUT5_FILES if args.zfs == BUILDOUT5_SERIES else ()),
                 extra=os.path.basename(ensure_image(args.zfs)))))
             os.makedirs(os.path.dirname(venv), exist_ok=True)
         collect = ((["profile.txt"] if args.profile else ["bench.csv"]), args.out) \
