@@ -27,6 +27,12 @@ CRASH_LOG = "/run/zeo-crash.log"
 NEWER_CACHE = re.compile(r"out of sync|server behind client|newer transactions", re.I)
 
 
+def newer_cache_events(since):
+    """The clients' ZEO messages of a cache newer than the server, from event number `since`."""
+    return [e for e in hosts.events()[since:] if e[2].startswith("zeo-")
+            and NEWER_CACHE.search(e[4])]
+
+
 def record(host):
     """The host's rollback record (its path from the part's lock file), or None."""
     path = script_config(site=host.buildout)["lock_file"] + ".rollback.json"
@@ -119,9 +125,7 @@ class HostsTest(unittest.TestCase):
             self.assertTrue(stops and starts, logs)
             self.assertLess(max(stops), min(server_stops), logs)
             self.assertGreater(min(starts), max(server_starts), logs)
-        said = [e for e in hosts.events()[marks["events"]:] if e[2].startswith("zeo-")
-                and NEWER_CACHE.search(e[4])]
-        self.assertEqual(said, [])
+        self.assertEqual(newer_cache_events(marks["events"]), [])
         # The site works on: a client writes, the other sees it.
         written = client(CLIENTS[1], "/write", "POST")
         wait_for(lambda: client(CLIENTS[0])["last_tid"] == written["last_tid"], timeout=60,
@@ -172,8 +176,7 @@ class HostsTest(unittest.TestCase):
         rc, out, err = run_in_site(SERVER.buildout + "/bin/rollback", "--yes", "pre-2.0",
                                    site=SERVER.buildout)
         self.assertEqual(rc, 0, out + err)
-        wait_for(lambda: {e[1] for e in hosts.events()[start:] if e[2].startswith("zeo-")
-                          and NEWER_CACHE.search(e[4])} == {h.name for h in CLIENTS},
+        wait_for(lambda: {e[1] for e in newer_cache_events(start)} == {h.name for h in CLIENTS},
                  timeout=120, what="both clients to log a cache newer than the server")
         for host in CLIENTS:  # a fresh client process works with the rolled-back server
             supervisorctl("restart", "client", site=host.buildout)
