@@ -2,7 +2,8 @@
 #                 checks) beside the OpenZFS guest suite on 2.1 and 2.3
 # make test-fast  unit tests, doctests, package checks, the Ansible collection's checks and the
 #                 documentation build, no guest
-# make test-lab   the guest suite only; ZFS=2.1 or ZFS=2.3 for one series
+# make test-lab   the guest suite only, its shards side by side (LAB_JOBS at a time); ZFS=2.1
+#                 or ZFS=2.3 for one series
 # make docs       the documentation (Sphinx) in docs/_build/html
 # make demo       the release workflow, typed on a throwaway Zope site in the guest (2.3)
 # make bench      snapshot, rollback and cleanup against collective.recipe.backup and by hand
@@ -22,14 +23,19 @@ MATRIX_RUNS ?= buildout-5.1.3 buildout-5.2.0 python-3.10 python-3.13
 .PHONY: test test-fast test-matrix check-package check-ansible docs test-lab lab-images demo bench \
 	lab-smoke clean
 
-# The fast suite runs on the host beside the guest suite (the emulated guest keeps about one of
-# the machine's cores busy, the fast suite the other); its output follows the guest suite's and
-# stays in .test-fast.log.
+# The fast suite runs on the host beside the guest suite (the guests are shards of the suite
+# booted side by side, tests/lab/suite.py); its output follows the guest suite's and stays in
+# .test-fast.log. The last lines are the table of where the time went.
 test:
-	@$(MAKE) test-fast > .test-fast.log 2>&1 & fast=$$!; \
-	$(MAKE) test-lab; lab=$$?; \
-	wait $$fast; fast=$$?; \
+	@started=$$(date +%s); \
+	( $(MAKE) test-fast > .test-fast.log 2>&1; echo $$? > .test-fast.rc; \
+	  echo $$(( $$(date +%s) - started )) > .test-fast.time ) & fast=$$!; \
+	$(LAB) suite --times .lab-times.json; lab=$$?; \
+	wait $$fast; fast=$$(cat .test-fast.rc); \
 	echo "== make test-fast, run beside the guest suite: exit $$fast"; cat .test-fast.log; \
+	echo "== where the time went (seconds)"; \
+	$(LAB) times .lab-times.json --fast "$$(cat .test-fast.time)"; \
+	echo "make test: $$(( $$(date +%s) - started )) s in all"; \
 	echo "== make test: fast suite exit $$fast, guest suite exit $$lab"; \
 	test $$lab = 0 && test $$fast = 0
 
@@ -65,7 +71,7 @@ lab-images:
 	for v in $(if $(ZFS),$(ZFS),$(ZFS_SERIES)); do $(LAB) build --zfs $$v || exit $$?; done
 
 test-lab:
-	for v in $(if $(ZFS),$(ZFS),$(ZFS_SERIES)); do $(LAB) test --zfs $$v || exit $$?; done
+	$(LAB) suite $(if $(ZFS),--zfs $(ZFS))
 
 demo:
 	$(LAB) demo --zfs $(if $(ZFS),$(ZFS),2.3)
@@ -77,5 +83,5 @@ lab-smoke:
 	$(LAB) test --zfs $(if $(ZFS),$(ZFS),2.1) -- -t test_smoke
 
 clean:
-	rm -rf .venv .venv-tools .matrix .test-fast.log bin develop-eggs eggs parts .installed.cfg src/*.egg-info \
+	rm -rf .venv .venv-tools .matrix .test-fast.log .test-fast.rc .test-fast.time .lab-times.json bin develop-eggs eggs parts .installed.cfg src/*.egg-info \
 		docs/_build build dist

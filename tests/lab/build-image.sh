@@ -2,7 +2,9 @@
 # Builds the lab's guest: a Debian 12 root with OpenZFS from Debian's own packages.
 # Called by lab.py (which computes the cache key from this file and guest-init):
 #   build-image.sh ZFS_SERIES MIRROR SECURITY_MIRROR OUTDIR
-# Leaves OUTDIR/root.img, OUTDIR/vmlinuz, OUTDIR/initrd.img and OUTDIR/versions.txt.
+# Leaves OUTDIR/root.img, OUTDIR/vmlinuz, OUTDIR/initrd.img and OUTDIR/versions.txt, and the
+# tree itself in OUTDIR/root: lab.py builds the guest's venv disk in it with chroot, at the
+# host's speed instead of under emulation.
 set -euo pipefail
 series=$1 mirror=$2 security=$3 out=$4
 here=$(cd "$(dirname "$0")" && pwd)
@@ -87,5 +89,5 @@ step "root.img ($(du -sh "$root" | cut -f1) of files)"
 mke2fs -q -t ext4 -L labroot -d "$root" "$work/root.img" 4G
 rm -rf "$out"
 mkdir -p "$out"
-mv "$work/root.img" "$work/vmlinuz" "$work/initrd.img" "$work/versions.txt" "$out/"
+mv "$work/root.img" "$work/vmlinuz" "$work/initrd.img" "$work/versions.txt" "$root" "$out/"
 step "done: $(tr '\n' ' ' < "$out/versions.txt")"

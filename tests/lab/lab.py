@@ -196,6 +196,17 @@ def ensure_wheelhouse():
     return out
 
 
+def unpack_wheel(dist, dest):
+    """The package's wheel in `dist` installed into the directory `dest` (compiled by this
+    Python, which makes the guest's wheelhouse too: the same CPython 3.11)."""
+    wheels = [os.path.join(dist, n) for n in os.listdir(dist) if n.endswith(".whl")]
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                           "--no-index", "--disable-pip-version-check", "--target", dest]
+                          + wheels, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise LabError("unpacking the package's wheel failed:\n" + proc.stdout)
+
+
 def build_wheel(dest):
     """The package's wheel, built from the working tree as users get it from the index, plus
     the lab's drivers and test site (ZFSSNAP_LAB_WHEEL)."""
@@ -217,11 +228,73 @@ def build_wheel(dest):
         raise LabError("building the package's wheel failed:\n" + proc.stdout)
 
 
+# The venv disk made in the image's own tree with chroot, at the host's speed (the guest,
+# under emulation, took 5 to 15 minutes for it): the same steps as the guest's "make" branch.
+VENV_CHROOT_SCRIPT = """\
+set -e
+root=$1 opt=$2 tmp=$3 share=$4 wheels=$5 src=$6
+mount --bind "$opt" "$root/opt"
+mount --bind "$tmp" "$root/tmp"
+mount --bind "$share" "$root/mnt/share"
+mount -o bind,ro "$wheels" "$root/mnt/wheels"
+mount -o bind,ro "$src" "$root/mnt/src"
+mount -t proc proc "$root/proc"
+exec chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp LANG=C.UTF-8 \
+    PIP_NO_CACHE_DIR=1 bash -c "$7"
+"""
+# The venv and what the tests install in it, offline (the guest script's "make" step too).
+VENV_INSTALL = ("python3 -m venv /opt/venv && /opt/venv/bin/pip install -q "
+                "--disable-pip-version-check --no-index --find-links /mnt/share/dist "
+                "--find-links /mnt/wheels 'collective.recipe.zfssnap[test]' ZODB")
+VENV_MAKE_STEPS = """\
+set -e
+export ZFSSNAP_LAB=1 ZFSSNAP_LAB_SERIES={series} ZFSSNAP_LAB_STACK_SERIES={stack_series}
+export ZFSSNAP_LAB_FIND_LINKS="/mnt/wheels /mnt/share/dist"
+{install}
+cd /tmp
+{warm}
+"""
+
+
+def make_venv_on_host(series, image, wheels, path, log=say):
+    """Make the venv disk `path` in the image's tree with chroot; False where that cannot be
+    done here (not root, an image without its tree), and the guest makes it instead."""
+    root = os.path.join(image, "root")
+    if os.geteuid() != 0 or not os.path.isdir(os.path.join(root, "opt")) \
+            or not shutil.which("unshare"):
+        return False
+    log("making the guest's venv disk for OpenZFS %s in the image's tree (chroot)" % series)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="venv-", dir=os.path.dirname(path)) as tmp:
+        opt, scratch, share = (os.path.join(tmp, n) for n in ("opt", "tmp", "share"))
+        for d in (opt, scratch, share):
+            os.makedirs(d)
+        os.chmod(scratch, 0o1777)
+        build_wheel(os.path.join(share, "dist"))
+        steps = VENV_MAKE_STEPS.format(series=series, stack_series=STACK_SERIES,
+                                       install=VENV_INSTALL, warm=venv_warm_steps(series))
+        # A mount namespace of its own: the bind mounts go away with it, even if killed.
+        rc = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c",
+                             VENV_CHROOT_SCRIPT, "venv", root, opt, scratch, share, wheels,
+                             CHECKOUT, steps]).returncode
+        if rc != 0:
+            raise LabError("making the guest's venv in the image's tree failed (exit %d): see "
+                           "the lines above" % rc)
+        partial = path + ".partial"
+        proc = subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", opt, partial, "4G"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            raise LabError("mke2fs of the venv disk failed: " + proc.stdout.strip())
+        os.rename(partial, path)
+    log("made the venv disk for OpenZFS %s in %.0f s" % (series, time.monotonic() - started))
+    return True
+
+
 class Guest:
     """One boot of the guest: fresh disks, a share directory, a command; then it powers off."""
 
     def __init__(self, series, script, timeout, disks=1, disk_size="16G", memory=3072,
-                 init="shell", venv=None, collect=None):
+                 init="shell", venv=None, collect=None, log=say):
         self.series = series
         self.script = script
         self.timeout = timeout
@@ -231,14 +304,35 @@ class Guest:
         self.init = init
         self.venv = venv  # the cached venv disk (made on first use), or None
         self.collect = collect  # (file names in the share, directory): copied out after
+        self.log = log
+        self.ready_after = None  # seconds from the boot to zfs.ko loaded, once known
 
     def run(self, out=sys.stdout):
         image = ensure_image(self.series)
         wheels = ensure_wheelhouse()
         ensure_host_tools(["qemu-system-x86_64"])
+        lock = None
+        if self.venv and not os.path.exists(self.venv):
+            # Guests of one series booted side by side make its venv disk once: on the host,
+            # or (not root) in this guest, holding the lock until it is cached.
+            lock = open(self.venv + ".lock", "w")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if os.path.exists(self.venv) or make_venv_on_host(self.series, image, wheels,
+                                                              self.venv, self.log):
+                lock.close()
+                lock = None
+        try:
+            return self._run(image, wheels, out)
+        finally:
+            if lock:
+                lock.close()
+
+    def _run(self, image, wheels, out):
         with tempfile.TemporaryDirectory(prefix="zfssnap-lab-") as tmp:
             share = os.path.join(tmp, "share")
             build_wheel(os.path.join(share, "dist"))
+            if self.venv and os.path.exists(self.venv):
+                unpack_wheel(os.path.join(share, "dist"), os.path.join(share, "pkg"))
             shutil.copy(os.path.join(HERE, "guest-boot.sh"), os.path.join(share, "boot"))
             run = os.path.join(share, "run")
             with open(run, "w") as f:
@@ -257,7 +351,7 @@ class Guest:
                         shutil.copy(os.path.join(share, name), dest)
             if self.venv and os.path.exists(os.path.join(share, "venv-made")):
                 os.rename(self.venv + ".partial", self.venv)
-                say("cached the guest's venv in " + self.venv)
+                self.log("cached the guest's venv in " + self.venv)
             elif self.venv and os.path.exists(self.venv + ".partial"):
                 os.remove(self.venv + ".partial")
             return rc
@@ -289,13 +383,17 @@ class Guest:
             argv += ["-virtfs", "local,path=%s,mount_tag=%s,security_model=none%s"
                      % (path, tag, ",readonly=on" if ro else "")]
         argv += ["-append", "console=ttyS0 root=/dev/vda rw quiet loglevel=3 init=/sbin/lab-init "
-                 "panic=-1 LAB_SERIES=%s%s" % (self.series, " lab.init=systemd systemd.show_status=0"
-                                                if self.init == "systemd" else "")]
+                 # Debian's kernel zeroes every page it hands out: emulated, that costs
+                 # about 5% of a run; the guest's pages hold nothing secret.
+                 "init_on_alloc=0 "
+                 "panic=-1 LAB_SERIES=%s%s" % (
+                     self.series, " lab.init=systemd systemd.show_status=0"
+                     if self.init == "systemd" else "")]
         return argv
 
     def boot(self, argv, share, out):
         started = time.monotonic()
-        say("booting the OpenZFS %s guest (TCG)" % self.series)
+        self.log("booting the OpenZFS %s guest (TCG)" % self.series)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         ready = []
@@ -308,7 +406,8 @@ class Guest:
                 if not ready:
                     if "lab-init: zfs ready" in line:
                         ready.append(time.monotonic() - started)
-                        say("guest ready (zfs.ko loaded) %.1f s after boot" % ready[0])
+                        self.ready_after = ready[0]
+                        self.log("guest ready (zfs.ko loaded) %.1f s after boot" % ready[0])
                     else:
                         console.append(line)
                     continue
@@ -328,8 +427,8 @@ class Guest:
             proc.kill()
             proc.wait()
             reader.join(5)
-            say("the guest did not finish within %d s: killed it (raise --timeout if the work "
-                "is just slow)" % self.timeout)
+            self.log("the guest did not finish within %d s: killed it (raise --timeout if the "
+                     "work is just slow)" % self.timeout)
             return EXIT_TIMEOUT
         reader.join(5)
         elapsed = time.monotonic() - started
@@ -337,12 +436,13 @@ class Guest:
         if not os.path.exists(rc_file):
             if not ready:
                 out.write("".join(console))
-            say("the guest stopped after %.0f s without an exit code (qemu exit %d): it crashed "
-                "or never ran the command; see its console above" % (elapsed, proc.returncode))
+            self.log("the guest stopped after %.0f s without an exit code (qemu exit %d): it "
+                     "crashed or never ran the command; see its console above"
+                     % (elapsed, proc.returncode))
             return EXIT_LAB_BROKEN
         with open(rc_file) as f:
             rc = int(f.read().strip() or EXIT_LAB_BROKEN)
-        say("guest finished in %.0f s, exit code %d" % (elapsed, rc))
+        self.log("guest finished in %.0f s, exit code %d" % (elapsed, rc))
         return rc
 
 
@@ -356,28 +456,27 @@ def parse_size(text):
 GUEST_VENV_SCRIPT = """\
 #!/bin/bash
 set -e
-export ZFSSNAP_LAB=1 ZFSSNAP_LAB_SERIES={series} ZFSSNAP_LAB_FIND_LINKS="/mnt/wheels /mnt/share/dist"
-export ZFSSNAP_LAB_STACK_SERIES={stack_series}
+export ZFSSNAP_LAB=1 ZFSSNAP_LAB_SERIES={series} ZFSSNAP_LAB_STACK_SERIES={stack_series}
+export ZFSSNAP_LAB_FIND_LINKS="/mnt/wheels /mnt/share/dist"
 echo "lab: guest $(uname -r), $(zfs version 2>/dev/null | head -1), $(python3 --version)"
 mkfs.ext4 -q -F /dev/vdb
 mkdir -p /scratch && mount /dev/vdb /scratch
 t0=$(date +%s)
-pip_install="/opt/venv/bin/pip install -q --disable-pip-version-check --no-index"
 case "$(cat /mnt/share/venv-state)" in
-ready)  # the cached venv (vdc): only this checkout's package is new
+ready)  # the cached venv (vdc): only this checkout's package is new, unpacked on the host
+    # (/mnt/share/pkg, compiled there): pip under emulation took 10 to 25 s of every boot.
     mount /dev/vdc /opt
-    $pip_install --no-deps --force-reinstall /mnt/share/dist/*.whl ;;
-make)
+    purelib=$(echo /opt/venv/lib/python3*/site-packages)
+    rm -rf "$purelib"/collective/recipe/zfssnap \\
+        "$purelib"/collective[._]recipe[._]zfssnap-*.dist-info
+    cp -a /mnt/share/pkg/. "$purelib"/ ;;
+make)  # not root on the host (lab.make_venv_on_host): made here, slowly
     mkfs.ext4 -q -F /dev/vdc && mount /dev/vdc /opt
-    python3 -m venv /opt/venv
-    $pip_install --find-links /mnt/share/dist --find-links /mnt/wheels \\
-        'collective.recipe.zfssnap[test]' ZODB
+    {install}
     {warm}
     sync && touch /mnt/share/venv-made ;;
 *)
-    python3 -m venv /opt/venv
-    $pip_install --find-links /mnt/share/dist --find-links /mnt/wheels \\
-        'collective.recipe.zfssnap[test]' ZODB ;;
+    {install} ;;
 esac
 echo "lab: guest venv ready in $(( $(date +%s) - t0 )) s"
 site=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -402,12 +501,35 @@ GUEST_BENCH_COMMAND = ("BENCH_SIZES={sizes} BENCH_RUNS={runs} BENCH_SETS={sets} 
                        "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.bench")
 
 
-def guest_venv_script(series, command):
+def venv_warm_steps(series):
     # The venv disk of STACK_SERIES also carries the Zope stack's eggs and ansible-core
     # (see STACK_FILES); that of BUILDOUT5_SERIES the zc.buildout 5 site's venv and eggs.
-    warm = {STACK_SERIES: STACK_WARM, BUILDOUT5_SERIES: BUILDOUT5_WARM}.get(series, ":")
-    return GUEST_VENV_SCRIPT.format(series=series, stack_series=STACK_SERIES, warm=warm,
+    return {STACK_SERIES: STACK_WARM, BUILDOUT5_SERIES: BUILDOUT5_WARM}.get(series, ":")
+
+
+def guest_venv_script(series, command):
+    return GUEST_VENV_SCRIPT.format(series=series, stack_series=STACK_SERIES,
+                                    install=VENV_INSTALL, warm=venv_warm_steps(series),
                                     command=command)
+
+
+def test_script(series, testrunner_args):
+    """The guest's script for zope-testrunner with these arguments, on that series' layers."""
+    command = GUEST_TEST_COMMAND.format(
+        layers=STACK_LAYERS if series == STACK_SERIES else GUEST_LAYERS,
+        args=" ".join(shlex.quote(a) for a in testrunner_args))
+    return guest_venv_script(series, command)
+
+
+def venv_disk(series):
+    """The path of the series' cached venv disk (made on first use)."""
+    path = os.path.join(cache_dir(), "venvs", "venv-%s-%s.img" % (series, digest(
+        WHEELHOUSE_REQUIREMENTS, os.path.join(CHECKOUT, "setup.py"),
+        *(STACK_FILES if series == STACK_SERIES else ()),
+        *(BUILDOUT5_FILES if series == BUILDOUT5_SERIES else ()),
+        extra=os.path.basename(ensure_image(series)))))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
 
 
 def main(argv=None):
@@ -443,8 +565,27 @@ def main(argv=None):
                            "systemd for test, demo and bench, shell for run)")
         if name in ("run", "test"):
             p.add_argument("args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("suite", help="the whole guest suite, in shards booted side by side")
+    p.add_argument("--zfs", choices=SERIES, default=None,
+                   help="one OpenZFS series only (default: every series)")
+    p.add_argument("--jobs", type=int, default=int(os.environ.get("LAB_JOBS", "2")),
+                   help="guests at a time (default $LAB_JOBS or 2)")
+    p.add_argument("--shard", action="append", help="only this shard (repeatable)")
+    p.add_argument("--timeout", type=int, default=3600,
+                   help="kill a guest after this many seconds (default %(default)s)")
+    p.add_argument("--times", help="write where the time went to this file (JSON)")
+    p = sub.add_parser("times", help="the table of a suite's --times file")
+    p.add_argument("file")
+    p.add_argument("--fast", type=int, help="seconds the fast suite took beside it")
     args = parser.parse_args(argv)
     try:
+        if args.command in ("suite", "times"):
+            import suite
+            if args.command == "suite":
+                return suite.main(args)
+            with open(args.file) as f:
+                print("\n".join(suite.table(__import__("json").load(f), fast=args.fast)))
+            return 0
         if args.command == "build":
             say("image ready: " + ensure_image(args.zfs))
             return 0
@@ -465,19 +606,9 @@ def main(argv=None):
                 sizes=args.sizes, runs=args.runs, sets=args.sets,
                 profile="1" if args.profile else ""))
         else:
-            command = GUEST_TEST_COMMAND.format(
-                layers=STACK_LAYERS if args.zfs == STACK_SERIES else GUEST_LAYERS,
-                args=" ".join(shlex.quote(a) for a in rest))
-            script = guest_venv_script(args.zfs, command)
+            script = test_script(args.zfs, rest)
         init = args.init or ("shell" if args.command in ("run", "shell-script") else "systemd")
-        venv = None
-        if args.command in ("test", "demo", "bench"):
-            venv = os.path.join(cache_dir(), "venvs", "venv-%s-%s.img" % (args.zfs, digest(
-                WHEELHOUSE_REQUIREMENTS, os.path.join(CHECKOUT, "setup.py"),
-                *(STACK_FILES if args.zfs == STACK_SERIES else ()),
-                *(BUILDOUT5_FILES if args.zfs == BUILDOUT5_SERIES else ()),
-                extra=os.path.basename(ensure_image(args.zfs)))))
-            os.makedirs(os.path.dirname(venv), exist_ok=True)
+        venv = venv_disk(args.zfs) if args.command in ("test", "demo", "bench") else None
         collect = ((["profile.txt"] if args.profile else ["bench.csv"]), args.out) \
             if args.command == "bench" else None
         rc = Guest(args.zfs, script, args.timeout, init=init, venv=venv,

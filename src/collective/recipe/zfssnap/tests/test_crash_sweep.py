@@ -138,7 +138,9 @@ class CrashSweepTest(unittest.TestCase):
     layer = Site
 
     def setUp(self):
+        # test_rollback_keep_first and _second: the two halves of one sweep.
         family = self._testMethodName[len("test_"):].replace("_keep", " --keep")
+        family = family.replace("_first", "").replace("_second", "")
         series = SERIES[family]
         if os.environ.get("ZFSSNAP_LAB_SERIES", series) != series:
             self.skipTest("this sweep runs on OpenZFS %s" % series)
@@ -236,7 +238,9 @@ class CrashSweepTest(unittest.TestCase):
             self.check_site("1.0", target=BASELINE)
             self.line("cleanup", n, action, "%s; rerun ok" % boot)
 
-    def sweep_rollback(self, script, extra):
+    def sweep_rollback(self, script, extra, half=None):
+        """Every crash point of the rollback, or (half 0 or 1) the first or second half of
+        them: the halves run in guests of their own, side by side (tests/lab/suite.py)."""
         target = take_snapshot("sweep")
         before = app()
         self.release()
@@ -245,6 +249,8 @@ class CrashSweepTest(unittest.TestCase):
         self.check_site("1.0", target)
         self.clear_kept()
         for n, action in enumerate(steps, 1):
+            if half is not None and (n - 1) * 2 // len(steps) != half:
+                continue
             clock = Clock()
             written = self.release()
             rc, out = crashed_run(argv, after=n)
@@ -303,5 +309,8 @@ class CrashSweepTest(unittest.TestCase):
     def test_rollback(self):
         self.sweep_rollback("rollback", [])
 
-    def test_rollback_keep(self):
-        self.sweep_rollback("rollback --keep", ["--keep"])
+    def test_rollback_keep_first(self):
+        self.sweep_rollback("rollback --keep", ["--keep"], half=0)
+
+    def test_rollback_keep_second(self):
+        self.sweep_rollback("rollback --keep", ["--keep"], half=1)

@@ -1,0 +1,248 @@
+"""The whole guest suite, as shards booted side by side (`lab.py suite`), and its time table.
+
+One guest running every test of a series leaves most of the machine idle: the tests wait on
+supervisord, on programs starting and on ZFS, and the emulated guest keeps about one host core
+busy. So each series' suite is cut into shards (groups of test classes, by zope-testrunner's
+-t patterns), and the shards run in their own guests, `--jobs` at a time, the longest first.
+The last shard of each series takes every test the others do not name, so a new test always
+runs somewhere. Each shard's output is streamed with its name in front; at the end a table
+says where the time went: images, venv disks, each guest's boot, layer set-ups, test
+families (written to --times as JSON, for `make test`'s table).
+"""
+import json
+import os
+import re
+import resource
+import sys
+import threading
+import time
+
+import lab
+
+# (shard name, -t patterns; None for "every test the other shards of the series do not name",
+# the seconds its guest took in a measured run of the whole suite, used only to start the
+# longest first). Measured 2026-12-06, 3 guests at a time beside the fast suite.
+SHARDS = {
+    "2.1": [
+        ("workflow", [r"\.test_functional\."], 940),
+        ("guard", [r"\.ReleaseGuardTest\.", r"\.KilledRunTest\.", r"\.Buildout5Test\."], 860),
+        ("sweeps", [r"\.CrashSweepTest\."], 670),
+        ("rest", None, 680),
+    ],
+    "2.3": [
+        ("keep-sweep-1", [r"\.CrashSweepTest\.test_rollback_keep_first\b"], 760),
+        ("keep-sweep-2", [r"\.CrashSweepTest\.test_rollback_keep_second\b"], 740),
+        ("hosts", [r"\.HostsTest\."], 590),
+        ("rest", None, 450),
+    ],
+}
+
+TEST_LINE = re.compile(r"^ (\w+) \(([\w.]+)\.(\w+)\)")
+TEST_TIME = re.compile(r"\((\d+\.\d+) s\)\s*$")
+SET_UP = re.compile(r"Set up ([\w.]+)")
+SET_UP_TIME = re.compile(r"in (?:(\d+) minutes )?([\d.]+) seconds\.\s*$")
+VENV_READY = re.compile(r"lab: guest venv ready in (\d+) s")
+RAN = re.compile(r"Ran (\d+) tests with (\d+) failures, (\d+) errors and (\d+) skipped")
+
+
+def testrunner_args(series, name):
+    for shard, patterns, _ in SHARDS[series]:
+        if shard == name:
+            if patterns is not None:
+                return [a for p in patterns for a in ("-t", p)]
+            others = [p for s, ps, _ in SHARDS[series] if ps is not None for p in ps]
+            return [a for p in others for a in ("-t", "!" + p)]
+    raise lab.LabError("no shard %r on OpenZFS %s: the shards are %s" % (
+        name, series, ", ".join(s for s, _, _ in SHARDS[series])))
+
+
+class Output:
+    """A shard's console: each line to the shared stdout with the shard's name in front,
+    and read for its timings."""
+
+    lock = threading.Lock()
+
+    def __init__(self, label):
+        self.label = label
+        self.partial = ""
+        self.test = None  # (family, test) whose time is still to come
+        self.layer = None
+        self.families = {}  # family: seconds
+        self.layers = {}  # layer: seconds
+        self.venv_ready = None
+        self.summary = None
+
+    def write(self, text):
+        self.partial += text
+        *lines, self.partial = self.partial.split("\n")
+        for line in lines:
+            self.line(line)
+
+    def flush(self):
+        pass
+
+    def log(self, message):
+        self.line("lab: " + message)
+
+    def line(self, line):
+        with self.lock:
+            sys.stdout.write("%s | %s\n" % (self.label, line))
+            sys.stdout.flush()
+        m = TEST_LINE.match(line)
+        if m:
+            self.test = (m.group(2).rsplit(".", 1)[-1], m.group(1))
+        m = TEST_TIME.search(line)
+        if m and self.test:
+            family = self.test[0]
+            self.families[family] = self.families.get(family, 0.0) + float(m.group(1))
+            self.test = None
+        m = SET_UP.search(line)
+        if m:
+            self.layer = m.group(1).rsplit(".", 1)[-1]
+        m = SET_UP_TIME.search(line)
+        if m and self.layer:
+            self.layers[self.layer] = int(m.group(1) or 0) * 60 + float(m.group(2))
+            self.layer = None
+        m = VENV_READY.search(line)
+        if m:
+            self.venv_ready = int(m.group(1))
+        m = RAN.search(line)
+        if m:  # one line per layer: the shard's summary is their sum
+            self.summary = tuple(a + int(b) for a, b in zip(self.summary or (0, 0, 0, 0),
+                                                            m.groups()))
+
+
+class Suite:
+    def __init__(self, series, jobs, timeout, shards=None):
+        self.series = series
+        self.jobs = jobs
+        self.timeout = timeout
+        self.only = shards  # names to run, or None for all
+        self.times = {"prepare": {}, "shards": []}
+        self.ready = []  # (weight, series, shard) whose series is prepared
+        self.preparing = set(series)
+        self.cond = threading.Condition()
+        self.failed = []
+
+    def prepare(self, series):
+        """Image and venv disk of one series (built at the host's speed where missing)."""
+        try:
+            started = time.monotonic()
+            image = lab.ensure_image(series)
+            self.times["prepare"]["image " + series] = round(time.monotonic() - started)
+            started = time.monotonic()
+            venv = lab.venv_disk(series)
+            if not os.path.exists(venv):
+                with open(venv + ".lock", "w") as lock:
+                    lab.fcntl.flock(lock, lab.fcntl.LOCK_EX)
+                    if not os.path.exists(venv):
+                        lab.make_venv_on_host(series, image, lab.ensure_wheelhouse(), venv)
+            self.times["prepare"]["venv disk " + series] = round(time.monotonic() - started)
+        except lab.LabError as e:
+            lab.say(str(e))
+            self.failed.append((series, "prepare", lab.EXIT_LAB_BROKEN))
+            with self.cond:
+                self.preparing.discard(series)
+                self.cond.notify_all()
+            return
+        with self.cond:
+            for name, _, weight in SHARDS[series]:
+                if self.only is None or name in self.only:
+                    self.ready.append((weight, series, name))
+            self.ready.sort(reverse=True)
+            self.preparing.discard(series)
+            self.cond.notify_all()
+
+    def worker(self):
+        while True:
+            with self.cond:
+                while not self.ready and self.preparing:
+                    self.cond.wait()
+                if not self.ready:
+                    return
+                _, series, name = self.ready.pop(0)
+            self.run_shard(series, name)
+
+    def run_shard(self, series, name):
+        out = Output("%s %s" % (series, name))
+        script = lab.test_script(series, testrunner_args(series, name))
+        guest = lab.Guest(series, script, self.timeout, init="systemd",
+                          venv=lab.venv_disk(series), log=out.log)
+        started = time.monotonic()
+        try:
+            rc = guest.run(out=out)
+        except lab.LabError as e:
+            out.log(str(e))
+            rc = lab.EXIT_LAB_BROKEN
+        out.write("\n")
+        self.times["shards"].append({
+            "series": series, "shard": name, "exit": rc,
+            "seconds": round(time.monotonic() - started),
+            "boot": round(guest.ready_after or 0, 1), "venv": out.venv_ready,
+            "layers": {k: round(v, 1) for k, v in out.layers.items()},
+            "families": {k: round(v, 1) for k, v in out.families.items()},
+            "summary": out.summary})
+        if rc != 0:
+            self.failed.append((series, name, rc))
+
+    def run(self):
+        started = time.monotonic()
+        wheels = time.monotonic()
+        lab.ensure_wheelhouse()
+        self.times["prepare"]["wheelhouse"] = round(time.monotonic() - wheels)
+        threads = [threading.Thread(target=self.prepare, args=(s,)) for s in self.series]
+        threads += [threading.Thread(target=self.worker) for _ in range(self.jobs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.times["total"] = round(time.monotonic() - started)
+        # CPU of every guest (and of the host's helpers), against the wall clock: how full the
+        # machine's cores were kept.
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.times["cpu"] = round(usage.ru_utime + usage.ru_stime)
+        self.times["jobs"] = self.jobs
+        return self.failed
+
+
+def table(times, fast=None):
+    """Where the time went, as lines of text."""
+    rows = [("what", "seconds")]
+    for what, seconds in times.get("prepare", {}).items():
+        rows.append((what, seconds))
+    for shard in sorted(times.get("shards", []), key=lambda s: (s["series"], s["shard"])):
+        label = "%s %s" % (shard["series"], shard["shard"])
+        summary = shard.get("summary")
+        result = ("%d tests, %d failures, %d errors, %d skipped" % summary) if summary else \
+            "no summary"
+        rows.append(("guest %s (exit %d; %s)" % (label, shard["exit"], result), shard["seconds"]))
+        rows.append(("  boot to zfs ready", shard["boot"]))
+        if shard.get("venv") is not None:
+            rows.append(("  venv ready", shard["venv"]))
+        for layer, seconds in shard.get("layers", {}).items():
+            rows.append(("  set-up " + layer, seconds))
+        for family, seconds in sorted(shard.get("families", {}).items(),
+                                      key=lambda kv: -kv[1]):
+            rows.append(("  " + family, seconds))
+    rows.append(("guest suite, wall clock (%s guests at a time)" % times.get("jobs", "?"),
+                 times.get("total", 0)))
+    if "cpu" in times:
+        rows.append(("guest suite, CPU of the guests and helpers", times["cpu"]))
+    if fast is not None:
+        rows.append(("fast suite beside it, wall clock", fast))
+    width = max(len(str(r[0])) for r in rows)
+    return ["%-*s  %8s" % (width, w, s) for w, s in rows]
+
+
+def main(args):
+    series = [args.zfs] if args.zfs else list(lab.SERIES)
+    suite = Suite(series, args.jobs, args.timeout,
+                  shards=set(args.shard) if args.shard else None)
+    failed = suite.run()
+    if args.times:
+        with open(args.times, "w") as f:
+            json.dump(suite.times, f, indent=1)
+    print("\n".join(table(suite.times)), flush=True)
+    for series, name, rc in failed:
+        lab.say("FAILED: OpenZFS %s %s (exit %d)" % (series, name, rc))
+    return max((rc for _, _, rc in failed), default=0) and 1
