@@ -15,6 +15,7 @@ from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.output import Output
 from collective.recipe.zfssnap.site import BAD_INPUT
 from collective.recipe.zfssnap.site import FAILED
+from collective.recipe.zfssnap.site import INCOMPLETE
 from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Site
 from collective.recipe.zfssnap.site import Stop
@@ -35,9 +36,10 @@ def parse_age(text):
     return seconds
 
 
+INTERRUPTED = 130  # what shells expect of a command stopped by Ctrl-C
 EXIT_CODES = ("exit codes: 0 done; 1 failed (the message says what happened to the site); "
               "2 bad usage or input; 3 refused, nothing changed; 4 rollback incomplete (run "
-              "bin/rollback again to finish)")
+              "bin/rollback again to finish); 130 interrupted (Ctrl-C)")
 
 
 def parser_for(script, description, config=None):
@@ -69,7 +71,7 @@ def run(config, name, description, add_arguments, work, argv=None, read_only=Non
     args = parser.parse_args(argv)
     out = Output(os.path.basename(script), args.json, 0 if args.quiet else 2 if args.verbose
                  else 1)
-    lock = None
+    lock = site = None
     try:
         site = Site(config, out)
         state.trust_owner_of(site.directory)
@@ -91,8 +93,10 @@ def run(config, name, description, add_arguments, work, argv=None, read_only=Non
         out.error(e.message)
         return out.finish(FAILED, e.message)
     except KeyboardInterrupt:
-        out.error("interrupted")
-        return out.finish(FAILED, "interrupted")
+        # Only outside a rollback's critical section, where signals are deferred.
+        message, code = unfinished("interrupted", name, site, INTERRUPTED)
+        out.error(message)
+        return out.finish(code, message)
     except Exception as e:  # a bug, or an adapter's error: still one clear sentence
         message = getattr(e, "message", None)
         if message is None:
@@ -101,11 +105,25 @@ def run(config, name, description, add_arguments, work, argv=None, read_only=Non
                 traceback.print_exc()
             message = ("unexpected %s: %s; this is a bug in collective.recipe.zfssnap: please "
                        "report it (run with -v for the traceback)" % (type(e).__name__, e))
+        message, code = unfinished(message, name, site, FAILED)
         out.error(message)
-        return out.finish(FAILED, message)
+        return out.finish(code, message)
     finally:
         if lock is not None:
             lock.close()
+
+
+def unfinished(message, name, site, code):
+    """(message, exit code) of a rollback that failed in a way of its own: while its record
+    exists the rollback is unfinished, and the way on is to run it again (exit 4), as after
+    every other failure mid-way."""
+    if name != "rollback" or site is None:
+        return message, code
+    path = site.rollback_record().path
+    if not os.path.lexists(path):
+        return message, code
+    return ("%s; the rollback is not finished (its record %s is kept): run %s again to finish "
+            "it" % (message, path, site.scripts.get("rollback", "bin/rollback")), INCOMPLETE)
 
 
 def snapshot(config, argv=None):

@@ -2,6 +2,8 @@
 
 No ZFS needed. Tests that hand files to another user need root (CI runs as root).
 """
+import contextlib
+import io
 import os
 import shutil
 import signal
@@ -200,3 +202,52 @@ class ProgressTest(unittest.TestCase):
         self.assertEqual(sorted(k for k, v in finished.items() if v),
                          [(False, "rolled back"), (False, "settling"), (True, "rolled back"),
                           (True, "rolling back"), (True, "settling")])
+
+
+class UnexpectedFailureTest(unittest.TestCase):
+    """A failure no step foresaw (a bug, Ctrl-C before the critical section): while the
+    rollback's record exists the rollback is unfinished, and the script says to run it again
+    (exit 4), as every other failure mid-way does; without one it is exit 1 (130 for Ctrl-C)."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="zfssnap-main-")
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+        self.config = {
+            "part": "zfssnap", "directory": self.tmp, "datasets": ["tank/site"],
+            "zfs": ["zfs"], "lock_file": os.path.join(self.tmp, "state", "lock"),
+            "log_file": os.path.join(self.tmp, "state", "log"),
+            "scripts": {"rollback": "/srv/site/bin/rollback"}}
+
+    def run_failing(self, error, record):
+        from collective.recipe.zfssnap import main
+        if record:
+            os.makedirs(os.path.dirname(self.config["lock_file"]), exist_ok=True)
+            state.Record(self.config["lock_file"] + ".rollback.json").save(
+                {"target": "tank/site@zfssnap-x", "stage": "rolling back"})
+
+        def work(site, args):
+            raise error
+
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            code = main.run(self.config, "rollback", "test", lambda parser: None, work, argv=[])
+        return code, stderr.getvalue()
+
+    def test_a_bug_while_the_record_exists_says_run_it_again(self):
+        code, err = self.run_failing(RuntimeError("boom"), record=True)
+        self.assertEqual(code, 4, err)
+        self.assertIn("unexpected RuntimeError: boom", err)
+        self.assertIn("the rollback is not finished (its record %s.rollback.json is kept): "
+                      "run /srv/site/bin/rollback again to finish it"
+                      % self.config["lock_file"], err)
+
+    def test_a_bug_without_a_record_is_exit_1(self):
+        code, err = self.run_failing(RuntimeError("boom"), record=False)
+        self.assertEqual(code, 1, err)
+        self.assertNotIn("again", err)
+
+    def test_ctrl_c_is_130_or_4_with_a_record(self):
+        self.assertEqual(self.run_failing(KeyboardInterrupt(), record=False)[0], 130)
+        code, err = self.run_failing(KeyboardInterrupt(), record=True)
+        self.assertEqual(code, 4, err)
+        self.assertIn("interrupted; the rollback is not finished", err)
