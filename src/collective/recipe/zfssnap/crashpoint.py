@@ -1,4 +1,4 @@
-"""Crash points for the tests' crash-point sweep; inert unless the environment asks for them.
+"""Crash points for the tests' crash-point sweep; inert unless a test asks for them.
 
 Every action of the scripts that changes something outside the process calls `done(what)`:
 a zfs command that changes the pool, a supervisord call or systemctl command that stops or
@@ -6,30 +6,84 @@ starts, the supervisord started, the rollback record written or removed, a hook 
 unmount. Read-only queries are not counted: a crash after one leaves the state that a crash
 after the change before it leaves.
 
+A test opts in with ZFSSNAP_CRASH_TEST=1 beside one or both of:
+
 - ZFSSNAP_CRASH_LOG=FILE appends one line per action ("N<TAB>what") to FILE: how the sweep
   learns how many actions a normal run makes.
 - ZFSSNAP_CRASH_AFTER=N makes the process kill itself with SIGKILL right after its N-th action,
   as a power cut would. A zfs child runs in a session of its own, so an action under way when
   the script dies is finished anyway: "after N" covers "during N" too.
+
+The three are read once, when the script starts, and taken out of its environment, so that
+hooks, supervisord and the programs it starts never inherit them. Nothing here raises: a value
+that is not a whole number above 0, or a log that cannot be opened (never through a symbolic
+link), turns that crash point off with one line on stderr.
 """
 import os
 import signal
+import sys
 
 
+VARIABLES = ("ZFSSNAP_CRASH_TEST", "ZFSSNAP_CRASH_AFTER", "ZFSSNAP_CRASH_LOG")
+
+
+def _warn(message):
+    try:
+        sys.stderr.write("crash points: %s\n" % message)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def read(environ=os.environ):
+    """(after, log) from the environment, which loses the variables: (None, None) unless a
+    test opted in."""
+    values = {name: environ.pop(name, None) for name in VARIABLES}
+    if values["ZFSSNAP_CRASH_TEST"] != "1":
+        if values["ZFSSNAP_CRASH_AFTER"] or values["ZFSSNAP_CRASH_LOG"]:
+            _warn("ignored: ZFSSNAP_CRASH_AFTER and ZFSSNAP_CRASH_LOG take effect only with "
+                  "ZFSSNAP_CRASH_TEST=1 (the test suite's opt-in)")
+        return None, None
+    after = values["ZFSSNAP_CRASH_AFTER"]
+    if after is not None:
+        after = after.strip()
+        if not (after.isdigit() and after.isascii() and 0 < int(after) < 1 << 31):
+            _warn("ZFSSNAP_CRASH_AFTER=%r is not a whole number above 0: no crash" % after)
+            after = None
+        else:
+            after = int(after)
+    return after, values["ZFSSNAP_CRASH_LOG"] or None
+
+
+_after, _log_path = read()
+_log_fd = None
 _count = 0
+
+
+def _append(line):
+    global _log_fd, _log_path
+    if _log_fd is None:
+        try:
+            _log_fd = os.open(_log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                              | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            _warn("cannot write the log %s (%s): no log" % (_log_path, e.strerror))
+            _log_path = None
+            return
+    try:
+        os.write(_log_fd, line.encode("utf-8", "replace"))
+    except OSError as e:
+        _warn("cannot write the log %s (%s): no log" % (_log_path, e.strerror))
+        _log_path = None
 
 
 def done(what):
     global _count
-    after = os.environ.get("ZFSSNAP_CRASH_AFTER")
-    log = os.environ.get("ZFSSNAP_CRASH_LOG")
-    if not after and not log:
+    if _after is None and _log_path is None:
         return
     _count += 1
-    if log:
-        with open(log, "a", encoding="utf-8") as f:
-            f.write("%d\t%s\n" % (_count, " ".join(what.split())))
-    if after and _count == int(after):
+    if _log_path is not None:
+        _append("%d\t%s\n" % (_count, " ".join(str(what).split())))
+    if _after is not None and _count == _after:
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -50,6 +50,7 @@ def crashed_run(argv, after=None, log=None):
     env = dict(os.environ)
     env.pop("ZFSSNAP_CRASH_AFTER", None)
     env.pop("ZFSSNAP_CRASH_LOG", None)
+    env["ZFSSNAP_CRASH_TEST"] = "1"  # the crash points' opt-in (crashpoint.py)
     if after:
         env["ZFSSNAP_CRASH_AFTER"] = str(after)
     if log:

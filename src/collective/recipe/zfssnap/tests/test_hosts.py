@@ -202,7 +202,7 @@ class HostsTest(unittest.TestCase):
         os.kill(hosts.sshd_pid(SERVER), signal.SIGTERM)
         wait_for(lambda: not hosts.listening(SERVER.address, 22), timeout=60,
                  what="the server's sshd to stop")
-        hosts.start_sshd(SERVER, env={"ZFSSNAP_CRASH_AFTER": "6",
+        hosts.start_sshd(SERVER, env={"ZFSSNAP_CRASH_TEST": "1", "ZFSSNAP_CRASH_AFTER": "6",
                                       "ZFSSNAP_CRASH_LOG": CRASH_LOG})
         rc, out = playbook("rollback", "zfssnap_label=pre-3.0")
         self.assertNotEqual(rc, 0, out)

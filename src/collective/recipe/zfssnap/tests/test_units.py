@@ -281,3 +281,59 @@ class RollbackImportsTest(unittest.TestCase):
             modules = self.modules_when_work_starts(check)
             self.assertNotIn("urllib.request", modules)
             self.assertIn("collective.recipe.zfssnap.downtime", modules)
+
+
+class CrashPointsTest(unittest.TestCase):
+    """The crash points are the test suite's alone: inert without ZFSSNAP_CRASH_TEST=1, read
+    once and taken out of the environment (children never inherit them), never raising on a
+    bad value, and never writing their log through a symbolic link."""
+
+    SCRIPT = ("import os, sys; from collective.recipe.zfssnap import crashpoint; "
+              "crashpoint.done('zfs snapshot a@b'); crashpoint.done('zfs rollback a@b'); "
+              "print(sorted(k for k in os.environ if k.startswith('ZFSSNAP_CRASH')))")
+
+    def run_script(self, **env):
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("ZFSSNAP_CRASH")}
+        environ.update(env, PYTHONPATH=os.pathsep.join(sys.path))
+        return subprocess.run([sys.executable, "-c", self.SCRIPT], env=environ, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="zfssnap-crash-")
+        self.addCleanup(__import__("shutil").rmtree, self.tmp)
+        self.log = os.path.join(self.tmp, "actions.log")
+
+    def test_without_the_opt_in_nothing_is_counted_or_killed(self):
+        proc = self.run_script(ZFSSNAP_CRASH_AFTER="1", ZFSSNAP_CRASH_LOG=self.log)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertFalse(os.path.exists(self.log))
+        self.assertIn("take effect only with ZFSSNAP_CRASH_TEST=1", proc.stderr)
+        self.assertEqual(proc.stdout.strip(), "[]")  # not inherited by what it starts
+
+    def test_with_the_opt_in_it_logs_and_kills_after_n(self):
+        proc = self.run_script(ZFSSNAP_CRASH_TEST="1", ZFSSNAP_CRASH_AFTER="2",
+                               ZFSSNAP_CRASH_LOG=self.log)
+        self.assertEqual(proc.returncode, -signal.SIGKILL)
+        with open(self.log) as f:
+            self.assertEqual(f.read(), "1\tzfs snapshot a@b\n2\tzfs rollback a@b\n")
+
+    def test_a_bad_number_turns_the_crash_off_without_raising(self):
+        for value in ("x", "0", "-1", "1e3", "٣", " "):
+            proc = self.run_script(ZFSSNAP_CRASH_TEST="1", ZFSSNAP_CRASH_AFTER=value,
+                                   ZFSSNAP_CRASH_LOG=self.log)
+            self.assertEqual(proc.returncode, 0, (value, proc.stderr))
+            self.assertIn("is not a whole number above 0: no crash", proc.stderr)
+            self.assertEqual(proc.stdout.strip(), "[]")
+        with open(self.log) as f:  # the log still kept: 2 actions per run
+            self.assertEqual(len(f.read().splitlines()), 12)
+
+    def test_the_log_is_never_written_through_a_symlink(self):
+        target = os.path.join(self.tmp, "elsewhere")
+        with open(target, "w") as f:
+            f.write("precious\n")
+        os.symlink(target, self.log)
+        proc = self.run_script(ZFSSNAP_CRASH_TEST="1", ZFSSNAP_CRASH_LOG=self.log)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("cannot write the log", proc.stderr)
+        with open(target) as f:
+            self.assertEqual(f.read(), "precious\n")
