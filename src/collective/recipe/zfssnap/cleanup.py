@@ -7,7 +7,6 @@ cleanup that fails half-way leaves nothing behind that the next one cannot see.
 import datetime
 import time
 
-from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Background
@@ -17,10 +16,7 @@ from collective.recipe.zfssnap.site import find_in
 
 def protected_target(site):
     """The snapshot an unfinished rollback is rolling back to: never destroyed under it."""
-    try:
-        data = site.rollback_record().load()
-    except state.StateError:
-        return None
+    data = site.recorded_rollback("clean up")
     return data["target"] if data else None
 
 

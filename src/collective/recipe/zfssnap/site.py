@@ -193,20 +193,27 @@ class Site:
         datasets)."""
         return state.Record(self.config.get("lock_file", "") + ".rollback.json")
 
-    def unsettled_keep(self):
+    def recorded_rollback(self, action):
+        """The unfinished rollback's record (a dict), or None. A record that cannot be read
+        refuses `action`: it may protect the snapshot rolled back to, or map a half-done
+        --keep swap, so it is never taken as no record."""
+        try:
+            return self.rollback_record().load()
+        except state.StateError as e:
+            raise Stop("refusing to %s: %s; nothing was changed" % (action, e.message),
+                       REFUSED)
+
+    def unsettled_keep(self, action):
         """The stage of a --keep rollback that is swapping or has swapped the datasets and has
         not settled them, or None. Until its rerun settles them, a dataset's name may still be
         the state's rolled away from: nothing may be read or destroyed by those names."""
-        try:
-            data = self.rollback_record().load()
-        except state.StateError:
-            return None
+        data = self.recorded_rollback(action)
         if data and data.get("keep") and data.get("stage") in UNSETTLED:
             return data["stage"]
         return None
 
     def refuse_while_unsettled(self, action):
-        stage = self.unsettled_keep()
+        stage = self.unsettled_keep(action)
         if stage:
             raise Stop("refusing to %s: an unfinished bin/rollback --keep is recorded (stage "
                        "'%s'), and until it is finished the datasets' names are not the "

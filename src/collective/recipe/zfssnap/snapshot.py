@@ -202,7 +202,12 @@ def warn_about_growth(site, older):
 
 def list_snapshots(site):
     from collective.recipe.zfssnap import keep
-    stage = site.unsettled_keep()
+    try:
+        stage = site.unsettled_keep("list")
+    except Stop as e:  # listing changes nothing: say it, and list
+        site.out.warn(e.message.replace("refusing to list: ", "").replace(
+            "; nothing was changed", ""))
+        stage = None
     if stage:
         site.out.warn("an unfinished bin/rollback --keep is recorded (stage '%s'): until %s "
                       "finishes it, what is listed by the datasets' names may be the state "

@@ -274,6 +274,40 @@ class CleanupConfirmationTest(unittest.TestCase):
         self.assertEqual(self.own(), ["zfssnap-T-pre"])
 
 
+class UnreadableRecordTest(unittest.TestCase):
+    """A rollback record that cannot be read is never taken as no record: it may protect the
+    snapshot an unfinished rollback is rolling back to, or map a half-done --keep swap. bin/
+    cleanup refuses (nothing destroyed), naming the file; --list warns and lists."""
+
+    def setUp(self):
+        self.world = World()
+        self.addCleanup(self.world.close)
+        path = self.world.config["lock_file"] + ".rollback.json"
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b'{"target": "zfssnap-T-pre", "stage": "rolling')  # cut short
+        os.close(fd)
+        self.path = path
+
+    def test_cleanup_refuses_and_destroys_nothing(self):
+        with self.world.patched():
+            with self.assertRaises(Stop) as raised:
+                cleanupmod.cleanup(self.world.site(), yes=True)
+        self.assertEqual(raised.exception.code, REFUSED)
+        self.assertIn("refusing to clean up: the record %s cannot be read" % self.path,
+                      raised.exception.message)
+        self.assertIn("nothing was changed", raised.exception.message)
+        for dataset, _ in self.world.layout:
+            self.assertIn(dataset + "@zfssnap-T-pre", self.world.pool.snapshots_of(dataset))
+
+    def test_list_warns_and_lists(self):
+        site = self.world.site()
+        with self.world.patched():
+            snapshotmod.list_snapshots(site)
+        self.assertTrue(any("the record %s cannot be read" % self.path in w
+                            for w in site.out.warnings), site.out.warnings)
+
+
 class HealthCheckTest(unittest.TestCase):
     """The health check as the README states it: run in the buildout directory, after what ran
     before is RUNNING again, and not when nothing ran before."""
