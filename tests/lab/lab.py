@@ -290,6 +290,20 @@ def make_venv_on_host(series, image, wheels, path, log=say):
     return True
 
 
+def venv_disk_lock(series, image, wheels, path, log=say):
+    """None once the venv disk `path` exists, made on the host where it can be; otherwise
+    (not root) the held lock of the guest that makes it, to close when that boot ends: guests
+    of one series booted side by side make its venv disk once."""
+    if os.path.exists(path):
+        return None
+    lock = open(path + ".lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if os.path.exists(path) or make_venv_on_host(series, image, wheels, path, log):
+        lock.close()
+        return None
+    return lock
+
+
 class Guest:
     """One boot of the guest: fresh disks, a share directory, a command; then it powers off."""
 
@@ -311,16 +325,8 @@ class Guest:
         image = ensure_image(self.series)
         wheels = ensure_wheelhouse()
         ensure_host_tools(["qemu-system-x86_64"])
-        lock = None
-        if self.venv and not os.path.exists(self.venv):
-            # Guests of one series booted side by side make its venv disk once: on the host,
-            # or (not root) in this guest, holding the lock until it is cached.
-            lock = open(self.venv + ".lock", "w")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if os.path.exists(self.venv) or make_venv_on_host(self.series, image, wheels,
-                                                              self.venv, self.log):
-                lock.close()
-                lock = None
+        lock = venv_disk_lock(self.series, image, wheels, self.venv, self.log) \
+            if self.venv else None
         try:
             return self._run(image, wheels, out)
         finally:

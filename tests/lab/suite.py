@@ -131,12 +131,10 @@ class Suite:
             image = lab.ensure_image(series)
             self.times["prepare"]["image " + series] = round(time.monotonic() - started)
             started = time.monotonic()
-            venv = lab.venv_disk(series)
-            if not os.path.exists(venv):
-                with open(venv + ".lock", "w") as lock:
-                    lab.fcntl.flock(lock, lab.fcntl.LOCK_EX)
-                    if not os.path.exists(venv):
-                        lab.make_venv_on_host(series, image, lab.ensure_wheelhouse(), venv)
+            lock = lab.venv_disk_lock(series, image, lab.ensure_wheelhouse(),
+                                      lab.venv_disk(series))
+            if lock:  # not root: the series' first guest makes it
+                lock.close()
             self.times["prepare"]["venv disk " + series] = round(time.monotonic() - started)
         except lab.LabError as e:
             lab.say(str(e))
@@ -187,9 +185,8 @@ class Suite:
 
     def run(self):
         started = time.monotonic()
-        wheels = time.monotonic()
         lab.ensure_wheelhouse()
-        self.times["prepare"]["wheelhouse"] = round(time.monotonic() - wheels)
+        self.times["prepare"]["wheelhouse"] = round(time.monotonic() - started)
         # Series whose image and venv disk are cached are ready at once, before any guest
         # starts: their shards then all start longest first, whichever series they are of.
         cached = [s for s in self.series if os.path.exists(os.path.join(
