@@ -41,21 +41,100 @@ def our_parts(buildout, parts):
 
 
 def record_of(config):
-    return state.Record(config["lock_file"] + ".buildout.json", required="finished")
+    return state.Record(state.Places(config).buildout_record, required="finished")
+
+
+# part -> its locks, held from the guard's check to the end of bin/buildout: no snapshot,
+# rollback or cleanup of the part runs while bin/buildout changes the site.
+HELD = {}
+
+
+def hold(part, config):
+    """Take the part's locks (once per bin/buildout), then refuse while a rollback of the part
+    is recorded as unfinished: bin/buildout would build on a half-rolled-back site."""
+    try:
+        site = Site(config, Output("bin/buildout"))
+        state.trust_owner_of(site.directory)
+        if part not in HELD:
+            HELD[part] = site.take_locks()
+        site.refuse_while_recorded("let bin/buildout change the site")
+    except (Stop, state.StateError) as e:
+        raise zc.buildout.UserError("[%s] release guard: %s" % (part, e.message))
+    return site
+
+
+def release(part):
+    locks = HELD.pop(part, None)
+    if locks is not None:
+        locks.close()
 
 
 def extension(buildout):
     if not asked_for(buildout):
         return
     compute = buildout._compute_part_signatures
+    # bin/buildout appends to .installed.cfg and builds the develop eggs before the guard can
+    # run: what they were is kept, so that a refusal leaves them as they were.
+    before = Files(buildout)
 
     def compute_then_guard(parts):
         compute(parts)
         # buildout passes its own list when it installs the configured parts, and then
         # uninstalls the installed parts that are not among them.
-        guard(buildout, parts, uninstall_missing=parts is buildout._parts)
+        try:
+            guard(buildout, parts, uninstall_missing=parts is buildout._parts)
+        except zc.buildout.UserError as e:
+            raise zc.buildout.UserError("%s%s" % (e, before.restore()))
 
     buildout._compute_part_signatures = compute_then_guard
+
+
+class Files:
+    """The bytes of .installed.cfg, and a digest of each develop egg file, as they were when
+    the extension was loaded."""
+
+    def __init__(self, buildout):
+        self.installed = buildout["buildout"]["installed"]
+        self.develop = buildout["buildout"]["develop-eggs-directory"]
+        self.content = read_bytes(self.installed)
+        self.eggs = digests(self.develop)
+
+    def restore(self):
+        """Put .installed.cfg back; '' when every file is as it was, else what is not."""
+        if self.content is not None and read_bytes(self.installed) != self.content:
+            tmp = self.installed + ".zfssnap-tmp"
+            with open(tmp, "wb") as f:
+                f.write(self.content)
+            os.replace(tmp, self.installed)
+        now = digests(self.develop)
+        changed = sorted(n for n in set(self.eggs) | set(now) if self.eggs.get(n) != now.get(n))
+        if not changed:
+            return ""
+        return ("; bin/buildout had already rebuilt the develop eggs before the guard ran, and "
+                "these files of %s differ now: %s" % (self.develop, ", ".join(changed)))
+
+
+def read_bytes(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def digests(top):
+    """{relative path: sha256} of the files under `top` (develop eggs are small links and
+    metadata)."""
+    import hashlib
+    found = {}
+    for directory, dirs, files in os.walk(top):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            path = os.path.join(directory, name)
+            content = read_bytes(path) if not os.path.islink(path) else os.readlink(
+                path).encode()
+            found[os.path.relpath(path, top)] = hashlib.sha256(content or b"").hexdigest()
+    return found
 
 
 def versions_key(buildout):
@@ -73,6 +152,7 @@ def unload(buildout):
     for part in our_parts(buildout, parts):
         config = buildout[part].recipe.config
         if not config["datasets"]:
+            release(part)
             continue
         info = snapshotmod.git_info(config["directory"])
         try:
@@ -85,6 +165,9 @@ def unload(buildout):
             logging.getLogger(part).warning(
                 "could not record this bin/buildout for the release guard: %s",
                 getattr(e, "message", e))
+        release(part)
+    for part in list(HELD):
+        release(part)
 
 
 def changes(buildout, parts, uninstall_missing):
@@ -127,6 +210,8 @@ def guard(buildout, parts, uninstall_missing):
             continue  # the part itself is new: there can be no snapshot yet
         recipe = buildout[part].recipe
         config = recipe.config
+        mode = recipe.options.get("release-guard", "refuse")
+        site = hold(part, config) if mode != "off" and config["datasets"] else None
         try:
             last = record_of(config).load() if config["datasets"] else None
         except state.StateError as e:
@@ -140,11 +225,10 @@ def guard(buildout, parts, uninstall_missing):
             if last.get("versions") is not None and last["versions"] != versions_key(buildout):
                 moved.append("the [versions] pins changed")
         if moved:
-            check(buildout, part, config, recipe.options.get("release-guard", "refuse"), moved,
-                  last)
+            check(part, config, site, mode, moved, last)
 
 
-def check(buildout, part, config, mode, found, last):
+def check(part, config, site, mode, found, last):
     logger = logging.getLogger(part)
     if mode == "off":
         return
@@ -152,11 +236,8 @@ def check(buildout, part, config, mode, found, last):
         logger.warning("the buildout is not on ZFS: the release guard cannot check for a "
                        "snapshot")
         return
-    out = Output("bin/buildout")
+    out = site.out
     try:
-        site = Site(config, out)
-        state.trust_owner_of(site.directory)
-        site.refuse_while_unsettled("let bin/buildout change the site")
         # Without a record (the guard's first run) any snapshot of the part will do.
         since, when = (last["epoch"], last["finished"]) if last else (0, "none recorded")
         fresh = [s for s in site.snapshot_sets() if s.created >= int(since)]
@@ -183,10 +264,8 @@ def check(buildout, part, config, mode, found, last):
         return
     if mode == "snapshot":
         logger.info("%s: taking one now (release-guard = snapshot)", message)
-        lock = None
-        try:
-            lock = state.Lock(config["lock_file"])
-            out.open_log(config["log_file"])
+        try:  # under the locks hold() took
+            out.open_log(site.places.log)
             name = snapshotmod.take_snapshot(
                 site, "buildout", "taken by bin/buildout before it changed the site",
                 made_by="bin/buildout")
@@ -194,9 +273,6 @@ def check(buildout, part, config, mode, found, last):
             raise zc.buildout.UserError("[%s] release guard: the snapshot failed: %s; no part "
                                         "was installed, updated or uninstalled"
                                         % (part, e.message))
-        finally:
-            if lock is not None:
-                lock.close()
         logger.info("took %s (it holds the code as checked out now, with the eggs and bin/ "
                     "of the last bin/buildout); roll back to it with %s %s", name,
                     scripts["rollback"], name)

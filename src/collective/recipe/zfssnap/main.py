@@ -37,18 +37,28 @@ def parse_age(text):
 
 
 INTERRUPTED = 130  # what shells expect of a command stopped by Ctrl-C
-EXIT_CODES = ("exit codes: 0 done; 1 failed (the message says what happened to the site); "
-              "2 bad usage or input; 3 refused, nothing changed; 4 rollback incomplete (run "
-              "bin/rollback again to finish); 130 interrupted (Ctrl-C)")
+EXIT_CODES = {
+    0: "0 done", 1: "1 failed (the message says what happened to the site)",
+    2: "2 bad usage or input", 3: "3 refused, nothing changed",
+    4: "4 rollback incomplete (run bin/rollback again to finish)",
+    130: "130 interrupted (Ctrl-C)"}
+# Only bin/rollback leaves work that a rerun finishes.
+SCRIPT_EXIT_CODES = {"snapshot": (0, 1, 2, 3, 130), "cleanup": (0, 1, 2, 3, 130),
+                     "rollback": (0, 1, 2, 3, 4, 130)}
 
 
-def parser_for(script, description, config=None):
+def exit_codes(name):
+    return "exit codes: " + "; ".join(EXIT_CODES[c] for c in SCRIPT_EXIT_CODES.get(
+        name, sorted(EXIT_CODES)))
+
+
+def parser_for(script, description, config=None, name=None):
     config = config or {}
     datasets = config.get("datasets") or []
     epilog = "The part [%s] of %s: datasets %s. %s." % (
         config.get("part", "?"), config.get("directory", "?"),
         ", ".join(datasets) if datasets else "none found (not on ZFS when bin/buildout ran)",
-        EXIT_CODES)
+        exit_codes(name))
     parser = argparse.ArgumentParser(prog=script, description=description, epilog=epilog)
     parser.add_argument("--version", action="version", version="%s (collective.recipe.zfssnap "
                         "%s)" % (script, config.get("version") or "?"))
@@ -66,7 +76,7 @@ def parser_for(script, description, config=None):
 def run(config, name, description, add_arguments, work, argv=None, read_only=None):
     """Parse arguments, lock, open the log, do `work`, map failures to exit codes."""
     script = config.get("scripts", {}).get(name, name)
-    parser = parser_for(os.path.basename(script), description, config)
+    parser = parser_for(os.path.basename(script), description, config, name)
     add_arguments(parser)
     args = parser.parse_args(argv)
     out = Output(os.path.basename(script), args.json, 0 if args.quiet else 2 if args.verbose
@@ -76,8 +86,8 @@ def run(config, name, description, add_arguments, work, argv=None, read_only=Non
         site = Site(config, out)
         state.trust_owner_of(site.directory)
         if not args.dry_run and not (read_only and read_only(args)):
-            lock = state.Lock(config["lock_file"])
-            out.open_log(config["log_file"])
+            lock = site.take_locks()
+            out.open_log(site.places.log)
         work(site, args)
         return out.finish(0)
     except Stop as e:

@@ -5,7 +5,6 @@ options before it calls install()). The scripts get the options as plain data (r
 they never read buildout.cfg, which a rollback may replace under them.
 """
 import difflib
-import hashlib
 import logging
 import os
 import re
@@ -112,16 +111,10 @@ class Recipe:
         options.setdefault("filestorages", "\n".join(self.find_filestorages()))
         self.mountpoints = {}  # dataset -> where it is mounted (when it is)
         self.dataset_list, self.excluded = self.datasets()
-        state = os.path.join(os.path.expanduser("~"), ".local", "state",
-                             "collective.recipe.zfssnap")
-        if any(is_inside(state, m) for m in self.mountpoints.values()):
-            # The site user's home is often the buildout itself: the lock, the log and the
-            # rollback's record must survive a rollback. One directory per user (0700).
-            state = "/var/tmp/collective.recipe.zfssnap-%d" % os.geteuid()
-        slug = "%s-%s-%s" % (os.path.basename(self.directory) or "root", name,
-                             hashlib.sha1(self.directory.encode()).hexdigest()[:8])
-        options.setdefault("lock-file", os.path.join(state, slug + ".lock"))
-        options.setdefault("log-file", os.path.join(state, slug + ".log"))
+        # Empty: the scripts' state directory, decided when they run (state.Places), so that
+        # every release's scripts find the same lock and rollback record.
+        options.setdefault("lock-file", "")
+        options.setdefault("log-file", "")
         self.config = self.compute_config()
 
     # -- option helpers ---------------------------------------------------------------------
@@ -401,7 +394,9 @@ class Recipe:
         if conf and not os.path.isabs(conf):
             raise self.error("supervisor-conf", "must be an absolute path")
         for option in ("lock-file", "log-file"):
-            path = options[option]
+            path = options[option].strip()
+            if not path:
+                continue
             if not os.path.isabs(path):
                 raise self.error(option, "must be an absolute path")
             inside = [d for d, m in self.mountpoints.items() if m and is_inside(path, m)]
@@ -431,8 +426,8 @@ class Recipe:
             "health_check": self.health_check(),
             "keep_rolled_away": self.boolean("keep-rolled-away"),
             "hooks": {hook: self.hook(hook) for hook in HOOKS if options[hook].strip()},
-            "lock_file": options["lock-file"],
-            "log_file": options["log-file"],
+            "lock_file": options["lock-file"].strip() or None,
+            "log_file": options["log-file"].strip() or None,
             "scripts": {k: os.path.join(self.bin, v) for k, v in scripts.items()},
         }
 

@@ -617,7 +617,7 @@ def restore_guard_record(site, target):
     it was when the target was taken: the site is that state again, and the target is a
     snapshot of it. Without this, the next bin/buildout would see the bad release's revision
     in it and refuse."""
-    guard = state.Record(site.config["lock_file"] + ".buildout.json", required="finished")
+    guard = state.Record(site.places.buildout_record, required="finished")
     try:
         if guard.load() is None:
             return  # the guard is not used

@@ -130,6 +130,7 @@ class Site:
         self.zfs.trace = out.trace
         self._datasets = None
         self.scripts = config["scripts"]
+        self.places = state.Places(config)
         self.snapshot_space = {}  # dataset -> what all its snapshots hold (any tool's)
 
     @property
@@ -189,9 +190,14 @@ class Site:
                 if mountsmod.where(d, table)]
 
     def rollback_record(self):
-        """Where bin/rollback records an unfinished rollback (beside the lock, outside the
-        datasets)."""
-        return state.Record(self.config.get("lock_file", "") + ".rollback.json")
+        """Where bin/rollback records an unfinished rollback (in the part's state directory,
+        outside the datasets, the same for every release: state.Places)."""
+        return state.Record(self.places.record)
+
+    def take_locks(self):
+        """The part's locks (state.Places), as root given to the buildout's owner."""
+        self.places.adopt()
+        return self.places.take_locks()
 
     def recorded_rollback(self, action):
         """The unfinished rollback's record (a dict), or None. A record that cannot be read
@@ -202,6 +208,19 @@ class Site:
         except state.StateError as e:
             raise Stop("refusing to %s: %s; nothing was changed" % (action, e.message),
                        REFUSED)
+
+    def refuse_while_recorded(self, action):
+        """Refuse `action` while any rollback is recorded as unfinished: a snapshot would hold
+        a half-rolled-back site, and a bin/buildout would build on it."""
+        data = self.recorded_rollback(action)
+        if data:
+            raise Stop("refusing to %s: an unfinished rollback to %s is recorded (stage '%s', "
+                       "record %s): run %s to finish it first (after a --no-start, %s --start "
+                       "starts the site); nothing was changed"
+                       % (action, data.get("target"), data.get("stage"),
+                          self.rollback_record().path, self.scripts.get("rollback",
+                                                                        "bin/rollback"),
+                          self.scripts.get("rollback", "bin/rollback")), REFUSED)
 
     def unsettled_keep(self, action):
         """The stage of a --keep rollback that is swapping or has swapped the datasets and has

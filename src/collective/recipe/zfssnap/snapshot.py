@@ -72,6 +72,7 @@ def by_pool(names):
 
 def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
     out = site.out
+    site.refuse_while_recorded("take a snapshot")
     if label is not None:
         # ZFS allows spaces, but a label is typed in shells: letters, digits, _ - . : only.
         problem = zfsmod.check_snapshot_name(site.primary, label, what="a label",

@@ -5,9 +5,12 @@ They may live in a shared directory (/var/tmp): a file another user put there (a
 or file owned by someone else is refused, and no symlink is followed when a file is opened.
 """
 import datetime
+import errno
 import fcntl
+import hashlib
 import json
 import os
+import pwd
 import stat
 
 from collective.recipe.zfssnap import crashpoint
@@ -39,11 +42,134 @@ def _trusted(uid):
     return uid in (os.geteuid(), 0) or uid in TRUSTED_UIDS
 
 
+# As root, what the scripts create under GIVE_UNDER (the state directory of the buildout's
+# owner) is given to GIVE_TO (that owner's uid and gid): a first run as root must not lock the
+# site's user out of its own lock, log and record.
+GIVE_TO = None
+GIVE_UNDER = None
+
+
+def _give(path=None, fd=None):
+    if GIVE_TO is None or os.geteuid() != 0:
+        return
+    if path is not None and not _is_inside(path, GIVE_UNDER):
+        return
+    try:
+        if fd is not None:
+            os.fchown(fd, *GIVE_TO)
+        else:
+            os.lchown(path, *GIVE_TO)
+    except OSError:
+        pass  # the file is root's then: the site's user is told the chown when it meets it
+
+
+def _is_inside(path, top):
+    return top is not None and (path == top or path.startswith(top.rstrip("/") + "/"))
+
+
+class Places:
+    """Where a part's scripts keep their files: the lock, the log, the rollback's record and
+    the guard's record of the last bin/buildout.
+
+    Decided when a script runs, from the buildout directory and its owner, never from an
+    option baked into the script: the release a rollback goes back to has scripts of its own,
+    and its rerun must find the record the other release's run left. The directory is the
+    state directory (~/.local/state/collective.recipe.zfssnap) of the buildout's owner when
+    root or the owner runs the script, else of the user who runs it; or
+    /var/tmp/collective.recipe.zfssnap-UID when that home is on one of the part's datasets
+    (a rollback would replace the record with the datasets).
+    """
+
+    def __init__(self, config):
+        directory = config["directory"]
+        euid = os.geteuid()
+        try:
+            st = os.stat(directory)
+            owner, group = st.st_uid, st.st_gid
+        except OSError:
+            owner, group = euid, os.getegid()
+        self.uid = owner if euid in (0, owner) else euid
+        mounts = [m for m in config.get("mounts", {}).values() if m]
+        home = None
+        try:
+            home = pwd.getpwuid(self.uid).pw_dir
+        except KeyError:
+            pass
+        at_home = os.path.join(home, ".local", "state", "collective.recipe.zfssnap") \
+            if home and home != "/" else None
+        in_tmp = "/var/tmp/collective.recipe.zfssnap-%d" % self.uid
+        if at_home and not any(_is_inside(at_home, m) for m in mounts):
+            self.directories = [at_home, in_tmp]
+        else:
+            self.directories = [in_tmp] + ([at_home] if at_home else [])
+        if config.get("state_directory"):  # the fast tests' own place
+            self.directories = [config["state_directory"]]
+        self.directory = self.directories[0]
+        self.slug = "%s-%s-%s" % (os.path.basename(directory.rstrip("/")) or "root",
+                                  config["part"],
+                                  hashlib.sha1(directory.encode()).hexdigest()[:8])
+        self.lock = self.path(".lock")
+        # A lock-file set by the part is taken too: another tool may share it.
+        self.locks = [self.lock] + [p for p in [config.get("lock_file")] if p and p != self.lock]
+        self.log = config.get("log_file") or self.path(".log")
+        self.buildout_record = self.path(".buildout.json")
+        self.owner = (owner, group) if euid == 0 and self.uid == owner and owner != 0 else None
+        # Where an earlier run may have left the record: the other candidate directory (the
+        # datasets' layout changed since) and beside an explicit lock-file (older releases).
+        self.record_candidates = [os.path.join(d, self.slug + ".rollback.json")
+                                  for d in self.directories]
+        if config.get("lock_file"):
+            self.record_candidates.append(config["lock_file"] + ".rollback.json")
+
+    def path(self, suffix):
+        return os.path.join(self.directory, self.slug + suffix)
+
+    def adopt(self):
+        """As root on the owner's files: what is created from now on is the owner's."""
+        global GIVE_TO, GIVE_UNDER
+        if self.owner is not None:
+            GIVE_TO = self.owner
+            GIVE_UNDER = os.path.dirname(os.path.dirname(os.path.dirname(self.directory))) \
+                if self.directory.endswith("/.local/state/collective.recipe.zfssnap") \
+                else self.directory
+            TRUSTED_UIDS.add(self.owner[0])
+
+    @property
+    def record(self):
+        """The rollback's record: where one is, else where a new one goes."""
+        for path in self.record_candidates:
+            if os.path.lexists(path):
+                return path
+        return self.record_candidates[0]
+
+    def take_locks(self):
+        """The part's locks, all or none (the fixed one first: the order never deadlocks)."""
+        held = []
+        try:
+            for path in self.locks:
+                held.append(Lock(path))
+        except BaseException:
+            for lock in held:
+                lock.close()
+            raise
+        return Locks(held)
+
+
+class Locks:
+    def __init__(self, held):
+        self.held = held
+
+    def close(self):
+        for lock in self.held:
+            lock.close()
+        self.held = []
+
+
 def ensure_directory(path, option):
     """Make `path` (0700) or check an existing one: a real directory of a trusted owner, not
     writable by others unless sticky (as /tmp is)."""
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        _make_directories(path)
         st = os.lstat(path)
     except OSError as e:
         raise StateError("cannot create the directory %s for the %s (%s): set the part's %s "
@@ -60,6 +186,32 @@ def ensure_directory(path, option):
     if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
         raise StateError("the directory %s (for the %s) is writable by other users: make it "
                          "chmod 700, or set the part's %s option" % (path, option, option))
+
+
+def _owner(path):
+    try:
+        return os.lstat(path).st_uid
+    except OSError:
+        return None
+
+
+def _user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _make_directories(path):
+    """os.makedirs (0700), each directory it makes given to the owner when root makes it."""
+    parent = os.path.dirname(path)
+    if parent != path and not os.path.isdir(parent):
+        _make_directories(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    _give(path)
 
 
 def open_private(path, option, flags=os.O_RDWR | os.O_CREAT, mode=0o600):
@@ -80,12 +232,23 @@ def open_private(path, option, flags=os.O_RDWR | os.O_CREAT, mode=0o600):
         if os.path.islink(path):
             raise StateError("%s (the %s) is a symlink: refusing to follow it; remove it, or "
                              "set the part's %s option" % (path, option, option))
+        blocked = path if os.path.lexists(path) else directory
+        owner = _owner(blocked)
+        if e.errno == errno.EACCES and owner is not None and owner != os.geteuid():
+            # Typically left by a run as root before the owner's files were given back.
+            raise StateError("the %s %s belongs to %s, and this user (%s) may not open it: as "
+                             "root, type chown %s %s" % (option, blocked, _user_name(owner),
+                                                         _user_name(os.geteuid()),
+                                                         _user_name(os.geteuid()), blocked))
         raise StateError("cannot open the %s %s (%s): set the part's %s option to a path this "
                          "user may write, outside the datasets" % (option, path, e.strerror,
                                                                     option))
     finally:
         os.close(dfd)
     st = os.fstat(fd)
+    if st.st_uid == 0 and flags & os.O_CREAT:
+        _give(path, fd=fd)
+        st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not _trusted(st.st_uid):
         os.close(fd)
         raise StateError("%s (the %s) is not a plain file of this user's or root's (owner uid %d, %d "

@@ -297,7 +297,15 @@ class FakeSite:
         self.config = {}
         self.scripts = {"cleanup": "/srv/site/bin/cleanup"}
 
-    rollback_record = sitemod.Site.rollback_record  # the real one: config["lock_file"]
+    rollback_record = sitemod.Site.rollback_record  # the real one, from places
+
+    @property
+    def places(self):
+        """Where the fake site's files are: beside config["lock_file"] (the tests' own)."""
+        import types
+        lock = self.config.get("lock_file", "/nonexistent/zfssnap/lock")
+        return types.SimpleNamespace(record=lock + ".rollback.json", lock=lock,
+                                     buildout_record=lock + ".buildout.json")
 
     def permission_message(self, error, permissions):
         return error.message

@@ -162,7 +162,7 @@ class World:
         self.config = {
             "part": "zfssnap", "directory": self.top, "datasets": datasets, "zfs": ["zfs"],
             "scripts": {s: self.top + "/bin/" + s for s in ("snapshot", "rollback", "cleanup")},
-            "mounts": dict(self.layout), "lock_file": os.path.join(self.tmp, "state", "lock"),
+            "mounts": dict(self.layout), "state_directory": os.path.join(self.tmp, "state"),
             "supervisor_conf": self.top + "/parts/supervisor/supervisord.conf",
             # supervisord's socket on the buildout's dataset: the rollback shuts it down.
             "supervisord_files": [self.top + "/var/supervisord.sock"] if shutdown else [],
@@ -263,7 +263,7 @@ class World:
     def record(self):
         """The rollback's record as written, or None."""
         try:
-            with open(self.config["lock_file"] + ".rollback.json") as f:
+            with open(state.Places(self.config).record) as f:
                 return f.read()
         except FileNotFoundError:
             return None

@@ -449,8 +449,8 @@ class Site(GuestPool):
             if os.path.exists(path):
                 os.remove(path)
         # What the scripts keep outside the datasets: no test inherits another's record.
-        lock = script_config()["lock_file"]
-        for suffix in (".rollback.json",):
-            if os.path.exists(lock + suffix):
-                os.remove(lock + suffix)
+        from collective.recipe.zfssnap import state
+        for path in state.Places(script_config()).record_candidates:
+            if os.path.lexists(path):
+                os.remove(path)
         return start_site() if start else None

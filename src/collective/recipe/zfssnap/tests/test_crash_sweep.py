@@ -132,7 +132,8 @@ def mounted_at():
 
 
 def record_path():
-    return script_config()["lock_file"] + ".rollback.json"
+    from collective.recipe.zfssnap import state
+    return state.Places(script_config()).record
 
 
 class CrashSweepTest(unittest.TestCase):

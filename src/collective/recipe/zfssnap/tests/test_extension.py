@@ -54,8 +54,14 @@ class ReleaseGuardTest(unittest.TestCase):
     def test_a_change_without_a_snapshot_is_stopped_before_anything_changes(self):
         change_a_part()
         installed = installed_parts()
+        with open(SITE + "/.installed.cfg", "rb") as f:
+            raw = f.read()
         rc, out, err = buildout()
         self.assertNotEqual(rc, 0, out + err)
+        # bin/buildout appended its develop eggs to .installed.cfg before the guard ran.
+        with open(SITE + "/.installed.cfg", "rb") as f:
+            self.assertEqual(f.read(), raw, "a refused bin/buildout changed .installed.cfg")
+        self.assertNotIn("differ now", out + err)
         self.assertIn("Error: [zfssnap] release guard: bin/buildout would change the installed "
                       "site (reinstall repozo), and the part zfssnap has no snapshot taken "
                       "since the last successful bin/buildout (", out + err)

@@ -9,6 +9,7 @@ import subprocess
 import time
 import unittest
 
+from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap.tests.layers import full_series_only
 from collective.recipe.zfssnap.tests.layers import DATASETS
 from collective.recipe.zfssnap.tests.layers import RUNNING
@@ -17,8 +18,10 @@ from collective.recipe.zfssnap.tests.layers import Site
 from collective.recipe.zfssnap.tests.layers import app
 from collective.recipe.zfssnap.tests.layers import bin_
 from collective.recipe.zfssnap.tests.layers import configure
+from collective.recipe.zfssnap.tests.layers import edit
 from collective.recipe.zfssnap.tests.layers import on_terminal
 from collective.recipe.zfssnap.tests.layers import program_states
+from collective.recipe.zfssnap.tests.layers import run_in_site
 from collective.recipe.zfssnap.tests.layers import script_config
 from collective.recipe.zfssnap.tests.layers import sh
 from collective.recipe.zfssnap.tests.layers import snapshots
@@ -111,7 +114,7 @@ class KilledRunTest(unittest.TestCase):
         rc, out, err = bin_("rollback", "--yes", self.name)
         self.assertEqual(rc, 3, out + err)
         self.assertIn("the supervisord option is none", err)
-        self.assertFalse(os.path.exists(script_config()["lock_file"] + ".rollback.json"))
+        self.assertFalse(os.path.exists(state.Places(script_config()).record))
         self.assertEqual(program_states(), RUNNING)
         # So another target is not refused as "an unfinished rollback".
         other = take_snapshot("other")
@@ -135,7 +138,7 @@ class KilledRunTest(unittest.TestCase):
         self.assertEqual(rc, 0, out + err)
         self.assertIn("An unfinished rollback to %s is recorded" % self.name, out)
         self.assertIn("Forgotten", out)
-        self.assertFalse(os.path.exists(script_config()["lock_file"] + ".rollback.json"))
+        self.assertFalse(os.path.exists(state.Places(script_config()).record))
 
     def test_term_and_hup_during_the_rollback_let_it_finish(self):
         proc = rollback_in_background()
@@ -212,6 +215,45 @@ class KilledRunTest(unittest.TestCase):
 
 
 @full_series_only
+class RecordPlaceTest(unittest.TestCase):
+    """The rollback's record is where every release's scripts look (issue 26, 3), and while it
+    is there bin/snapshot and the release guard refuse (issue 26, 2). On both series."""
+    layer = Site
+
+    def setUp(self):
+        self.before = Site.reset()
+        self.name = take_snapshot("pre")  # release A: the part's default lock-file
+        released()
+
+    def test_the_target_releases_rerun_finds_the_record_of_another_lock_file(self):
+        # Release B set its own lock-file; its bin/rollback is killed while stopping.
+        configure(lock_file="/var/tmp/zfssnap-release-b/site.lock")
+        kill_while_stopping()
+        record = state.Places(script_config()).record
+        self.assertTrue(os.path.exists(record))
+        rc, out, err = bin_("snapshot", "during")
+        self.assertEqual(rc, 3, out + err)
+        self.assertIn("refusing to take a snapshot: an unfinished rollback to %s is recorded "
+                      "(stage 'stopping', record %s): run %s/bin/rollback to finish it first"
+                      % (self.name, record, SITE), err)
+        # The release guard refuses any bin/buildout as long as the record is there.
+        edit(SITE + "/buildout.cfg", "versions = versions",
+             "versions = versions\nextensions = collective.recipe.zfssnap")
+        rc, out, err = run_in_site("/opt/venv/bin/buildout")
+        self.assertNotEqual(rc, 0, out + err)
+        self.assertIn("Error: [zfssnap] release guard: refusing to let bin/buildout change the "
+                      "site: an unfinished rollback to %s is recorded" % self.name, out + err)
+        # The rerun is typed with release A's scripts (as after the buildout's dataset came
+        # back): the lock-file they were generated with is not B's.
+        configure(lock_file=None)
+        rc, out, err = bin_("rollback", "--yes", self.name)
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("An unfinished rollback to %s is recorded" % self.name, out + err)
+        self.assertEqual(program_states(), RUNNING)
+        self.assertEqual(wait_for(app, what="the app")["counter"], self.before["counter"])
+        self.assertFalse(os.path.exists(record))
+
+
 class HookTest(unittest.TestCase):
     layer = Site
 

@@ -35,7 +35,8 @@ def newer_cache_events(since):
 
 def record(host):
     """The host's rollback record (its path from the part's lock file), or None."""
-    path = script_config(site=host.buildout)["lock_file"] + ".rollback.json"
+    from collective.recipe.zfssnap import state
+    path = state.Places(script_config(site=host.buildout)).record
     return path if os.path.exists(path) else None
 
 

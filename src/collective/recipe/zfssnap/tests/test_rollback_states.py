@@ -15,6 +15,7 @@ import unittest
 from collective.recipe.zfssnap import cleanup as cleanupmod
 from collective.recipe.zfssnap import rollback as rollbackmod
 from collective.recipe.zfssnap import snapshot as snapshotmod
+from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Stop
 from collective.recipe.zfssnap.tests.fake_world import Crash
@@ -143,9 +144,10 @@ class StageSweepTest(unittest.TestCase):
         with world.patched():
             with self.assertRaises(Stop) as caught:
                 snapshotmod.take_snapshot(world.site(), "during")
-        self.assertIn("an unfinished rollback is recorded: run %s/bin/rollback to finish it"
-                      % world.top, caught.exception.message)
-        self.assertIn("data/site-filestorage-rollback-", caught.exception.message)
+        self.assertIn("refusing to take a snapshot: an unfinished rollback to zfssnap-T-pre is "
+                      "recorded (stage 'rolled back', record ", caught.exception.message)
+        self.assertIn("run %s/bin/rollback to finish it first" % world.top,
+                      caught.exception.message)
         self.assertIsNone(world.rollback(keep=True))
         self.check_finished(world, keep=True, where="the rerun")
 
@@ -282,7 +284,7 @@ class UnreadableRecordTest(unittest.TestCase):
     def setUp(self):
         self.world = World()
         self.addCleanup(self.world.close)
-        path = self.world.config["lock_file"] + ".rollback.json"
+        path = state.Places(self.world.config).record
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         os.write(fd, b'{"target": "zfssnap-T-pre", "stage": "rolling')  # cut short
@@ -306,6 +308,47 @@ class UnreadableRecordTest(unittest.TestCase):
             snapshotmod.list_snapshots(site)
         self.assertTrue(any("the record %s cannot be read" % self.path in w
                             for w in site.out.warnings), site.out.warnings)
+
+
+class RecordedRollbackTest(unittest.TestCase):
+    """While any rollback is recorded as unfinished (a plain one too), bin/snapshot and the
+    release guard refuse, naming the command that finishes it; the guard holds the part's
+    locks while bin/buildout runs (issue 26, 2)."""
+
+    def setUp(self):
+        self.world = World()
+        self.addCleanup(self.world.close)
+        self.path = state.Places(self.world.config).record
+        state.Record(self.path).save({"target": "zfssnap-T-pre", "stage": "stopping"})
+
+    def test_snapshot_refuses(self):
+        with self.world.patched():
+            with self.assertRaises(Stop) as raised:
+                snapshotmod.take_snapshot(self.world.site(), "during")
+        self.assertEqual(raised.exception.code, REFUSED)
+        self.assertIn("refusing to take a snapshot: an unfinished rollback to zfssnap-T-pre is "
+                      "recorded (stage 'stopping', record %s): run %s/bin/rollback to finish "
+                      "it first" % (self.path, self.world.top), raised.exception.message)
+        self.assertEqual(self.world.pool.snapshots_of("tank/site"),
+                         ["tank/site@other-tool", "tank/site@zfssnap-T-pre"])
+
+    def test_the_guard_refuses_and_holds_the_locks(self):
+        import zc.buildout
+        from collective.recipe.zfssnap import extension
+        self.addCleanup(extension.release, "zfssnap")
+        with self.assertRaises(zc.buildout.UserError) as raised:
+            extension.hold("zfssnap", self.world.config)
+        self.assertIn("[zfssnap] release guard: refusing to let bin/buildout change the site: "
+                      "an unfinished rollback to zfssnap-T-pre is recorded",
+                      str(raised.exception))
+        os.remove(self.path)
+        extension.hold("zfssnap", self.world.config)
+        with self.assertRaises(state.StateError) as raised:
+            state.Places(self.world.config).take_locks()
+        self.assertIn("another snapshot, rollback or cleanup of this buildout is running",
+                      raised.exception.message)
+        extension.release("zfssnap")
+        state.Places(self.world.config).take_locks().close()
 
 
 class HealthCheckTest(unittest.TestCase):

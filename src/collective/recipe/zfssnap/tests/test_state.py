@@ -214,15 +214,14 @@ class UnexpectedFailureTest(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
         self.config = {
             "part": "zfssnap", "directory": self.tmp, "datasets": ["tank/site"],
-            "zfs": ["zfs"], "lock_file": os.path.join(self.tmp, "state", "lock"),
-            "log_file": os.path.join(self.tmp, "state", "log"),
+            "zfs": ["zfs"], "state_directory": os.path.join(self.tmp, "state"),
             "scripts": {"rollback": "/srv/site/bin/rollback"}}
 
     def run_failing(self, error, record):
         from collective.recipe.zfssnap import main
         if record:
-            os.makedirs(os.path.dirname(self.config["lock_file"]), exist_ok=True)
-            state.Record(self.config["lock_file"] + ".rollback.json").save(
+            os.makedirs(self.config["state_directory"], exist_ok=True)
+            state.Record(state.Places(self.config).record).save(
                 {"target": "tank/site@zfssnap-x", "stage": "rolling back"})
 
         def work(site, args):
@@ -237,9 +236,9 @@ class UnexpectedFailureTest(unittest.TestCase):
         code, err = self.run_failing(RuntimeError("boom"), record=True)
         self.assertEqual(code, 4, err)
         self.assertIn("unexpected RuntimeError: boom", err)
-        self.assertIn("the rollback is not finished (its record %s.rollback.json is kept): "
+        self.assertIn("the rollback is not finished (its record %s is kept): "
                       "run /srv/site/bin/rollback again to finish it"
-                      % self.config["lock_file"], err)
+                      % state.Places(self.config).record, err)
 
     def test_a_bug_without_a_record_is_exit_1(self):
         code, err = self.run_failing(RuntimeError("boom"), record=False)
@@ -251,3 +250,109 @@ class UnexpectedFailureTest(unittest.TestCase):
         code, err = self.run_failing(KeyboardInterrupt(), record=True)
         self.assertEqual(code, 4, err)
         self.assertIn("interrupted; the rollback is not finished", err)
+
+
+class FakePwd:
+    """pwd with the homes the test chooses (the real users' homes stay untouched)."""
+
+    def __init__(self, homes):
+        import pwd
+        self.homes = homes
+        self.real = pwd
+
+    def getpwuid(self, uid):
+        import types
+        entry = self.real.getpwuid(uid)
+        return types.SimpleNamespace(pw_name=entry.pw_name, pw_dir=self.homes.get(
+            uid, entry.pw_dir))
+
+
+class PlacesTest(unittest.TestCase):
+    """Where the lock and the rollback's record are is decided when a script runs, from the
+    buildout and its owner: every release's scripts find the same record (issue 26, 3), and a
+    first run as root leaves the owner's files to the owner (issue 26, 8)."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="zfssnap-places-")
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+        self.buildout = os.path.join(self.tmp, "site")
+        self.home = os.path.join(self.tmp, "home")
+        os.makedirs(self.buildout)
+        os.makedirs(self.home)
+        self.addCleanup(setattr, state, "pwd", state.pwd)
+        state.pwd = FakePwd({os.geteuid(): self.home, NOBODY: self.home})
+
+    def config(self, **changes):
+        config = {"part": "zfssnap", "directory": self.buildout, "datasets": ["tank/site"],
+                  "mounts": {"tank/site": self.buildout}, "lock_file": None,
+                  "log_file": None}
+        config.update(changes)
+        return config
+
+    def test_every_release_finds_the_same_record(self):
+        one = state.Places(self.config())
+        other = state.Places(self.config(lock_file="/srv/elsewhere/site.lock",
+                                         log_file="/srv/elsewhere/site.log"))
+        self.assertEqual(one.record, other.record)
+        self.assertTrue(one.record.startswith(
+            self.home + "/.local/state/collective.recipe.zfssnap/site-zfssnap-"), one.record)
+        self.assertEqual(one.locks, [one.lock])
+        self.assertEqual(other.locks, [one.lock, "/srv/elsewhere/site.lock"])
+        self.assertEqual(other.log, "/srv/elsewhere/site.log")
+
+    def test_a_home_on_the_datasets_keeps_them_in_var_tmp(self):
+        places = state.Places(self.config(mounts={"tank/site": self.buildout,
+                                                  "tank/home": self.home}))
+        self.assertEqual(places.directory,
+                         "/var/tmp/collective.recipe.zfssnap-%d" % os.geteuid())
+
+    def test_a_record_left_in_the_other_place_is_found(self):
+        places = state.Places(self.config())
+        other = places.record_candidates[1]
+        state.Record(other).save({"target": "zfssnap-x", "stage": "stopping"})
+        self.addCleanup(os.remove, other)
+        self.assertEqual(state.Places(self.config()).record, other)
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root")
+    def test_as_root_the_owners_files_are_made_the_owners(self):
+        os.chown(self.buildout, NOBODY, NOBODY)
+        os.chown(self.home, NOBODY, NOBODY)
+        self.addCleanup(setattr, state, "GIVE_TO", None)
+        self.addCleanup(setattr, state, "GIVE_UNDER", None)
+        self.addCleanup(state.TRUSTED_UIDS.clear)
+        places = state.Places(self.config())
+        places.adopt()
+        places.take_locks().close()
+        state.Record(places.record).save({"target": "zfssnap-x", "stage": "stopping"})
+        for path in (self.home + "/.local", self.home + "/.local/state", places.directory,
+                     places.lock, places.record):
+            self.assertEqual(os.stat(path).st_uid, NOBODY, path)
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root")
+    def test_a_file_left_by_root_names_the_chown(self):
+        directory = os.path.join(self.tmp, "state")
+        os.mkdir(directory, 0o700)
+        os.chown(directory, NOBODY, NOBODY)
+        os.chmod(self.tmp, 0o755)
+        lock = os.path.join(directory, "site.lock")
+        os.close(os.open(lock, os.O_CREAT | os.O_WRONLY, 0o600))  # root's
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the site's user, in a child (no exec: the Python here is root's)
+            try:
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                state.Lock(lock)
+                message = "locked"
+            except state.StateError as e:
+                message = e.message
+            except BaseException as e:
+                message = repr(e)
+            os.write(write, message.encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as f:
+            message = f.read()
+        os.waitpid(pid, 0)
+        self.assertEqual("the lock-file %s belongs to root, and this user (nobody) may not open "
+                         "it: as root, type chown nobody %s" % (lock, lock), message)

@@ -256,7 +256,7 @@ class RollbackImportsTest(unittest.TestCase):
         self.addCleanup(lambda: subprocess.run(["rm", "-rf", tmp]))
         config = {"part": "zfssnap", "directory": tmp, "datasets": ["tank/site"],
                   "zfs": ["zfs"], "mounts": {"tank/site": tmp}, "prefix": "zfssnap",
-                  "lock_file": os.path.join(tmp, "lock"), "health_check": health_check,
+                  "state_directory": tmp, "health_check": health_check,
                   "scripts": {s: os.path.join(tmp, "bin", s) for s in ("snapshot", "rollback",
                                                                       "cleanup")}}
         code = ("import sys\n"
