@@ -169,7 +169,8 @@ def terminal_confirmation(out, question, what_yes_does):
 
 
 class Deferred:
-    """Signal handlers that let a rollback finish: an interrupt is noted, not obeyed.
+    """Signal handlers for a rollback's critical section: an interrupt is noted, and the
+    rollback stops at its next safe point (rollback.Run.checkpoint), its record kept.
 
     Handlers, not SIG_IGN: a handler is reset to the default in every child at exec, so
     hooks and the supervisord started during the rollback can be stopped as usual.
@@ -189,8 +190,8 @@ class Deferred:
     def handle(self, signum, frame):
         name = signal.Signals(signum).name
         self.received.append(name)
-        self.out.warn("%s received: the rollback goes on to the end, so that the site is not "
-                      "left half-done" % name)
+        self.out.warn("%s received: the rollback stops at its next safe point (after the "
+                      "step it is doing), keeping its record for a rerun to finish" % name)
 
     def restore(self):
         for signum, handler in self.originals.items():
@@ -200,6 +201,7 @@ class Deferred:
 def rollback(config, argv=None):
     # Everything a rollback uses, imported now: the rollback replaces the eggs under us (and
     # a virtualenv inside the buildout with them).
+    from collective.recipe.zfssnap import forget as forgetmod
     from collective.recipe.zfssnap import health
     from collective.recipe.zfssnap import keep  # noqa: F401
     from collective.recipe.zfssnap import processes  # noqa: F401
@@ -236,11 +238,14 @@ def rollback(config, argv=None):
                            "its record (nothing recorded: nothing to do)")
 
     def work(site, args):
+        out = site.out
         if args.forget:
             if args.snapshot:
                 raise Stop("--forget takes no snapshot", BAD_INPUT)
-            return rollbackmod.forget(site)
-        out = site.out
+            return forgetmod.forget(site, rollbackmod.describe_record, dry_run=args.dry_run,
+                                    yes=args.yes, confirm=terminal_confirmation(
+                                        out, "Type yes to forget it: ",
+                                        "to forget it (nothing was changed)"))
         question, what = ("Type yes to start what ran before: ", "to start") if args.start \
             else ("Type yes to stop the site and roll back: ", "to roll back")
         confirm = terminal_confirmation(out, question, what + " (nothing was changed)")

@@ -28,7 +28,7 @@ OPTIONS = set(HOOKS) | {s + "-script" for s in SCRIPTS} | {
     "dataset", "exclude-datasets", "extra-datasets", "filestorages", "health-check",
     "hook-timeout", "keep-rolled-away", "lock-file", "log-file", "prefix", "programs",
     "recipe", "recursive", "release-guard", "retain", "stop-timeout", "supervisor-conf",
-    "supervisorctl", "supervisord", "supervisord-unit", "warn-size", "zfs"}
+    "supervisorctl", "supervisord", "supervisord-unit", "warn-size", "zfs", "zfs-timeout"}
 
 
 def filestorages_of(sections, directory):
@@ -100,7 +100,7 @@ class Recipe:
                                 ("warn-size", "10G"), ("programs", ""), ("stop-timeout", "60"),
                                 ("hook-timeout", "600"), ("supervisord-unit", ""),
                                 ("release-guard", "refuse"), ("health-check", ""),
-                                ("keep-rolled-away", "false")):
+                                ("keep-rolled-away", "false"), ("zfs-timeout", "1800")):
             options.setdefault(option, default)
         for hook in HOOKS:
             options.setdefault(hook, "")
@@ -422,6 +422,7 @@ class Recipe:
             "programs": [p for p in re.split(r"[\s,]+", options["programs"]) if p],
             "stop_timeout": self.number("stop-timeout", 1),
             "hook_timeout": self.number("hook-timeout", 1),
+            "zfs_timeout": self.number("zfs-timeout", 0),
             "filestorages": [os.path.join(self.directory, p) for p in self.words("filestorages")],
             "health_check": self.health_check(),
             "keep_rolled_away": self.boolean("keep-rolled-away"),

@@ -199,6 +199,7 @@ class Run(Downtime):
         self.swaps = []  # with --keep: the clones made to take the datasets' places
         self.up_at = None  # when the site ran again
         self.committed = False  # datasets are being replaced: no way back, only forward
+        self.critical = None  # main.Deferred: the signals received in the critical section
         try:
             self.cwd = os.path.realpath(os.getcwd())
         except OSError:
@@ -219,6 +220,19 @@ class Run(Downtime):
             # Refusing here would leave the site stopped: go on, and say it.
             self.out.warn("could not record the rollback's progress in %s (%s): if it is "
                           "interrupted, start the site by hand" % (self.record.path, reason))
+
+    def checkpoint(self, where):
+        """A safe point: after a signal in the critical section, stop here, the record kept.
+        Any point where a kill leaves a state the rerun finishes is one (the crash sweep)."""
+        received = getattr(self.critical, "received", None)
+        if not received:
+            return
+        names = ", ".join(sorted(set(received)))
+        self.out.log("rollback stopped %s (%s received)" % (where, names))
+        raise Stop("%s received: the rollback stopped %s, and the site is not started; its "
+                   "record %s is kept: run %s again to finish it" % (
+                       names, where, self.record.path, self.site.scripts["rollback"]),
+                   INCOMPLETE)
 
     def abort(self, reason, code=FAILED, advice=""):
         """Nothing was rolled back: start again what was stopped, and Stop with `reason`.
@@ -255,6 +269,9 @@ class Run(Downtime):
                 self.save(rolled_back=list(done))
                 self.out.log("rollback %s%s" % (entry["snapshot"], " (destroyed %s)" % ",".join(
                     entry["newer"]) if entry["newer"] else ""))
+                if len(done) < len(plan["datasets"]):
+                    self.checkpoint("after rolling back %s (%d of %d datasets)"
+                                    % (entry["dataset"], len(done), len(plan["datasets"])))
         except zfsmod.ZfsError as e:
             raise self.failed_midway(plan, done, self.site.permission_message(
                 e, "rollback,destroy,mount"))
@@ -481,6 +498,7 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
         raise Stop("not confirmed: nothing was changed", REFUSED)
     if critical:
         critical()
+        run.critical = critical
     procs, daemon_pid, run.data = run.survey(pending or carried)
     run.data.update(target=target.short, keep=swaps or None, stamp=stamp)
     run.swaps = swaps
@@ -512,6 +530,7 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
             keepmod.undo(site, swaps)
             run.record.clear()
         raise
+    run.checkpoint("after stopping the site, before any dataset was rolled back")
     # The clones' facts (--keep) read while the plan is read again: the site is down.
     current = Background(keepmod.facts, site, swaps) if keep else None
     try:
@@ -541,6 +560,7 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
     run.save(stage=ROLLED_BACK)
     out.data["phase"] = "rolled-back"
     out.data["rolled_back"] = [e["dataset"] for e in plan["datasets"]]
+    run.checkpoint("with every dataset rolled back")
     run.check_mounted(target.short, names)
     if not start:
         stop_before_start(run, target.short)
@@ -690,6 +710,7 @@ def finish_recorded(run, pending, yes, dry_run, confirm, critical, start=True):
         raise Stop("not confirmed: nothing was changed", REFUSED)
     if critical:
         critical()
+        run.critical = critical
     run.stopped_at = None
     if stage == ROLLING_BACK:
         run.committed = True
@@ -736,31 +757,4 @@ def report(run, target):
         raise Stop("rolled back, but " + hook_error, FAILED)
 
 
-def forget(site):
-    """bin/rollback --forget: drop the record of an unfinished rollback (after showing it)."""
-    record = site.rollback_record()
-    data = Progress.from_record(record.load())
-    if not data:
-        site.out.say("No unfinished rollback is recorded.")
-        return
-    site.out.say(describe_record(data))
-    if data.keep and data.stage in (PREPARING, STOPPING):
-        keepmod.undo(site, data.keep)  # made for a swap that never began
-    left = []
-    if data.keep and data.stage in (ROLLED_BACK, SETTLING):
-        # Swapped: what the rerun would have done after the start is the operator's now.
-        try:
-            left = [" ".join(site.zfs.command + argv) for _, argv in keepmod.settle_steps(
-                site, data.keep, keepmod.facts(site, data.keep), data.target, data.stamp)]
-        except zfsmod.ZfsError as e:
-            site.out.warn("could not read where the --keep swap stands: %s" % e.message)
-    record.clear()
-    site.out.log("forgot the unfinished rollback to %s" % data.target)
-    site.out.say("Forgotten: start what should run by hand.")
-    if left:
-        site.out.data["left_to_do"] = left
-        site.out.say("The --keep rollback was not settled; to finish it by hand: %s"
-                     % "; ".join(left))
-
-
-__all__ = ["rollback", "forget", "BAD_INPUT"]
+__all__ = ["rollback", "describe_record", "BAD_INPUT"]

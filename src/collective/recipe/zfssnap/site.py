@@ -126,7 +126,7 @@ class Site:
             raise Stop("the buildout directory %s is not on ZFS (no dataset was found when "
                        "bin/buildout ran): put it on a dataset of its own and run bin/buildout "
                        "again, or set the dataset option" % self.directory, BAD_INPUT)
-        self.zfs = zfsmod.Zfs(config["zfs"])
+        self.zfs = zfsmod.Zfs(config["zfs"], timeout=config.get("zfs_timeout"))
         self.zfs.trace = out.trace
         self._datasets = None
         self.scripts = config["scripts"]

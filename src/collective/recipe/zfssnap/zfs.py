@@ -36,6 +36,10 @@ class ZfsError(Exception):
         return "permission denied" in self.stderr.lower()
 
 
+class ZfsTimeout(ZfsError):
+    """A zfs call that did not finish within the part's zfs-timeout."""
+
+
 class NotOnZfs(ZfsError):
     """The path is not on a ZFS filesystem."""
 
@@ -175,9 +179,10 @@ def parse_snapshot_properties(output, prefix=PROPERTY_PREFIX):
 class Zfs:
     """Runs zfs as an argv list (never through a shell)."""
 
-    def __init__(self, command=("zfs",), env=None):
+    def __init__(self, command=("zfs",), env=None, timeout=None):
         self.command = list(command)
         self.env = env
+        self.timeout = timeout or None  # seconds one zfs call may take (None: no limit)
         self.trace = None  # called with each argv before it runs (bin/... -v)
 
     def run(self, *args, check=True):
@@ -186,9 +191,9 @@ class Zfs:
             self.trace(argv)
         try:
             # A session of its own: a Ctrl-C meant for the script never kills zfs half-way.
-            proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, errors="replace", env=self.env,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+            child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, errors="replace", env=self.env,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         except FileNotFoundError:
             raise NoZfsCommand("the command '%s' was not found: this machine has no ZFS tools, "
                                "or the part's zfs option names the wrong command"
@@ -199,6 +204,7 @@ class Zfs:
         except OSError as e:
             raise NoZfsCommand("the command '%s' cannot be run (%s): fix the part's zfs option"
                                % (self.command[0], e.strerror), argv)
+        proc = self._wait(child, argv)
         if crashpoint.zfs_changes(args):
             crashpoint.done("zfs " + " ".join(args))
         if check and proc.returncode != 0:
@@ -206,6 +212,24 @@ class Zfs:
             raise ZfsError("'%s' failed: %s" % (" ".join(argv), stderr or "exit %d"
                                                 % proc.returncode), argv, stderr)
         return proc
+
+    def _wait(self, child, argv):
+        """The finished call, or ZfsTimeout. A zfs that does not answer is left running, not
+        killed: it may be in the middle of its change (a kill would wait for it anyway), and
+        the rerun reads from ZFS what it did."""
+        try:
+            stdout, stderr = child.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            for stream in (child.stdout, child.stderr):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+            raise ZfsTimeout("'%s' did not finish within %d s (the part's zfs-timeout) and is "
+                             "still running as pid %d: find out why (zpool status, dmesg), wait "
+                             "until it has finished, then try again" % (
+                                 " ".join(argv), self.timeout, child.pid), argv)
+        return subprocess.CompletedProcess(argv, child.returncode, stdout, stderr)
 
     # -- datasets ---------------------------------------------------------------------------
     def dataset_at(self, path):

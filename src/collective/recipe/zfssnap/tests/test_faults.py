@@ -64,9 +64,9 @@ def read_until(proc, text, timeout=120):
     raise AssertionError("%r never printed; got %r" % (text, lines))
 
 
-def kill_while_stopping():
+def kill_while_stopping(*args):
     """bin/rollback killed (kill -9) right after it said it stops the site."""
-    proc = rollback_in_background()
+    proc = rollback_in_background(*args)
     read_until(proc, "> shutdown supervisord")
     proc.kill()
     proc.wait()
@@ -122,8 +122,8 @@ class KilledRunTest(unittest.TestCase):
         self.assertEqual(rc, 0, out + err)
 
     def test_stale_record_is_shown_refused_for_another_target_and_forgotten(self):
-        kill_while_stopping()
-        later = take_snapshot("later")
+        later = take_snapshot("later")  # bin/snapshot refuses while the record is there
+        kill_while_stopping(self.name)
         rc, out, err = bin_("rollback", "--yes", later)
         self.assertEqual(rc, 3, out + err)
         self.assertIn("an unfinished rollback to %s is recorded (above): finish it with "
@@ -134,20 +134,33 @@ class KilledRunTest(unittest.TestCase):
         self.assertEqual(rc, 0, out + err)
         self.assertIn("skipped %s: an unfinished rollback goes back to it" % self.name, err)
         self.assertIn("tank/site@" + self.name, snapshots("tank/site"))
-        rc, out, err = bin_("rollback", "--forget")
+        rc, out, err = bin_("rollback", "--forget")  # no terminal to ask: refused
+        self.assertEqual(rc, 3, out + err)
+        self.assertIn("pass --yes to forget it (nothing was changed)", err)
+        rc, out, err = bin_("rollback", "--forget", "--dry-run")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("Dry run: nothing was changed", out)
+        self.assertTrue(os.path.exists(state.Places(script_config()).record))
+        rc, out, err = bin_("rollback", "--forget", "--yes")
         self.assertEqual(rc, 0, out + err)
         self.assertIn("An unfinished rollback to %s is recorded" % self.name, out)
-        self.assertIn("Forgotten", out)
+        self.assertIn("Forgotten: the record is kept as %s.forgotten-"
+                      % state.Places(script_config()).record, out)
         self.assertFalse(os.path.exists(state.Places(script_config()).record))
 
-    def test_term_and_hup_during_the_rollback_let_it_finish(self):
+    def test_term_and_hup_during_the_rollback_stop_it_at_a_safe_point(self):
         proc = rollback_in_background()
         read_until(proc, "> shutdown supervisord")
         proc.send_signal(signal.SIGTERM)
         proc.send_signal(signal.SIGHUP)
         out, err = proc.communicate(timeout=300)
-        self.assertEqual(proc.returncode, 0, out + err)
-        self.assertIn("SIGTERM received: the rollback goes on to the end", err)
+        self.assertEqual(proc.returncode, 4, out + err)
+        self.assertIn("SIGTERM received: the rollback stops at its next safe point", err)
+        self.assertIn("SIGTERM received: the rollback stopped ", err)
+        self.assertIn("run %s/bin/rollback again to finish it" % SITE, err)
+        self.assertTrue(os.path.exists(state.Places(script_config()).record))
+        rc, out, err = bin_("rollback", "--yes")
+        self.assertEqual(rc, 0, out + err)
         self.assertIn("Rolled back to " + self.name, out)
         self.assertRolledBack()
 

@@ -8,14 +8,19 @@ power cut and a boot follow, and `bin/rollback` typed again must finish the job:
 at the target's content, what ran before running, no record left, the other tool's snapshots
 there, and with --keep the rolled-away state kept, read-only, never mounted at boot.
 """
+import contextlib
+import io
+import json
 import os
 import sys
 import unittest
 
 from collective.recipe.zfssnap import cleanup as cleanupmod
+from collective.recipe.zfssnap import forget as forgetmod
 from collective.recipe.zfssnap import rollback as rollbackmod
 from collective.recipe.zfssnap import snapshot as snapshotmod
 from collective.recipe.zfssnap import state
+from collective.recipe.zfssnap.site import INCOMPLETE
 from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Stop
 from collective.recipe.zfssnap.tests.fake_world import Crash
@@ -171,14 +176,57 @@ class StageSweepTest(unittest.TestCase):
 
     def test_forget_after_the_start_of_a_keep_gives_the_commands_left(self):
         world = keep_killed_after_the_start(self)
+        recorded = json.loads(world.record())
+        calls = len(world.pool.calls)
+        # --dry-run: shown in full, nothing changed (the record stays, no zfs call changes).
+        shown = io.StringIO()
+        with world.patched(), contextlib.redirect_stderr(shown):
+            site = world.site()
+            forgetmod.forget(site, rollbackmod.describe_record, dry_run=True)
+        self.assertEqual(json.loads(world.record()), recorded)
+        self.assertEqual([c for c in world.pool.calls[calls:]
+                          if c[0] not in ("get", "list")], [])
+        said = shown.getvalue()
+        for swap in recorded["keep"]:
+            self.assertIn("%s (guid %s): its clone of %s is %s (guid %s)" % (
+                swap["dataset"], swap["old_guid"], swap["snapshot"], swap["new"],
+                swap["new_guid"]), said)
+        # Asked and not confirmed: nothing changed either.
+        with world.patched():
+            with self.assertRaises(Stop) as raised:
+                forgetmod.forget(world.site(), rollbackmod.describe_record,
+                                 confirm=lambda: False)
+        self.assertEqual(raised.exception.code, REFUSED)
+        self.assertEqual(json.loads(world.record()), recorded)
         with world.patched():
             site = world.site()
-            rollbackmod.forget(site)
+            forgetmod.forget(site, rollbackmod.describe_record, yes=True)
         said = "\n".join(site.out.data.get("left_to_do", []))
         self.assertIsNone(world.record())
+        with open(site.out.data["forgotten_to"]) as f:  # moved aside, not deleted
+            self.assertEqual(json.load(f), recorded)
         for name, _ in world.layout:
             self.assertIn("zfs rename -u %s %s-rolled-away-" % (name, name), said)
             self.assertIn("zfs promote %s" % name, said)
+
+    def test_forget_dry_run_before_a_keep_swap_began_destroys_no_clone(self):
+        counting = World()
+        self.addCleanup(counting.close)
+        steps = actions_in(counting, keep=True)
+        world = World()
+        self.addCleanup(world.close)
+        clone = [n for n, a in enumerate(steps, 1) if a.startswith("zfs clone")][-1]
+        self.assertIsInstance(world.rollback(keep=True, crash_after=clone), Crash)
+        clones = sorted(n for n in world.pool.datasets if "-rollback-" in n)
+        self.assertTrue(clones)
+        with world.patched(), contextlib.redirect_stderr(io.StringIO()):
+            forgetmod.forget(world.site(), rollbackmod.describe_record, dry_run=True)
+        self.assertEqual(sorted(n for n in world.pool.datasets if "-rollback-" in n), clones)
+        self.assertIsNotNone(world.record())
+        with world.patched(), contextlib.redirect_stderr(io.StringIO()):
+            forgetmod.forget(world.site(), rollbackmod.describe_record, yes=True)
+        self.assertEqual(sorted(n for n in world.pool.datasets if "-rollback-" in n), [])
+        self.assertIsNone(world.record())
 
     def test_a_snapshot_dry_run_refuses_what_the_snapshot_refuses(self):
         world = World()
@@ -308,6 +356,57 @@ class UnreadableRecordTest(unittest.TestCase):
             snapshotmod.list_snapshots(site)
         self.assertTrue(any("the record %s cannot be read" % self.path in w
                             for w in site.out.warnings), site.out.warnings)
+
+
+class Signalled:
+    """main.Deferred as the rollback sees it: `received` fills when the pool has made `after`
+    changes (a signal arriving while zfs works)."""
+
+    def __init__(self, pool, after):
+        self.pool = pool
+        self.after = after
+        self.start = None
+
+    def __call__(self):
+        self.start = len(self.pool.calls)
+
+    @property
+    def received(self):
+        done = len(self.pool.calls) - self.start if self.start is not None else 0
+        return ["SIGTERM"] if done >= self.after else []
+
+
+class SignalTest(unittest.TestCase):
+    """A signal in the critical section stops the rollback at its next safe point with exit 4,
+    the record kept, and the rerun finishes (issue 26, 6)."""
+
+    def check(self, keep, after):
+        world = World()
+        self.addCleanup(world.close)
+        result = world.rollback(keep=keep, critical=Signalled(world.pool, after))
+        self.assertIsInstance(result, Stop)
+        self.assertEqual(result.code, INCOMPLETE, result.message)
+        self.assertIn("SIGTERM received: the rollback stopped ", result.message)
+        self.assertIn("run %s/bin/rollback again to finish it" % world.top, result.message)
+        self.assertIsNotNone(world.record())
+        self.assertIsNone(world.rollback(keep=keep))
+        self.assertIsNone(world.record())
+        self.assertEqual({n: p.state for n, p in world.sup.programs.items()},
+                         {"app": "RUNNING", "worker": "RUNNING"})
+        for name, _ in world.layout:
+            self.assertEqual(world.pool.datasets[name]["content"], "v1", name)
+        return result.message
+
+    def test_at_once(self):
+        self.assertIn("after stopping the site, before any dataset was rolled back",
+                      self.check(keep=False, after=0))
+
+    def test_while_the_datasets_are_rolled_back(self):
+        self.assertIn("after rolling back tank/site (1 of 3 datasets)",
+                      self.check(keep=False, after=1))
+
+    def test_during_a_keep_swap(self):
+        self.assertIn("with every dataset rolled back", self.check(keep=True, after=4))
 
 
 class RecordedRollbackTest(unittest.TestCase):

@@ -189,3 +189,29 @@ class NamesAndValuesTest(unittest.TestCase):
             self.assertIsNone(zfs.check_dataset_name(name), name)
         for name in ("", "/tank", "tank/", "tank//x", "tank@s", "tank/x%y", "-tank"):
             self.assertIsNotNone(zfs.check_dataset_name(name), name)
+
+
+class TimeoutTest(unittest.TestCase):
+    """A zfs that does not answer within zfs-timeout is reported, and left running (it may be
+    in the middle of its change), not waited for forever (issue 26, 6)."""
+
+    def test_a_hung_zfs_is_reported_with_its_pid(self):
+        import re
+        import signal
+        import sys
+        hung = zfs.Zfs([sys.executable, "-c", "import time; time.sleep(60)"], timeout=1)
+        with self.assertRaises(zfs.ZfsTimeout) as raised:
+            hung.run("rollback", "tank/site@x")
+        message = raised.exception.message
+        self.assertIn("did not finish within 1 s (the part's zfs-timeout) and is still running "
+                      "as pid ", message)
+        pid = int(re.search(r"as pid (\d+)", message).group(1))
+        os.kill(pid, 0)  # still there
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        self.assertIsInstance(raised.exception, zfs.ZfsError)  # failures mid-run say exit 4
+
+    def test_no_timeout_waits(self):
+        import sys
+        done = zfs.Zfs([sys.executable, "-c", "import time; time.sleep(0.5)"], timeout=0)
+        self.assertEqual(done.run("list").returncode, 0)

@@ -276,7 +276,7 @@ class PlanTest(unittest.TestCase):
         for argv in (["--dry-run"], ["--dry-run", "--json"]):
             stdout = io.StringIO()
             with self.world.patched(), \
-                    mock.patch.object(zfsmod, "Zfs", lambda command: self.world.pool), \
+                    mock.patch.object(zfsmod, "Zfs", lambda command, **kw: self.world.pool), \
                     contextlib.redirect_stdout(stdout):
                 code = main.rollback(dict(self.world.config), argv)
             self.assertEqual(code, 0, stdout.getvalue())
