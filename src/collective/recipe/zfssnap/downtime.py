@@ -20,6 +20,8 @@ from collective.recipe.zfssnap.site import Stop
 from collective.recipe.zfssnap.site import current_user
 from collective.recipe.zfssnap.supervisor import RUNNING_STATES
 from collective.recipe.zfssnap.supervisor import SupervisorError
+from collective.recipe.zfssnap.supervisor import unit_label
+from collective.recipe.zfssnap.supervisor import unit_shown
 from collective.recipe.zfssnap.supervisor import wait_gone
 
 
@@ -126,7 +128,8 @@ class Downtime:
             if sup.unit != self.data.unit:
                 self.save(unit=sup.unit)
             self.out.action("shutdown supervisord (its files are on the datasets%s), stopping "
-                            "%s" % (", through systemctl: unit " + sup.unit if sup.unit else "",
+                            "%s" % (", through systemctl: unit " + unit_label(sup.unit)
+                                    if sup.unit else "",
                                     ", ".join(stop_order(self.data.running_before, procs))
                                     or "no program"))
             self.stopped_at = time.monotonic()
@@ -175,7 +178,7 @@ class Downtime:
             return []
         wanted = self.data.running_before
         if not sup.running():  # asked, not read from the record: a rerun may find it up
-            self.out.action("start supervisord" + (" (systemctl start %s)" % sup.unit
+            self.out.action("start supervisord" + (" (%s)" % unit_shown(sup.unit, "start")
                                                    if sup.unit else ""))
             sup.start_daemon()
             self.data.daemon_down = False

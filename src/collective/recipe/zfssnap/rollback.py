@@ -41,7 +41,16 @@ def supervisor_of(site):
         return None
     return Supervisor(config["supervisor_conf"], config.get("supervisord"),
                       config.get("supervisord_unit"), config.get("programs", ()),
-                      config.get("stop_timeout", 60), config.get("supervisord_files", ()))
+                      config.get("stop_timeout", 60), config.get("supervisord_files", ()),
+                      privilege=privilege_prefix(config.get("zfs") or ["zfs"]))
+
+
+def privilege_prefix(zfs):
+    """What the part's zfs option puts before zfs (zfs = sudo -n zfs: sudo -n), for the other
+    commands that need root: systemctl."""
+    if len(zfs) > 1 and os.path.basename(zfs[-1]) == "zfs":
+        return list(zfs[:-1])
+    return []
 
 
 # -- the plan -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ started through systemctl: behind the unit's back, Restart= would start a second
 import configparser
 import http.client
 import os
+import pwd
 import re
 import socket
 import subprocess
@@ -138,12 +139,12 @@ class Process:
         return "<Process %s %s>" % (self.name, self.state)
 
 
-def run_command(argv, timeout, what, changes=True):
+def run_command(argv, timeout, what, changes=True, env=None):
     """Run a command of the site's (supervisord, systemctl) in a session of its own."""
     try:
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               errors="replace", stdin=subprocess.DEVNULL, timeout=timeout,
-                              start_new_session=True)
+                              start_new_session=True, env=env)
     except subprocess.TimeoutExpired:
         raise SupervisorError("'%s' (%s) did not return within %d s" % (" ".join(argv), what,
                                                                          timeout))
@@ -206,16 +207,72 @@ def cmdline(pid):
 
 
 def parse_cgroup_unit(text):
-    """The systemd service of a /proc/PID/cgroup text ('0::/system.slice/site.service')."""
+    """The systemd service of a /proc/PID/cgroup text: 'site.service' for a system unit
+    ('0::/system.slice/site.service'), 'user/UID/site.service' for a unit of a user's own
+    manager ('0::/user.slice/user-1000.slice/user@1000.service/app.slice/site.service')."""
     for line in text.splitlines():
-        path = line.split(":", 2)[-1]
-        for part in reversed(path.split("/")):
-            if part.endswith(".service"):
-                return part
+        parts = line.split(":", 2)[-1].split("/")
+        for i in range(len(parts) - 1, -1, -1):
+            if parts[i].endswith(".service"):
+                manager = [p for p in parts[:i] if re.match(r"^user@\d+\.service$", p)]
+                if manager:
+                    return "user/%s/%s" % (manager[-1][5:-8], parts[i])
+                if re.match(r"^user@\d+\.service$", parts[i]):
+                    return None  # the user's manager itself, not a unit of it
+                return parts[i]
     return None
 
 
-def systemd_unit(pid):
+def systemctl_argv(unit, args, privilege=()):
+    """systemctl for `unit` (as parse_cgroup_unit names it): never asking for a password, a
+    user's unit through that user's manager, and a system unit through the part's privilege
+    prefix (`privilege`, e.g. sudo -n) when not root."""
+    root = os.geteuid() == 0
+    if unit.startswith("user/"):
+        _, uid, name = unit.split("/", 2)
+        if os.geteuid() == int(uid):
+            base = ["systemctl", "--user"]
+        else:
+            base = ([] if root else list(privilege)) + [
+                "systemctl", "--user", "--machine=%s@.host" % user_name(int(uid))]
+    else:
+        name = unit
+        base = ([] if root else list(privilege)) + ["systemctl"]
+    return base + ["--no-ask-password"] + list(args) + [name]
+
+
+def unit_shown(unit, verb):
+    """How the operator types it: 'systemctl [--user] VERB NAME'."""
+    if unit.startswith("user/"):
+        return "systemctl --user %s %s" % (verb, unit.split("/", 2)[2])
+    return "systemctl %s %s" % (verb, unit)
+
+
+def unit_label(unit):
+    """'site.service', or 'site.service of user plone's manager'."""
+    if unit.startswith("user/"):
+        _, uid, name = unit.split("/", 2)
+        return "%s of user %s's manager" % (name, user_name(int(uid)))
+    return unit
+
+
+def user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def systemctl_env(unit):
+    """A user's manager is found through XDG_RUNTIME_DIR, which cron and su leave unset."""
+    if not unit.startswith("user/") or os.environ.get("XDG_RUNTIME_DIR"):
+        return None
+    env = dict(os.environ)
+    env["XDG_RUNTIME_DIR"] = "/run/user/%s" % unit.split("/", 2)[1]
+    return env
+
+
+def systemd_unit(pid, privilege=()):
     """The systemd service whose main process is `pid`, or None (started by hand, no systemd).
 
     The cgroup alone is not enough: a supervisord started by hand from another service's
@@ -229,8 +286,9 @@ def systemd_unit(pid):
     if not unit:
         return None
     try:
-        main = run_command(["systemctl", "show", "--property=MainPID", "--value", unit], 30,
-                           "the main process of " + unit, changes=False).strip()
+        main = run_command(systemctl_argv(unit, ["show", "--property=MainPID", "--value"],
+                                          privilege), 30, "the main process of " + unit,
+                           changes=False, env=systemctl_env(unit)).strip()
     except SupervisorError:
         return None
     return unit if main == str(pid) else None
@@ -263,8 +321,10 @@ def wait_gone(pids, deadline):
 class Supervisor:
     """The site's supervisord: its programs, its own process, and how it is started."""
 
-    def __init__(self, conf, daemon=None, unit=None, programs=(), timeout=60, pidfiles=()):
+    def __init__(self, conf, daemon=None, unit=None, programs=(), timeout=60, pidfiles=(),
+                 privilege=()):
         self.conf = conf
+        self.privilege = list(privilege)  # before systemctl when not root (sudo -n)
         self.pidfiles = [p for p in pidfiles if p.endswith(".pid")]
         self.daemon = list(daemon) if daemon else None
         self.unit = unit or None          # the systemd service running supervisord, if known
@@ -470,15 +530,16 @@ class Supervisor:
     # -- supervisord itself -----------------------------------------------------------------
     def find_unit(self, pid):
         if self.unit is None and pid:
-            self.unit = systemd_unit(pid)
+            self.unit = systemd_unit(pid, self.privilege)
         return self.unit
 
     def shutdown(self, pids, deadline):
         """Shut supervisord down (through its unit when systemd runs it); the pids among `pids`
         (it and its programs) still alive at the deadline."""
         if self.unit:
-            run_command(["systemctl", "stop", self.unit], max(1, deadline - time.monotonic()),
-                        "stopping supervisord's unit")
+            run_command(systemctl_argv(self.unit, ["stop"], self.privilege),
+                        max(1, deadline - time.monotonic()), "stopping supervisord's unit",
+                        env=systemctl_env(self.unit))
         else:
             try:
                 self.call("supervisor.shutdown")
@@ -489,8 +550,8 @@ class Supervisor:
     def start_daemon(self):
         """Start supervisord (its unit, or the supervisord command) and wait until it answers."""
         if self.unit:
-            run_command(["systemctl", "start", self.unit], self.timeout,
-                        "starting supervisord's unit")
+            run_command(systemctl_argv(self.unit, ["start"], self.privilege), self.timeout,
+                        "starting supervisord's unit", env=systemctl_env(self.unit))
         elif self.daemon:
             run_command(self.daemon, self.timeout, "starting supervisord")
         else:
@@ -512,5 +573,5 @@ class Supervisor:
     def start_hint(self):
         """How the operator starts supervisord by hand."""
         if self.unit:
-            return "systemctl start " + self.unit
+            return unit_shown(self.unit, "start")
         return " ".join(self.daemon) if self.daemon else "supervisord"

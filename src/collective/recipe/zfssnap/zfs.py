@@ -225,10 +225,12 @@ class Zfs:
                     stream.close()
                 except OSError:
                     pass
-            raise ZfsTimeout("'%s' did not finish within %d s (the part's zfs-timeout) and is "
-                             "still running as pid %d: find out why (zpool status, dmesg), wait "
-                             "until it has finished, then try again" % (
-                                 " ".join(argv), self.timeout, child.pid), argv)
+            error = ZfsTimeout("'%s' did not finish within %d s (the part's zfs-timeout) and "
+                               "is still running as pid %d: find out why (zpool status, dmesg), "
+                               "wait until it has finished, then try again" % (
+                                   " ".join(argv), self.timeout, child.pid), argv)
+            error.child = child
+            raise error
         return subprocess.CompletedProcess(argv, child.returncode, stdout, stderr)
 
     # -- datasets ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+from unittest import mock
 
 from collective.recipe.zfssnap import mounts
 from collective.recipe.zfssnap import processes
@@ -337,3 +338,49 @@ class CrashPointsTest(unittest.TestCase):
         self.assertIn("cannot write the log", proc.stderr)
         with open(target) as f:
             self.assertEqual(f.read(), "precious\n")
+
+
+class SystemctlTest(unittest.TestCase):
+    """systemctl never asks for a password, goes through the part's privilege prefix when not
+    root, and reaches a user's unit through that user's manager (issue 26, 9)."""
+
+    def test_a_user_unit_from_the_cgroup(self):
+        self.assertEqual(parse_cgroup_unit(
+            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/site.service\n"),
+            "user/1000/site.service")
+        self.assertIsNone(parse_cgroup_unit(
+            "0::/user.slice/user-1000.slice/user@1000.service/init.scope\n"))
+
+    def argv(self, unit, euid, privilege=("sudo", "-n")):
+        from collective.recipe.zfssnap import supervisor
+        with mock.patch.object(supervisor.os, "geteuid", lambda: euid):
+            return supervisor.systemctl_argv(unit, ["stop"], privilege)
+
+    def test_argv(self):
+        self.assertEqual(self.argv("site.service", 0),
+                         ["systemctl", "--no-ask-password", "stop", "site.service"])
+        self.assertEqual(self.argv("site.service", 1000),
+                         ["sudo", "-n", "systemctl", "--no-ask-password", "stop",
+                          "site.service"])
+        self.assertEqual(self.argv("user/1000/site.service", 1000),
+                         ["systemctl", "--user", "--no-ask-password", "stop", "site.service"])
+        self.assertEqual(self.argv("user/0/site.service", 1000)[:5],
+                         ["sudo", "-n", "systemctl", "--user", "--machine=root@.host"])
+        self.assertEqual(self.argv("user/0/site.service", 0, privilege=()),
+                         ["systemctl", "--user", "--no-ask-password", "stop", "site.service"])
+
+    def test_the_prefix_comes_from_the_zfs_option(self):
+        from collective.recipe.zfssnap.rollback import privilege_prefix
+        self.assertEqual(privilege_prefix(["sudo", "-n", "zfs"]), ["sudo", "-n"])
+        self.assertEqual(privilege_prefix(["sudo", "-n", "/sbin/zfs"]), ["sudo", "-n"])
+        self.assertEqual(privilege_prefix(["zfs"]), [])
+        self.assertEqual(privilege_prefix(["python3", "fake_zfs.py"]), [])
+
+    def test_how_it_is_shown(self):
+        from collective.recipe.zfssnap.supervisor import unit_label
+        from collective.recipe.zfssnap.supervisor import unit_shown
+        self.assertEqual(unit_shown("user/0/site.service", "start"),
+                         "systemctl --user start site.service")
+        self.assertEqual(unit_shown("site.service", "start"), "systemctl start site.service")
+        self.assertEqual(unit_label("user/0/site.service"),
+                         "site.service of user root's manager")

@@ -205,10 +205,11 @@ class TimeoutTest(unittest.TestCase):
         message = raised.exception.message
         self.assertIn("did not finish within 1 s (the part's zfs-timeout) and is still running "
                       "as pid ", message)
-        pid = int(re.search(r"as pid (\d+)", message).group(1))
-        os.kill(pid, 0)  # still there
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        child = raised.exception.child
+        self.assertEqual(int(re.search(r"as pid (\d+)", message).group(1)), child.pid)
+        self.assertIsNone(child.poll())  # still there
+        child.send_signal(signal.SIGKILL)
+        child.wait()
         self.assertIsInstance(raised.exception, zfs.ZfsError)  # failures mid-run say exit 4
 
     def test_no_timeout_waits(self):
