@@ -227,7 +227,6 @@ class KilledRunTest(unittest.TestCase):
         self.assertRolledBack()
 
 
-@full_series_only
 class RecordPlaceTest(unittest.TestCase):
     """The rollback's record is where every release's scripts look (issue 26, 3), and while it
     is there bin/snapshot and the release guard refuse (issue 26, 2). On both series."""
@@ -267,6 +266,7 @@ class RecordPlaceTest(unittest.TestCase):
         self.assertFalse(os.path.exists(record))
 
 
+@full_series_only
 class HookTest(unittest.TestCase):
     layer = Site
 
