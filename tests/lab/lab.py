@@ -459,10 +459,14 @@ def parse_size(text):
 
 # The guest side of `lab.py test` and `lab.py demo`: a venv from the wheelhouse with the
 # package's wheel (built from the working tree, as users get it), then the given command.
+# The series that runs the tests of the suite's logic (layers.FULL_SERIES): another one given by
+# hand (ZFSSNAP_LAB_FULL_SERIES=2.3 lab.py test --zfs 2.3 ...) runs them there too.
+FULL_SERIES = os.environ.get("ZFSSNAP_LAB_FULL_SERIES", "2.1")
 GUEST_VENV_SCRIPT = """\
 #!/bin/bash
 set -e
 export ZFSSNAP_LAB=1 ZFSSNAP_LAB_SERIES={series} ZFSSNAP_LAB_STACK_SERIES={stack_series}
+export ZFSSNAP_LAB_FULL_SERIES={full_series}
 export ZFSSNAP_LAB_FIND_LINKS="/mnt/wheels /mnt/share/dist"
 echo "lab: guest $(uname -r), $(zfs version 2>/dev/null | head -1), $(python3 --version)"
 mkfs.ext4 -q -F /dev/vdb
@@ -515,6 +519,7 @@ def venv_warm_steps(series):
 
 def guest_venv_script(series, command):
     return GUEST_VENV_SCRIPT.format(series=series, stack_series=STACK_SERIES,
+                                    full_series=shlex.quote(FULL_SERIES),
                                     install=VENV_INSTALL, warm=venv_warm_steps(series),
                                     command=command)
 

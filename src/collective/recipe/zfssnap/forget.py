@@ -57,8 +57,8 @@ def forget(site, describe, dry_run=False, yes=False, confirm=None):
             out.warn("could not read where the --keep swap stands: %s" % e.message)
     if left:
         out.data["left_to_do"] = left
-        out.say("The --keep rollback was not settled; to finish it by hand: %s"
-                % "; ".join(left))
+        out.plan("The --keep rollback was not settled; to finish it by hand: %s"
+                 % "; ".join(left))
     aside = aside_path(record.path)
     out.data["record"] = record.path
     if dry_run:

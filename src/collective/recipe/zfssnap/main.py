@@ -191,7 +191,8 @@ class Deferred:
         name = signal.Signals(signum).name
         self.received.append(name)
         self.out.warn("%s received: the rollback stops at its next safe point (after the "
-                      "step it is doing), keeping its record for a rerun to finish" % name)
+                      "step it is doing), keeping its record for a rerun to finish; once the "
+                      "datasets are rolled back, it finishes starting the site first" % name)
 
     def restore(self):
         for signum, handler in self.originals.items():

@@ -230,7 +230,18 @@ class Run(Downtime):
             self.out.warn("could not record the rollback's progress in %s (%s): if it is "
                           "interrupted, start the site by hand" % (self.record.path, reason))
 
-    def checkpoint(self, where):
+    def hung(self, error, stopped=True):
+        """The Stop for a zfs call that did not answer: it may finish its change later, so
+        nothing is undone or started around it; the record is kept for the rerun."""
+        self.save()
+        self.out.log("rollback stopped: %s" % error.message)
+        return Stop("%s; %s and the record %s is kept: once that zfs has finished, run %s again "
+                    "to finish the rollback" % (
+                        error.message, "the site is not started" if stopped else
+                        "nothing was stopped", self.record.path,
+                        self.site.scripts["rollback"]), INCOMPLETE)
+
+    def checkpoint(self, where, started=False):
         """A safe point: after a signal in the critical section, stop here, the record kept.
         Any point where a kill leaves a state the rerun finishes is one (the crash sweep)."""
         received = getattr(self.critical, "received", None)
@@ -238,10 +249,10 @@ class Run(Downtime):
             return
         names = ", ".join(sorted(set(received)))
         self.out.log("rollback stopped %s (%s received)" % (where, names))
-        raise Stop("%s received: the rollback stopped %s, and the site is not started; its "
-                   "record %s is kept: run %s again to finish it" % (
-                       names, where, self.record.path, self.site.scripts["rollback"]),
-                   INCOMPLETE)
+        raise Stop("%s received: the rollback stopped %s, and the site is %s; its record %s is "
+                   "kept: run %s again to finish it" % (
+                       names, where, "started again" if started else "not started",
+                       self.record.path, self.site.scripts["rollback"]), INCOMPLETE)
 
     def abort(self, reason, code=FAILED, advice=""):
         """Nothing was rolled back: start again what was stopped, and Stop with `reason`.
@@ -282,6 +293,10 @@ class Run(Downtime):
                     self.checkpoint("after rolling back %s (%d of %d datasets)"
                                     % (entry["dataset"], len(done), len(plan["datasets"])))
         except zfsmod.ZfsError as e:
+            if isinstance(e, zfsmod.ZfsTimeout):
+                # It may still roll the dataset back: starting the site on it would be worse.
+                self.committed = True
+                raise self.hung(e)
             raise self.failed_midway(plan, done, self.site.permission_message(
                 e, "rollback,destroy,mount"))
 
@@ -291,6 +306,8 @@ class Run(Downtime):
         try:
             names = keepmod.swap(self.site, self.swaps, current and current.result())
         except (zfsmod.ZfsError, OSError) as e:
+            if isinstance(e, zfsmod.ZfsTimeout):
+                raise self.hung(e)  # no way back while a rename may still be under way
             reason = getattr(e, "message", None) or str(e)
             self.out.log("rollback --keep FAILED: %s" % reason)
             self.swap_back(reason)
@@ -521,6 +538,8 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
             # While the site still runs: the clones cost no downtime.
             keepmod.make_clones(site, swaps)
         except zfsmod.ZfsError as e:
+            if isinstance(e, zfsmod.ZfsTimeout):
+                raise run.hung(e, stopped=False)  # the rerun destroys the clones, starts over
             keepmod.undo(site, swaps)
             if not pending:
                 run.record.clear()
@@ -626,6 +645,8 @@ def finish(run, target, start=True):
         raise
     if run.swaps:
         run.save(stage=SETTLING)
+        run.checkpoint("after starting the site, before setting up the kept state",
+                       started=True)
         failed = run.settle(target)
         if failed:
             restore_guard_record(run.site, target)  # the site runs the target's state
@@ -736,6 +757,7 @@ def finish_recorded(run, pending, yes, dry_run, confirm, critical, start=True):
         names = run.swap(target)
         run.save(stage=ROLLED_BACK)
         out.data["phase"] = "rolled-back"
+        run.checkpoint("with every dataset rolled back")
     else:
         names = keepmod.clone_names(run.swaps, current)  # {} for a plain rollback
     # What ran before runs again (a boot may have come between): started if it does not.

@@ -165,29 +165,6 @@ class Locks:
         self.held = []
 
 
-def ensure_directory(path, option):
-    """Make `path` (0700) or check an existing one: a real directory of a trusted owner, not
-    writable by others unless sticky (as /tmp is)."""
-    try:
-        _make_directories(path)
-        st = os.lstat(path)
-    except OSError as e:
-        raise StateError("cannot create the directory %s for the %s (%s): set the part's %s "
-                         "option to a path this user may write, outside the datasets"
-                         % (path, option, e.strerror, option))
-    if not stat.S_ISDIR(st.st_mode):
-        raise StateError("%s (for the %s) is not a directory but %s: remove it, or set the "
-                         "part's %s option" % (path, option, "a symlink" if stat.S_ISLNK(
-                             st.st_mode) else "a file", option))
-    if not _trusted(st.st_uid):
-        raise StateError("the directory %s (for the %s) belongs to uid %d, not to this user: "
-                         "remove it, or set the part's %s option to a directory of this user's"
-                         % (path, option, st.st_uid, option))
-    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-        raise StateError("the directory %s (for the %s) is writable by other users: make it "
-                         "chmod 700, or set the part's %s option" % (path, option, option))
-
-
 def _owner(path):
     try:
         return os.lstat(path).st_uid
@@ -214,6 +191,47 @@ def _make_directories(path):
     _give(path)
 
 
+def _other_place(option):
+    """The advice's way out: only the log can be put elsewhere by an option; the lock and the
+    records stay in the state directory, whose owner and mode must be put right."""
+    if option == "log-file":
+        return "or set the part's log-file option to a path this user may write, outside the " \
+               "datasets"
+    return "or, if it was made by another user, as root give it to this one (chown)"
+
+
+def _chown_advice(option, blocked, error):
+    """The sentence for a file or directory of another user's (often root's, from a first run
+    as root) that this user may not open, or None."""
+    owner = _owner(blocked)
+    if error.errno != errno.EACCES or owner is None or owner == os.geteuid():
+        return None
+    me = _user_name(os.geteuid())
+    return ("the %s %s belongs to %s, and this user (%s) may not open it: as root, type chown "
+            "%s %s" % (option, blocked, _user_name(owner), me, me, blocked))
+
+
+def ensure_directory(path, option):
+    """Make `path` (0700) or check an existing one: a real directory of a trusted owner, not
+    writable by others unless sticky (as /tmp is)."""
+    try:
+        _make_directories(path)
+        st = os.lstat(path)
+    except OSError as e:
+        raise StateError("cannot create the directory %s for the %s (%s): make it writable for "
+                         "this user, %s" % (path, option, e.strerror, _other_place(option)))
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateError("%s (for the %s) is not a directory but %s: remove it, %s" % (
+            path, option, "a symlink" if stat.S_ISLNK(st.st_mode) else "a file",
+            _other_place(option)))
+    if not _trusted(st.st_uid):
+        raise StateError("the directory %s (for the %s) belongs to uid %d, not to this user: "
+                         "remove it, %s" % (path, option, st.st_uid, _other_place(option)))
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise StateError("the directory %s (for the %s) is writable by other users: make it "
+                         "chmod 700, %s" % (path, option, _other_place(option)))
+
+
 def open_private(path, option, flags=os.O_RDWR | os.O_CREAT, mode=0o600):
     """A file descriptor of `path`, opened without following symlinks, checked to be a plain
     file of a trusted owner with one link (a hard link to another file has two)."""
@@ -223,26 +241,20 @@ def open_private(path, option, flags=os.O_RDWR | os.O_CREAT, mode=0o600):
         # Through the checked directory itself: swapping it for a symlink afterwards is no use.
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
-        raise StateError("cannot open the directory %s for the %s (%s): set the part's %s "
-                         "option" % (directory, option, e.strerror, option))
+        raise StateError(_chown_advice(option, directory, e) or
+                         "cannot open the directory %s for the %s (%s): %s" % (
+                             directory, option, e.strerror, _other_place(option)[3:]))
     try:
         fd = os.open(os.path.basename(path), flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY,
                      mode, dir_fd=dfd)
     except OSError as e:
         if os.path.islink(path):
-            raise StateError("%s (the %s) is a symlink: refusing to follow it; remove it, or "
-                             "set the part's %s option" % (path, option, option))
-        blocked = path if os.path.lexists(path) else directory
-        owner = _owner(blocked)
-        if e.errno == errno.EACCES and owner is not None and owner != os.geteuid():
-            # Typically left by a run as root before the owner's files were given back.
-            raise StateError("the %s %s belongs to %s, and this user (%s) may not open it: as "
-                             "root, type chown %s %s" % (option, blocked, _user_name(owner),
-                                                         _user_name(os.geteuid()),
-                                                         _user_name(os.geteuid()), blocked))
-        raise StateError("cannot open the %s %s (%s): set the part's %s option to a path this "
-                         "user may write, outside the datasets" % (option, path, e.strerror,
-                                                                    option))
+            raise StateError("%s (the %s) is a symlink: refusing to follow it; remove it, %s"
+                             % (path, option, _other_place(option)))
+        # Typically left by a run as root before the owner's files were given back.
+        raise StateError(_chown_advice(option, path if os.path.lexists(path) else directory, e)
+                         or "cannot open the %s %s (%s): %s" % (
+                             option, path, e.strerror, _other_place(option)[3:]))
     finally:
         os.close(dfd)
     st = os.fstat(fd)
@@ -251,9 +263,9 @@ def open_private(path, option, flags=os.O_RDWR | os.O_CREAT, mode=0o600):
         st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not _trusted(st.st_uid):
         os.close(fd)
-        raise StateError("%s (the %s) is not a plain file of this user's or root's (owner uid %d, %d "
-                         "links): remove it, or set the part's %s option"
-                         % (path, option, st.st_uid, st.st_nlink, option))
+        raise StateError("%s (the %s) is not a plain file of this user's or root's (owner uid "
+                         "%d, %d links): remove it, %s"
+                         % (path, option, st.st_uid, st.st_nlink, _other_place(option)))
     return fd
 
 

@@ -286,8 +286,11 @@ def systemd_unit(pid, privilege=()):
     if not unit:
         return None
     try:
+        # A query: a system unit's needs no privilege (a sudoers line may allow only stop
+        # and start); a unit of another user's manager is reached as root.
         main = run_command(systemctl_argv(unit, ["show", "--property=MainPID", "--value"],
-                                          privilege), 30, "the main process of " + unit,
+                                          privilege if unit.startswith("user/") else ()),
+                           30, "the main process of " + unit,
                            changes=False, env=systemctl_env(unit)).strip()
     except SupervisorError:
         return None

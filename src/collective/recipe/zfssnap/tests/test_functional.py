@@ -560,6 +560,75 @@ class SystemdTest(unittest.TestCase):
         self.assertEqual(wait_for(app)["counter"], counter - 1)
 
 
+USER_UNITS = "/root/.config/systemd/user"
+NO_LOGIND = {
+    "user-runtime-dir@0.service": "[Service]\nExecStart=\nExecStart=/bin/mkdir -p -m 0700 "
+                                  "/run/user/0\nExecStop=\nExecStop=/bin/rm -rf /run/user/0\n",
+    "user@0.service": "[Service]\nEnvironment=XDG_RUNTIME_DIR=/run/user/0\n"}
+
+
+class UserUnitTest(unittest.TestCase):
+    """supervisord run by a user's own systemd manager (systemctl --user), here root's: found
+    from its cgroup, stopped and started through that manager (issue 26, 9). Both series."""
+
+    layer = Site
+
+    def user_systemctl(self, *args, check=True):
+        return sh("env", "XDG_RUNTIME_DIR=/run/user/0", "systemctl", "--user", *args,
+                  check=check)
+
+    def setUp(self):
+        Site.reset(start=False)
+        # The guest has no D-Bus and no pam_systemd: what logind does for a login (the runtime
+        # directory, XDG_RUNTIME_DIR for the manager) is done by drop-ins, for this test only.
+        for unit, text in NO_LOGIND.items():
+            os.makedirs("/run/systemd/system/%s.d" % unit, exist_ok=True)
+            with open("/run/systemd/system/%s.d/no-logind.conf" % unit, "w") as f:
+                f.write(text)
+        sh("systemctl", "daemon-reload")
+        sh("systemctl", "start", "user@0.service")
+        os.makedirs(USER_UNITS, exist_ok=True)
+        with open(os.path.join(USER_UNITS, UNIT), "w") as f:
+            f.write("[Unit]\nDescription=the test site's supervisord\n\n[Service]\n"
+                    "ExecStart=%s/bin/supervisord -n\nRestart=always\nRestartSec=1\n" % SITE)
+        self.user_systemctl("daemon-reload")
+        self.user_systemctl("start", UNIT)
+        wait_for(lambda: program_states() == {"app": "RUNNING", "worker": "RUNNING"},
+                 what="the user unit's programs")
+        wait_for(app, what="the app")
+
+    def tearDown(self):
+        self.user_systemctl("stop", UNIT, check=False)
+        os.remove(os.path.join(USER_UNITS, UNIT))
+        self.user_systemctl("daemon-reload", check=False)
+        sh("systemctl", "stop", "user@0.service", check=False)
+        for unit in NO_LOGIND:
+            os.remove("/run/systemd/system/%s.d/no-logind.conf" % unit)
+        sh("systemctl", "daemon-reload")
+
+    def main_pid(self):
+        return int(self.user_systemctl("show", "--property=MainPID", "--value", UNIT).strip())
+
+    def test_rollback_goes_through_the_users_manager(self):
+        before = self.main_pid()
+        self.assertEqual(supervisord_pids(), [before])
+        rc, out, err = bin_("snapshot")
+        self.assertEqual(rc, 0, out + err)
+        counter = app("/write?blob=late", "POST")["counter"]
+        # As cron runs it: no XDG_RUNTIME_DIR to find the manager by.
+        rc, out, err = run_in_site("env", "-u", "XDG_RUNTIME_DIR", SITE + "/bin/rollback",
+                                   "--yes")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("through systemctl: unit %s of user root's manager" % UNIT, out)
+        self.assertIn("> start supervisord (systemctl --user start %s)" % UNIT, out)
+        after = self.main_pid()
+        self.assertNotEqual(after, before)
+        self.assertEqual(supervisord_pids(), [after])
+        self.assertEqual(self.user_systemctl("is-active", UNIT).strip(), "active")
+        self.assertEqual(program_states(), {"app": "RUNNING", "worker": "RUNNING"})
+        self.assertEqual(wait_for(app)["counter"], counter - 1)
+
+
 @full_series_only
 class InstallTest(unittest.TestCase):
     layer = Site

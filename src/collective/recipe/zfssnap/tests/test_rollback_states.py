@@ -20,6 +20,7 @@ from collective.recipe.zfssnap import forget as forgetmod
 from collective.recipe.zfssnap import rollback as rollbackmod
 from collective.recipe.zfssnap import snapshot as snapshotmod
 from collective.recipe.zfssnap import state
+from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.site import INCOMPLETE
 from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Stop
@@ -407,6 +408,50 @@ class SignalTest(unittest.TestCase):
 
     def test_during_a_keep_swap(self):
         self.assertIn("with every dataset rolled back", self.check(keep=True, after=4))
+
+
+class HungZfsTest(unittest.TestCase):
+    """A zfs call that outlives zfs-timeout may still make its change: nothing is undone or
+    started around it, exit 4 with the record kept, and the rerun finishes (issue 26, 6)."""
+
+    def check(self, keep, verb, states="STOPPED", said="the site is not started"):
+        world = World()
+        self.addCleanup(world.close)
+        run = world.pool.run
+        hung = []
+
+        def slow(*args, **kw):
+            result = run(*args, **kw)  # the change is made, after the script stopped waiting
+            if args[0] == verb and not hung:
+                hung.append(args)
+                raise zfsmod.ZfsTimeout("'zfs %s' did not finish within 1 s (the part's "
+                                        "zfs-timeout) and is still running as pid 1"
+                                        % " ".join(args))
+            return result
+
+        world.pool.run = slow
+        result = world.rollback(keep=keep)
+        world.pool.run = run
+        self.assertTrue(hung)
+        self.assertIsInstance(result, Stop)
+        self.assertEqual(result.code, INCOMPLETE, result.message)
+        self.assertIn(said + " and the record", result.message)
+        self.assertIsNotNone(world.record())
+        self.assertEqual({n: p.state for n, p in world.sup.programs.items()},
+                         {"app": states, "worker": states})
+        self.assertIsNone(world.rollback(keep=keep))
+        self.assertIsNone(world.record())
+        for name, _ in world.layout:
+            self.assertEqual(world.pool.datasets[name]["content"], "v1", name)
+
+    def test_the_first_rollback(self):
+        self.check(keep=False, verb="rollback")
+
+    def test_an_unmount_of_the_keep_swap(self):
+        self.check(keep=True, verb="unmount")
+
+    def test_a_clone_made_for_keep(self):
+        self.check(keep=True, verb="clone", states="RUNNING", said="nothing was stopped")
 
 
 class RecordedRollbackTest(unittest.TestCase):
