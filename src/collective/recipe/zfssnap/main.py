@@ -94,14 +94,16 @@ def run(config, name, description, add_arguments, work, argv=None, read_only=Non
         out.error(e.message)
         return out.finish(e.code, e.message)
     except state.StateError as e:
-        out.error(e.message)
-        return out.finish(FAILED, e.message)
+        message, code = unfinished(e.message, name, site, FAILED)
+        out.error(message)
+        return out.finish(code, message)
     except zfsmod.NoZfsCommand as e:
         out.error(e.message)
         return out.finish(BAD_INPUT, e.message)
-    except zfsmod.ZfsError as e:
-        out.error(e.message)
-        return out.finish(FAILED, e.message)
+    except zfsmod.ZfsError as e:  # one no step of the rollback caught: still a rerun's job
+        message, code = unfinished(e.message, name, site, FAILED)
+        out.error(message)
+        return out.finish(code, message)
     except KeyboardInterrupt:
         # Only outside a rollback's critical section, where signals are deferred.
         message, code = unfinished("interrupted", name, site, INTERRUPTED)

@@ -245,6 +245,14 @@ class UnexpectedFailureTest(unittest.TestCase):
         self.assertEqual(code, 1, err)
         self.assertNotIn("again", err)
 
+    def test_a_zfs_failure_no_step_caught_while_the_record_exists_is_exit_4(self):
+        from collective.recipe.zfssnap import zfs
+        code, err = self.run_failing(zfs.ZfsTimeout("'zfs get' did not finish"), record=True)
+        self.assertEqual(code, 4, err)
+        self.assertIn("'zfs get' did not finish; the rollback is not finished", err)
+        os.remove(state.Places(self.config).record)
+        self.assertEqual(self.run_failing(zfs.ZfsError("'zfs get' failed"), record=False)[0], 1)
+
     def test_ctrl_c_is_130_or_4_with_a_record(self):
         self.assertEqual(self.run_failing(KeyboardInterrupt(), record=False)[0], 130)
         code, err = self.run_failing(KeyboardInterrupt(), record=True)
