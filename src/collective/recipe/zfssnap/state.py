@@ -172,7 +172,8 @@ def _owner(path):
         return None
 
 
-def _user_name(uid):
+def user_name(uid):
+    """The login name of `uid`, or the number when it has none."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -206,9 +207,9 @@ def _chown_advice(option, blocked, error):
     owner = _owner(blocked)
     if error.errno != errno.EACCES or owner is None or owner == os.geteuid():
         return None
-    me = _user_name(os.geteuid())
+    me = user_name(os.geteuid())
     return ("the %s %s belongs to %s, and this user (%s) may not open it: as root, type chown "
-            "%s %s" % (option, blocked, _user_name(owner), me, me, blocked))
+            "%s %s" % (option, blocked, user_name(owner), me, me, blocked))
 
 
 def ensure_directory(path, option):

@@ -8,7 +8,6 @@ started through systemctl: behind the unit's back, Restart= would start a second
 import configparser
 import http.client
 import os
-import pwd
 import re
 import socket
 import subprocess
@@ -16,6 +15,7 @@ import time
 import xmlrpc.client
 
 from collective.recipe.zfssnap import crashpoint
+from collective.recipe.zfssnap.state import user_name
 
 
 STOPPED_STATES = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")
@@ -254,13 +254,6 @@ def unit_label(unit):
         _, uid, name = unit.split("/", 2)
         return "%s of user %s's manager" % (name, user_name(int(uid)))
     return unit
-
-
-def user_name(uid):
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def systemctl_env(unit):
