@@ -59,6 +59,11 @@ PACKAGE_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "READ
 KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] ")
 EXIT_TIMEOUT = 124
 EXIT_LAB_BROKEN = 125
+EXIT_NOT_READY = 126  # the guest never reached "zfs ready": booted again once, then this
+# A guest is ready 15-30 s after its boot (TCG, 2 cores busy); one that is not after this long
+# hangs in its kernel or its init (seen once in CI: the shard then waited out its whole timeout).
+READY_TIMEOUT = 300
+POWER_OFF_TIMEOUT = 120  # from the exit code written to qemu gone
 
 
 class LabError(Exception):
@@ -328,7 +333,11 @@ class Guest:
         lock = venv_disk_lock(self.series, image, wheels, self.venv, self.log) \
             if self.venv else None
         try:
-            return self._run(image, wheels, out)
+            rc = self._run(image, wheels, out)
+            if rc == EXIT_NOT_READY:  # nothing of the command ran: a new boot is a clean retry
+                self.log("booting again, once")
+                rc = self._run(image, wheels, out)
+            return rc
         finally:
             if lock:
                 lock.close()
@@ -427,18 +436,42 @@ class Guest:
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
-        try:
-            proc.wait(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            reader.join(5)
-            self.log("the guest did not finish within %d s: killed it (raise --timeout if the "
-                     "work is just slow)" % self.timeout)
-            return EXIT_TIMEOUT
+        rc_file = os.path.join(share, "rc")
+        finished = None  # when the guest's exit code appeared in the share
+        while True:
+            try:
+                proc.wait(timeout=2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            elapsed = time.monotonic() - started
+            if finished is None and os.path.exists(rc_file):
+                finished = elapsed
+            if finished is not None and elapsed - finished > POWER_OFF_TIMEOUT:
+                # The command ended and said so: a guest stuck in its power-off has nothing
+                # more to say, and its exit code stands.
+                proc.kill()
+                proc.wait()
+                self.log("the guest wrote its exit code but did not power off within %d s: "
+                         "killed it" % POWER_OFF_TIMEOUT)
+                break
+            if not ready and elapsed > READY_TIMEOUT:
+                proc.kill()
+                proc.wait()
+                reader.join(5)
+                out.write("".join(console[-40:]))
+                self.log("the guest was not ready %d s after its boot: killed it (its last "
+                         "console lines are above)" % READY_TIMEOUT)
+                return EXIT_NOT_READY
+            if elapsed > self.timeout:
+                proc.kill()
+                proc.wait()
+                reader.join(5)
+                self.log("the guest did not finish within %d s: killed it (raise --timeout if "
+                         "the work is just slow)" % self.timeout)
+                return EXIT_TIMEOUT
         reader.join(5)
         elapsed = time.monotonic() - started
-        rc_file = os.path.join(share, "rc")
         if not os.path.exists(rc_file):
             if not ready:
                 out.write("".join(console))
@@ -448,7 +481,9 @@ class Guest:
             return EXIT_LAB_BROKEN
         with open(rc_file) as f:
             rc = int(f.read().strip() or EXIT_LAB_BROKEN)
-        self.log("guest finished in %.0f s, exit code %d" % (elapsed, rc))
+        self.log("guest finished in %.0f s, exit code %d%s" % (
+            elapsed, rc, "" if finished is None else
+            " (powered off %.0f s after writing it)" % (elapsed - finished)))
         return rc
 
 

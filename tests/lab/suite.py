@@ -42,6 +42,7 @@ TEST_TIME = re.compile(r"\((\d+\.\d+) s\)\s*$")
 SET_UP = re.compile(r"Set up ([\w.]+)")
 SET_UP_TIME = re.compile(r"in (?:(\d+) minutes )?([\d.]+) seconds\.\s*$")
 VENV_READY = re.compile(r"lab: guest venv ready in (\d+) s")
+FAILED_TEST = re.compile(r"^(?:Failure|Error) in test (\w+) \(([\w.]+)\.\w+\)")
 RAN = re.compile(r"Ran (\d+) tests with (\d+) failures, (\d+) errors and (\d+) skipped")
 
 
@@ -71,6 +72,8 @@ class Output:
         self.layers = {}  # layer: seconds
         self.venv_ready = None
         self.summary = None
+        self.started = None  # the last test that started, as "test (Class)"
+        self.failures = []  # tests zope-testrunner reported as failed or in error
 
     def write(self, text):
         self.partial += text
@@ -91,6 +94,12 @@ class Output:
         m = TEST_LINE.match(line)
         if m:
             self.test = (m.group(2).rsplit(".", 1)[-1], m.group(1))
+            self.started = "%s (%s)" % (m.group(1), self.test[0])
+        m = FAILED_TEST.match(line)
+        if m:
+            failed = "%s (%s)" % (m.group(1), m.group(2).rsplit(".", 1)[-1])
+            if failed not in self.failures:
+                self.failures.append(failed)
         m = TEST_TIME.search(line)
         if m and self.test:
             family = self.test[0]
@@ -151,6 +160,13 @@ class Suite:
             self.preparing.discard(series)
             self.cond.notify_all()
 
+    def shard_timeout(self, series, name):
+        """A shard is killed after three times its measured length (at least 15 minutes),
+        not after the whole suite's --timeout: a hung test then costs CI minutes, not the run,
+        and the table names the test that was running."""
+        weight = dict((n, w) for n, _, w in SHARDS[series])[name]
+        return min(self.timeout, max(900, 3 * weight))
+
     def worker(self):
         while True:
             with self.cond:
@@ -164,7 +180,7 @@ class Suite:
     def run_shard(self, series, name):
         out = Output("%s %s" % (series, name))
         script = lab.test_script(series, testrunner_args(series, name))
-        guest = lab.Guest(series, script, self.timeout, init="systemd",
+        guest = lab.Guest(series, script, self.shard_timeout(series, name), init="systemd",
                           venv=lab.venv_disk(series), log=out.log)
         started = time.monotonic()
         try:
@@ -179,7 +195,8 @@ class Suite:
             "boot": round(guest.ready_after or 0, 1), "venv": out.venv_ready,
             "layers": {k: round(v, 1) for k, v in out.layers.items()},
             "families": {k: round(v, 1) for k, v in out.families.items()},
-            "summary": out.summary})
+            "summary": out.summary, "timeout": guest.timeout,
+            "last_started": out.started, "failures": out.failures})
         if rc != 0:
             self.failed.append((series, name, rc))
 
@@ -235,7 +252,25 @@ def table(times, fast=None):
     if fast is not None:
         rows.append(("fast suite beside it, wall clock", fast))
     width = max(len(str(r[0])) for r in rows)
-    return ["%-*s  %8s" % (width, w, s) for w, s in rows]
+    return ["%-*s  %8s" % (width, w, s) for w, s in rows] + failed_lines(times)
+
+
+def failed_lines(times):
+    """What failed, last: CI shows the end of the output."""
+    lines = []
+    for shard in sorted(times.get("shards", []), key=lambda s: (s["series"], s["shard"])):
+        if shard["exit"] == 0:
+            continue
+        why = {lab.EXIT_TIMEOUT: "killed after %s s" % shard.get("timeout", "?"),
+               lab.EXIT_NOT_READY: "the guest never got ready, twice",
+               lab.EXIT_LAB_BROKEN: "the guest crashed or never ran the tests"}.get(
+                   shard["exit"], "exit %d" % shard["exit"])
+        lines.append("FAILED: OpenZFS %s %s: %s" % (shard["series"], shard["shard"], why))
+        if shard["exit"] == lab.EXIT_TIMEOUT and shard.get("last_started"):
+            lines.append("  the last test started: " + shard["last_started"])
+        for test in (shard.get("failures") or [])[:10]:
+            lines.append("  failed: " + test)
+    return lines
 
 
 def main(args):
@@ -248,5 +283,6 @@ def main(args):
             json.dump(suite.times, f, indent=1)
     print("\n".join(table(suite.times)), flush=True)
     for series, name, rc in failed:
-        lab.say("FAILED: OpenZFS %s %s (exit %d)" % (series, name, rc))
+        if name == "prepare":
+            lab.say("FAILED: OpenZFS %s: its image or venv disk (exit %d)" % (series, rc))
     return max((rc for _, _, rc in failed), default=0) and 1

@@ -49,8 +49,8 @@ def say(text):
 
 def timed(argv, input=None):
     started = time.monotonic()
-    proc = subprocess.run(argv, cwd=SITE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, input=input,
+    proc = layers.bounded(argv, 3600, input=input, cwd=SITE, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT,
                           stdin=None if input is not None else subprocess.DEVNULL)
     elapsed = time.monotonic() - started
     if proc.returncode != 0:

@@ -311,7 +311,7 @@ def events():
     return found
 
 
-def playbook(name, *extra, timeout=1800):
+def playbook(name, *extra, timeout=layers.COMMAND_TIMEOUT):
     """(exit code, output) of `ansible-playbook collective.zfssnap.NAME` with -e pairs."""
     argv = [ANSIBLE + "ansible-playbook", "collective.zfssnap." + name]
     for item in extra:
@@ -319,9 +319,8 @@ def playbook(name, *extra, timeout=1800):
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(WORK, "ansible.cfg"),
                ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     started = time.monotonic()
-    proc = subprocess.run(argv, cwd=WORK, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
-                          timeout=timeout)
+    proc = layers.bounded(argv, timeout, cwd=WORK, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     print("\n  ansible-playbook %s %s: exit %d in %.0f s" % (
         name, " ".join(extra), proc.returncode, time.monotonic() - started), end="", flush=True)
     return proc.returncode, proc.stdout
@@ -352,14 +351,14 @@ def install_collection():
     """The collection built from the checkout and installed, as an operator does."""
     dist = os.path.join(WORK, "dist")
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(WORK, "ansible.cfg"))
-    proc = subprocess.run([ANSIBLE + "ansible-galaxy", "collection", "build", COLLECTION,
+    proc = layers.bounded([ANSIBLE + "ansible-galaxy", "collection", "build", COLLECTION,
                            "--output-path", dist], env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+                          stderr=subprocess.STDOUT)
     assert proc.returncode == 0, "ansible-galaxy collection build failed:\n" + proc.stdout
     tarball = [os.path.join(dist, n) for n in os.listdir(dist) if n.endswith(".tar.gz")][0]
-    proc = subprocess.run([ANSIBLE + "ansible-galaxy", "collection", "install", "--offline",
+    proc = layers.bounded([ANSIBLE + "ansible-galaxy", "collection", "install", "--offline",
                            "-p", os.path.join(WORK, "collections"), tarball], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.returncode == 0, "ansible-galaxy collection install failed:\n" + proc.stdout
 
 

@@ -5,12 +5,14 @@ sparse file on the host for every boot), and destroys them when it is torn down:
 does can leak into another layer or another run.
 """
 import ast
+import faulthandler
 import json
 import os
 import pty
 import select
 import signal
 import subprocess
+import sys
 import time
 import unittest
 import urllib.error
@@ -48,10 +50,40 @@ def stack_series_only(test):
                            "the stacks run on OpenZFS %s only" % STACK_SERIES)(test)
 
 
-def sh(*argv, check=True, input=None):
+# A command a test runs that has not ended after this long hangs (the longest, a buildout of
+# the Zope stack, takes 4 minutes): it is killed and the test fails with what the guest's
+# processes were doing, instead of the shard waiting for the lab to kill the whole guest.
+COMMAND_TIMEOUT = 900
+# A test still running after this long gets every thread's stack dumped to the console, again
+# each time this passes: the lab's log then says where it waits.
+TEST_WATCHDOG = 600
+
+
+def bounded(argv, timeout=COMMAND_TIMEOUT, input=None, **popen):
+    """subprocess.run for a test's commands, killed after `timeout` seconds with an
+    AssertionError that shows the guest's processes as they were."""
+    stdin = popen.pop("stdin", None)
+    with subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else stdin,
+                          text=True, **popen) as proc:
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            forest = subprocess.run(  # every process but the kernel's threads
+                ["ps", "--ppid", "2", "-p", "2", "--deselect", "--forest", "-o",
+                 "pid,ppid,stat,etimes,wchan:24,args"], stdout=subprocess.PIPE,
+                text=True).stdout
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError("%s did not end within %d s: killed it. Its output:\n%s%s\n"
+                                 "The guest's processes before the kill:\n%s" % (
+                                     list(argv), timeout, out or "", err or "", forest))
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def sh(*argv, check=True, input=None, timeout=COMMAND_TIMEOUT):
     """Run a command of the test's own set-up (argv list); its output for the assertion."""
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          input=input)
+    proc = bounded(argv, timeout, input=input, stdout=subprocess.PIPE,
+                   stderr=subprocess.STDOUT)
     if check and proc.returncode != 0:
         raise AssertionError("%s failed (exit %d):\n%s" % (argv, proc.returncode, proc.stdout))
     return proc.stdout
@@ -77,6 +109,14 @@ class GuestPool:
             with open(vdev, "wb") as f:
                 f.truncate(cls.vdev_size)
             sh("zpool", "create", "-f", "-m", "/" + pool, pool, vdev)
+
+    @classmethod
+    def testSetUp(cls):
+        faulthandler.dump_traceback_later(TEST_WATCHDOG, repeat=True, file=sys.__stderr__)
+
+    @classmethod
+    def testTearDown(cls):
+        faulthandler.cancel_dump_traceback_later()
 
     @classmethod
     def tearDown(cls):
@@ -122,13 +162,13 @@ def buildout_cfg(extra_buildout="", extra_zfssnap="", extra_supervisor="", port=
                                versions=versions)
 
 
-def run_in_site(*argv, input=None, env=None, user=None, site=SITE):
+def run_in_site(*argv, input=None, env=None, user=None, site=SITE, timeout=COMMAND_TIMEOUT):
     """(exit code, stdout, stderr) of a command run in the site directory."""
     if user:
         argv = ("runuser", "-u", user, "--") + argv
-    proc = subprocess.run(argv, cwd=site, input=input, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=env,
-                          stdin=None if input is not None else subprocess.DEVNULL)
+    proc = bounded(argv, timeout, input=input, cwd=site, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, env=env,
+                   stdin=None if input is not None else subprocess.DEVNULL)
     return proc.returncode, proc.stdout, proc.stderr
 
 

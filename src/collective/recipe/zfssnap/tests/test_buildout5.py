@@ -24,8 +24,8 @@ VERSIONS = ("zc.buildout = 5.2.0\nzc.recipe.egg = 4.0.0\nsetuptools = 81.0.0\n"
 
 def run5(*argv):
     started = time.monotonic()
-    proc = subprocess.run(argv, cwd=SITE5, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, stdin=subprocess.DEVNULL)
+    proc = layers.bounded(argv, cwd=SITE5, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL)
     # Where this test's minutes go, in CI's log.
     print("\n  buildout 5: %s exit %d in %.0f s" % (
         " ".join(os.path.basename(a) for a in argv[:2]), proc.returncode,
@@ -65,7 +65,7 @@ def warm():
     with open(os.path.join(directory, "buildout.cfg"), "w") as f:
         f.write(site5_cfg(parts="app supervisor repozo backup"))
     started = time.monotonic()
-    proc = subprocess.run([VENV5 + "/bin/buildout", "-q"], cwd=directory)
+    proc = layers.bounded([VENV5 + "/bin/buildout", "-q"], 1800, cwd=directory)
     if proc.returncode != 0:
         sys.exit("the zc.buildout 5 site's warm-up buildout failed (exit %d)" % proc.returncode)
     print("lab: zc.buildout 5 site's eggs in %s, built in %.0f s"

@@ -27,6 +27,7 @@ import unittest
 
 from collective.recipe.zfssnap.tests.layers import BASELINE
 from collective.recipe.zfssnap.tests.layers import BLOBSTORAGE
+from collective.recipe.zfssnap.tests.layers import bounded
 from collective.recipe.zfssnap.tests.layers import DATASETS
 from collective.recipe.zfssnap.tests.layers import FILESTORAGE
 from collective.recipe.zfssnap.tests.layers import SITE
@@ -55,8 +56,8 @@ def crashed_run(argv, after=None, log=None):
         env["ZFSSNAP_CRASH_AFTER"] = str(after)
     if log:
         env["ZFSSNAP_CRASH_LOG"] = log
-    proc = subprocess.run(argv, cwd="/", env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    proc = bounded(argv, cwd="/", env=env, stdout=subprocess.PIPE,
+                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return proc.returncode, proc.stdout
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import unittest
 
+from collective.recipe.zfssnap.tests.layers import bounded
 from collective.recipe.zfssnap.tests.layers import full_series_only
 from collective.recipe.zfssnap.tests.layers import DATASETS
 from collective.recipe.zfssnap.tests.layers import EVENTS
@@ -183,8 +184,8 @@ class SmallBuildoutTest(unittest.TestCase):
               "[buildout]\nparts = zfssnap\nfind-links = %s\nindex = file://%s\n"
               "newest = false\n\n[zfssnap]\nrecipe = collective.recipe.zfssnap\n%s"
               % (" ".join(links), links[0], extra))
-        return subprocess.run(["/opt/venv/bin/buildout"], cwd=directory, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+        return bounded(["/opt/venv/bin/buildout"], cwd=directory, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT)
 
     def test_subdirectory_of_a_dataset_is_refused_by_buildout(self):
         sub = SITE + "/var/sub-buildout"

@@ -57,7 +57,7 @@ def warm(eggs=EGGS):
     with open(os.path.join(directory, "buildout.cfg"), "w") as f:
         f.write(buildout_cfg(parts=PARTS.replace(" zfssnap", ""), eggs=eggs))
     started = time.monotonic()
-    proc = subprocess.run([BUILDOUT, "-q"], cwd=directory)
+    proc = layers.bounded([BUILDOUT, "-q"], 1800, cwd=directory)
     if proc.returncode != 0:
         sys.exit("the Zope stack's warm-up buildout failed (exit %d)" % proc.returncode)
     compileall.compile_dir(eggs, quiet=2, workers=2)  # Zope ships broken fixtures
