@@ -21,7 +21,8 @@ def protected_target(site):
 
 
 def destroy_kept(site, kept, dry_run):
-    """Destroy states kept by bin/rollback --keep (with their snapshots); the names."""
+    """Destroy states kept by bin/rollback --keep (with their snapshots); the names (with
+    `dry_run`, of those it would destroy)."""
     out = site.out
     gone = []
     for k in kept:
@@ -42,8 +43,9 @@ def destroy_kept(site, kept, dry_run):
                      % (k["name"], ", ".join(held)))
             continue
         argv = site.zfs.command + ["destroy", "-r", k["name"]]
-        if dry_run:
+        if dry_run:  # listed as the real run would: --json's destroyed_kept says what would go
             out.command(argv)
+            gone.append(k["name"])
             continue
         # The dataset that replaced it may still be its clone: promote it first.
         origin = site.zfs.get([k["dataset"]], ["origin"]).get(k["dataset"], {}).get("origin", "")

@@ -222,6 +222,10 @@ def rollback(config, argv=None):
         parser.add_argument("--force", action="store_true",
                             help="roll back even if processes still have files open on the "
                             "datasets")
+        parser.add_argument("--again", action="store_true",
+                            help="roll back to the snapshot the last finished rollback went "
+                            "back to, again, losing what was written since (asked for on a "
+                            "terminal; needed with --yes)")
         parser.add_argument("--diff", action="store_true",
                             help="summarise what changed since the snapshot (zfs diff)")
         parser.add_argument("--keep", action=argparse.BooleanOptionalAction,
@@ -257,7 +261,7 @@ def rollback(config, argv=None):
             rollbackmod.rollback(site, args.snapshot, yes=args.yes, dry_run=args.dry_run,
                                  force=args.force, diff=args.diff, confirm=confirm,
                                  critical=deferred, keep=args.keep, start=not args.no_start,
-                                 start_only=args.start)
+                                 start_only=args.start, again=args.again)
         finally:
             deferred.restore()
 

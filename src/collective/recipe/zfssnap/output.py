@@ -7,6 +7,9 @@ import sys
 from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap.site import current_user
 
+# The version of the --json document's layout: the Ansible collection refuses a format it does
+# not know. Raised when a key changes meaning or goes away, not when one is added.
+JSON_FORMAT = 1
 
 def quote(word):
     # For display only: nothing here is ever given to a shell.
@@ -94,8 +97,8 @@ class Output:
 
     def finish(self, code, error=None):
         if self.json:
-            doc = {"script": self.script, "ok": code == 0, "exit_code": code,
-                   "error": error, "warnings": self.warnings}
+            doc = {"format": JSON_FORMAT, "script": self.script, "ok": code == 0,
+                   "exit_code": code, "error": error, "warnings": self.warnings}
             doc.update(self.data)
             print(json.dumps(doc, indent=2, sort_keys=True, default=str))
         return code

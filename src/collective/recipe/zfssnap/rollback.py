@@ -7,6 +7,7 @@ every step, so that a rollback killed or failed at any point is finished by runn
 import os
 import time
 
+from collective.recipe.zfssnap import again as againmod
 from collective.recipe.zfssnap import keep as keepmod
 from collective.recipe.zfssnap import mounts as mountsmod
 from collective.recipe.zfssnap import processes
@@ -98,15 +99,12 @@ def zodb_view(site, plan):
     since the snapshot, read from the live Data.fs back to the snapshot's last one."""
     from collective.recipe.zfssnap import zodb
     table = mountsmod.zfs_mounts()
-    snapshots = {e["dataset"]: e["snapshot"] for e in plan["datasets"]}
+    snapshots = {e["dataset"]: e["snapshot"].split("@", 1)[1] for e in plan["datasets"]}
     views = []
     for path in site.config.get("filestorages", ()):
-        mount = mountsmod.holding(path, table) if os.path.exists(path) else None
-        if mount is None or mount.dataset not in snapshots:
+        then = againmod.snapshot_copy(path, snapshots, table)
+        if then is None:
             continue
-        short = snapshots[mount.dataset].split("@", 1)[1]
-        relative = os.path.relpath(os.path.realpath(path), mount.mountpoint)
-        then = os.path.join(mount.mountpoint, ".zfs", "snapshot", short, relative)
         view = {"path": path}
         try:
             last = zodb.last_tid(then) if os.path.exists(then) else None
@@ -197,12 +195,13 @@ def describe_record(record):
 class Run(Downtime):
     """One bin/rollback: the site, its supervisor, and the record of what it did."""
 
-    def __init__(self, site, force=False):
+    def __init__(self, site, force=False, again=False):
         self.site = site
         self.out = site.out
         self.sup = supervisor_of(site)
         self.record = site.rollback_record()
         self.force = force
+        self.again = again  # --again: a second rollback to the last one's target is wanted
         self.data = None  # the Progress recorded while the rollback is unfinished
         self.stopped_at = None
         self.swaps = []  # with --keep: the clones made to take the datasets' places
@@ -401,14 +400,15 @@ class Run(Downtime):
 
 
 def rollback(site, wanted=None, yes=False, dry_run=False, force=False, diff=False,
-             confirm=None, critical=None, keep=False, start=True, start_only=False):
+             confirm=None, critical=None, keep=False, start=True, start_only=False,
+             again=False):
     """bin/rollback: from the recorded progress of an unfinished run if there is one (resume),
     else a new rollback to `wanted` (the newest snapshot set if None). The plan, or None.
 
     `start` False (--no-start): stop and roll back, and leave the record for `start_only`
     (--start), which starts what ran before from it: phases an orchestrator can interleave
     across hosts. The --json document's `phase` says how far the run got (PHASES)."""
-    run = Run(site, force)
+    run = Run(site, force, again)
     site.out.data["phase"] = "none"
     pending = Progress.from_record(run.record.load())
     site.out.data["recorded_stage"] = pending.stage if pending else None
@@ -512,6 +512,9 @@ def roll_back(run, wanted, keep, yes, dry_run, confirm, critical, diff, pending=
     commands = keepmod.commands(site, swaps, target.short, stamp) if keep else [
         rollback_argv(site, e) for e in plan["datasets"]]
     zodb_view(site, plan)
+    if pending is None and carried is None and againmod.check(run, target, plan, run.again,
+                                                              yes, dry_run):
+        return None
     show_plan(site, plan, diff=diff, always=not yes and not dry_run)
     if dry_run:
         for argv in commands:
@@ -635,6 +638,7 @@ def finish(run, target, start=True):
         if run.swaps and run.settle(target):
             run.save(stage=SETTLING)  # the rerun settles what is left
         else:
+            againmod.remember(run.site, target)
             run.record.clear()  # it ran: a rerun has nothing left to do
         if run.swaps:
             say_kept(run)
@@ -655,6 +659,7 @@ def finish(run, target, start=True):
                            target, ", ".join(s["kept"] for s in run.swaps),
                            run.site.scripts["rollback"], "; ".join(failed)), INCOMPLETE)
     restore_guard_record(run.site, target)
+    againmod.remember(run.site, target)
     run.record.clear()
     run.out.data["phase"] = "done"
     report(run, target)

@@ -28,6 +28,7 @@ class FakePool(zfsmod.Zfs):
         super().__init__(["zfs"])
         self.datasets = {}
         self.snapshot_info = {}  # name -> {guid (its dataset's), createtxg, content, properties}
+        self.written = {}  # dataset -> what written@SNAPSHOT reports (0 when unset)
         self.calls = []
         self.busy = set()  # mountpoints some process works in: unmount says busy
         self.mount_order = itertools.count()
@@ -247,13 +248,18 @@ class FakePool(zfsmod.Zfs):
         lines, missing = [], []
         for name in names:
             d = self.datasets.get(name)
+            info = self.snapshot_info.get(name)
+            if d is None and info is not None and props == "guid":
+                # A snapshot's own guid: its dataset's and its transaction group, unique here.
+                lines.append("%s\tguid\t%s%06d" % (name, info["guid"], info["createtxg"]))
+                continue
             if d is None:
                 missing.append(name)
                 continue
             for prop in props.split(","):
                 value = d.get(prop, d["user"].get(prop, "-"))
                 if prop.startswith("written@"):
-                    value = "0"
+                    value = str(self.written.get(name, 0))
                 if prop == "mounted":
                     value = "yes" if d["mounted"] else "no"
                 lines.append("%s\t%s\t%s" % (name, prop, value))

@@ -225,7 +225,7 @@ class World:
             for m in mounts[here[-1] + 1:])
 
     def rollback(self, keep=False, crash_after=None, log=None, dry_run=False, start=True,
-                 start_only=False, holders=(), critical=None):
+                 start_only=False, holders=(), critical=None, again=False):
         """bin/rollback --yes [--keep] [--no-start|--start] TARGET: None, the Stop it ended
         with, or Crash; `self.data` is what its --json document would hold. `holders`: the
         processes outside supervisor that have files on the datasets."""
@@ -235,7 +235,8 @@ class World:
                 processes, "holders", lambda *a, **k: list(holders)):
             try:
                 rollbackmod.rollback(site, self.target, yes=True, keep=keep, dry_run=dry_run,
-                                     start=start, start_only=start_only, critical=critical)
+                                     start=start, start_only=start_only, critical=critical,
+                                     again=again)
             except (sitemod.Stop, Crash) as e:
                 return e
         return None

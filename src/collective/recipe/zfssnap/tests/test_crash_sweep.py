@@ -247,7 +247,9 @@ class CrashSweepTest(unittest.TestCase):
         target = take_snapshot("sweep")
         before = app()
         self.release()
-        argv = [SITE + "/bin/rollback", "--yes"] + extra + [target]
+        # --again: every point after the first is a new rollback to the target the last one
+        # finished at (the rerun of a killed run finishes that one, --again or not).
+        argv = [SITE + "/bin/rollback", "--yes", "--again"] + extra + [target]
         steps = actions(argv)
         self.check_site("1.0", target)
         self.clear_kept()
@@ -264,6 +266,14 @@ class CrashSweepTest(unittest.TestCase):
             boot_start()  # it fails where bin/ is not there, as a boot's would
             boot = self.recover(empty)
             clock("cut")
+            if n == len(steps):
+                # Killed after its very last action the run was complete: without --again,
+                # the rerun names what a second rollback would lose and refuses.
+                plain = [a for a in argv if a != "--again"]
+                rc, out = crashed_run(plain)
+                self.assertEqual(rc, 3, out)
+                self.assertIn("a rollback to %s finished at " % target, out)
+                self.assertIn("pass --again to roll back to it again; nothing was changed", out)
             rc, out = crashed_run(argv)
             self.assertEqual(rc, 0, "rerun after a crash after %d (%s): %s" % (n, action, out))
             clock("rerun")
@@ -274,8 +284,9 @@ class CrashSweepTest(unittest.TestCase):
             self.assertNotIn("release", state["blobs"])
             if "--keep" in extra:
                 kept = self.kept()
-                # Killed after its very last action the run was complete: the rerun is a new
-                # rollback to the same target, which keeps the state it rolls away from too.
+                # Killed after its very last action the run was complete: the rerun with
+                # --again is a new rollback to the same target, which keeps the state it rolls
+                # away from too.
                 self.assertEqual(len(kept), len(DATASETS) * (2 if n == len(steps) else 1),
                                  kept)
                 values = {}

@@ -93,9 +93,12 @@ class StageSweepTest(unittest.TestCase):
             self.assertEqual((world.pool.calls, world.sup.calls, world.record()), before, where)
             result = world.rollback(keep=keep)
             self.assertIsNone(result, "%s: the rerun said %s" % (where, result))
-            self.check_finished(world, keep, where, twice=keep and n == len(steps))
+            # Killed after its very last action the run was complete: the rerun is asked for
+            # a second rollback to the same set, and with nothing written since it does none.
+            self.assertEqual("finished_rollback" in world.data, n == len(steps), where)
+            self.check_finished(world, keep, where)
 
-    def check_finished(self, world, keep, where, twice=False):
+    def check_finished(self, world, keep, where):
         pool = world.pool
         for name, mountpoint in world.layout:
             d = pool.datasets[name]
@@ -115,12 +118,12 @@ class StageSweepTest(unittest.TestCase):
         if not keep:
             self.assertEqual(kept, [], where)
             return
-        self.assertEqual(len(kept), len(world.layout) * (2 if twice else 1), (where, kept))
+        self.assertEqual(len(kept), len(world.layout), (where, kept))
         for name in kept:
             d = pool.datasets[name]
             self.assertEqual((d["readonly"], d["mountpoint"], d["canmount"], d["mounted"]),
                              ("on", "none", "noauto", False), (where, name))
-            self.assertIn(d["content"], ("v2", "v1") if twice else ("v2",), (where, name))
+            self.assertEqual(d["content"], "v2", (where, name))
             self.assertEqual(d["user"].get("collective.recipe.zfssnap:kind"), "rolled-away")
         self.assertTrue(any(pool.datasets[k]["content"] == "v2" for k in kept), where)
 
@@ -270,7 +273,7 @@ class StageSweepTest(unittest.TestCase):
                           "record rolling back", "zfs rollback", "record rolling back",
                           "zfs rollback", "record rolling back", "zfs rollback",
                           "record rolling back", "record rolled back", "supervisord start "
-                          "supervisord", "record removed"])
+                          "supervisord", "record finished", "record removed"])
 
 
 class CleanupConfirmationTest(unittest.TestCase):
@@ -493,6 +496,62 @@ class RecordedRollbackTest(unittest.TestCase):
                       raised.exception.message)
         extension.release("zfssnap")
         state.Places(self.world.config).take_locks().close()
+
+
+class AgainTest(unittest.TestCase):
+    """A rollback to the set the last finished rollback went back to (issue 27, 2): nothing to
+    do when nothing was written since; what it would lose, refused with --yes unless --again;
+    a new set of the same name is not the one rolled back to."""
+
+    def setUp(self):
+        self.world = World()
+        self.addCleanup(self.world.close)
+        self.assertIsNone(self.world.rollback())
+        self.calls = len(self.world.pool.calls)
+        self.sup_calls = len(self.world.sup.calls)
+
+    def changing_calls(self):
+        return [c for c in self.world.pool.calls[self.calls:]
+                if c[0] in ("rollback", "destroy", "rename", "clone", "snapshot")]
+
+    def test_nothing_written_since_is_nothing_to_do(self):
+        self.assertIsNone(self.world.rollback())
+        self.assertEqual(self.world.data["finished_rollback"]["target"], "zfssnap-T-pre")
+        self.assertEqual(self.world.data["phase"], "none")
+        self.assertEqual(self.changing_calls(), [])
+        self.assertEqual(self.world.sup.calls[self.sup_calls:], [])  # nothing stopped
+
+    def test_written_since_is_refused_with_yes_and_done_with_again(self):
+        self.world.pool.written["data/site-filestorage"] = 3 << 20
+        result = self.world.rollback()
+        self.assertIsInstance(result, Stop)
+        self.assertEqual(result.code, REFUSED)
+        self.assertEqual(self.world.sup.calls[self.sup_calls:], [])
+        self.assertEqual(result.message, "a rollback to zfssnap-T-pre finished at "
+                         "2026-12-02T00:00:00Z; another one loses what was written since: 3.0M "
+                         "written to the datasets; pass --again to roll back to it again; "
+                         "nothing was changed")
+        self.assertEqual(self.changing_calls(), [])
+        self.assertIsNone(self.world.rollback(dry_run=True))
+        self.assertEqual(self.world.data["phase"], "planned")
+        self.assertEqual(self.world.data["finished_rollback"]["written"], 3 << 20)
+        self.assertEqual(self.changing_calls(), [])
+        self.assertIsNone(self.world.rollback(again=True))
+        self.assertEqual(self.world.data["phase"], "done")
+        self.assertEqual(len([c for c in self.changing_calls() if c[0] == "rollback"]), 3)
+
+    def test_a_new_set_of_the_same_name_is_rolled_back_to(self):
+        datasets = [n for n, _ in self.world.layout]
+        for name in datasets:
+            snapshot = name + "@" + self.world.target
+            properties = dict(self.world.pool.snapshot_info[snapshot]["properties"])
+            self.world.pool.run("destroy", snapshot)
+            self.world.pool.snapshot(snapshot, properties=properties)
+            self.world.pool.written[name] = 1 << 20
+        self.calls = len(self.world.pool.calls)
+        self.assertIsNone(self.world.rollback())
+        self.assertNotIn("finished_rollback", self.world.data)
+        self.assertEqual(len([c for c in self.changing_calls() if c[0] == "rollback"]), 3)
 
 
 class HealthCheckTest(unittest.TestCase):
