@@ -29,8 +29,9 @@ with open(os.environ["ZFSSNAP_CALLS"], "a") as f:
 with open(os.path.join(here, "answers.json")) as f:
     answers = json.load(f).get(os.path.basename(__file__), {})
 answer = next((answers[a] for a in sys.argv[1:] if a in answers), answers.get("*", {}))
-doc = dict({"ok": answer.get("exit", 0) == 0, "exit_code": answer.get("exit", 0),
-            "error": None, "warnings": []}, **answer.get("doc", {}))
+doc = dict({"format": 1, "ok": answer.get("exit", 0) == 0,
+            "exit_code": answer.get("exit", 0), "error": None, "warnings": []},
+           **answer.get("doc", {}))
 print(json.dumps(doc))
 sys.exit(answer.get("exit", 0))
 """
@@ -125,6 +126,23 @@ class CollectionTest(unittest.TestCase):
         for choice in ("full", "stop", "start"):
             self.assertIn(choice, proc.stdout)
 
+    def test_the_role_documents_and_checks_its_arguments(self):
+        proc = self.run_tool("ansible-doc", "-t", "role", "collective.zfssnap.release")
+        for word in ("zfssnap_action", "rollback_preflight", "zfssnap_buildout",
+                     "zfssnap_force"):
+            self.assertIn(word, proc.stdout)
+        playbook = os.path.join(self.tmp, "role-play.yml")
+        with open(playbook, "w") as f:
+            f.write("- hosts: localhost\n  gather_facts: false\n  roles:\n"
+                    "    - role: collective.zfssnap.release\n      zfssnap_action: rollback\n"
+                    "      zfssnap_buildout: /nowhere\n")
+        proc = self.run_tool("ansible-playbook", "-i", "localhost,", "-c", "local", playbook,
+                             check=False, env=self.env(ZFSSNAP_CALLS=self.calls))
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("zfssnap_action", proc.stdout + proc.stderr)
+        self.assertIn("rollback_preflight", proc.stdout + proc.stderr)  # the choices named
+        self.assertEqual(self.recorded(), [])
+
     # -- the modules -----------------------------------------------------------------------
     def test_rollback_phases_and_check_mode_map_to_the_script(self):
         top = self.site("one", {"rollback": {
@@ -139,9 +157,10 @@ class CollectionTest(unittest.TestCase):
                          (True, "rolled-back", ["instance1"]))
         rc, r = self.module("rollback", {"buildout": top, "phase": "start"})
         self.assertEqual((rc, r["changed"], r["phase"]), (0, True, "done"))
+        # Check mode: the preflight planned a rollback, which the real run would do.
         rc, r = self.module("rollback", {"buildout": top, "snapshot": "-odd", "keep": True},
                             check=True)
-        self.assertEqual((rc, r["changed"], r["phase"]), (0, False, "planned"))
+        self.assertEqual((rc, r["changed"], r["phase"]), (0, True, "planned"))
         self.assertEqual([argv for _, _, argv in self.recorded()], [
             ["--json", "--yes", "--no-start", "--", "pre-2.0"],
             ["--json", "--yes", "--start"],
@@ -156,7 +175,8 @@ class CollectionTest(unittest.TestCase):
         self.assertEqual((r["rc"], r["phase"]), (3, "none"))
 
     def test_a_missing_script_or_no_json_is_one_sentence(self):
-        rc, r = self.module("cleanup", {"buildout": os.path.join(self.tmp, "nowhere")})
+        rc, r = self.module("cleanup", {"buildout": os.path.join(self.tmp, "nowhere"),
+                                        "destroy_all": True})
         self.assertIn("/nowhere/bin/cleanup does not exist: the buildout has no [zfssnap] "
                       "part", r["msg"])
         top = self.site("two")
@@ -183,12 +203,18 @@ class CollectionTest(unittest.TestCase):
         rc, r = self.module("snapshot", {"buildout": top, "part": "site", "label": "pre"})
         self.assertEqual((rc, r["changed"], r["snapshot"]), (0, False, "zfssnap-1-pre"))
         rc, r = self.module("snapshot", {"buildout": top, "part": "site", "label": "new",
-                                         "message": "before 2.0"})
+                                         "note": "before 2.0"})
+        self.assertEqual((rc, r["changed"], r["snapshot"]), (0, True, "zfssnap-2-new"))
+        # Check mode: the set the real run would take is a change.
+        rc, r = self.module("snapshot", {"buildout": top, "part": "site", "label": "new"},
+                            check=True)
         self.assertEqual((rc, r["changed"], r["snapshot"]), (0, True, "zfssnap-2-new"))
         self.assertEqual([(s, argv) for _, s, argv in self.recorded()], [
             ("site-snapshot", ["--json", "--list"]),
             ("site-snapshot", ["--json", "--list"]),
-            ("site-snapshot", ["--json", "--message", "before 2.0", "--", "new"])])
+            ("site-snapshot", ["--json", "--message", "before 2.0", "--", "new"]),
+            ("site-snapshot", ["--json", "--list"]),
+            ("site-snapshot", ["--json", "--dry-run", "--", "new"])])
 
     def test_cleanup_leaves_out_what_is_gone_already(self):
         top = self.site("one", {"snapshot": {"--list": {"doc": {"snapshots": [
@@ -202,8 +228,70 @@ class CollectionTest(unittest.TestCase):
         self.assertEqual([argv for _, s, argv in self.recorded() if s == "cleanup"],
                          [["--json", "--yes", "--", "pre"]])
 
+    def test_cleanup_destroys_nothing_unless_told_what(self):
+        top = self.site("one", {"cleanup": {"*": {"doc": {"destroyed": ["zfssnap-1-a"],
+                                                          "destroyed_kept": []}}}})
+        rc, r = self.module("cleanup", {"buildout": top})
+        self.assertNotEqual(rc, 0)
+        self.assertEqual(r["msg"], "nothing to destroy was named: give snapshots (the "
+                         "release's label), older_than, or destroy_all=true to destroy every "
+                         "snapshot set and kept state of the part; nothing was destroyed")
+        rc, r = self.module("cleanup", {"buildout": top, "snapshots": ["a"],
+                                        "older_than": "7d"})
+        self.assertIn("mutually exclusive", r["msg"])
+        self.assertEqual(self.recorded(), [])
+        rc, r = self.module("cleanup", {"buildout": top, "destroy_all": True}, check=True)
+        self.assertEqual((rc, r["changed"], r["destroyed"]), (0, True, ["zfssnap-1-a"]))
+        rc, r = self.module("cleanup", {"buildout": top, "older_than": "7d"})
+        self.assertEqual((rc, r["changed"]), (0, True))
+        self.assertEqual([argv for _, _, argv in self.recorded()], [
+            ["--json", "--yes", "--dry-run"], ["--json", "--yes", "--older-than", "7d"]])
+
+    def test_a_second_rollback_to_the_same_set_is_ok_and_changes_nothing(self):
+        finished = {"target": "zfssnap-1-pre", "finished": "2026-12-07T03:00:00Z",
+                    "transactions": 12, "written": 4096}
+        top = self.site("one", {"rollback": {
+            "--again": {"doc": {"phase": "done", "recorded_stage": None}},
+            "--dry-run": {"doc": {"phase": "planned", "finished_rollback": finished}},
+            "*": {"exit": 3, "doc": {"phase": "none", "finished_rollback": finished,
+                                     "error": "a rollback to zfssnap-1-pre finished at ..."}}}})
+        for check in (False, True):
+            rc, r = self.module("rollback", {"buildout": top, "snapshot": "pre"}, check=check)
+            self.assertEqual((rc, r["changed"], r["phase"]), (0, False, "done"), r)
+            self.assertEqual(r["finished_rollback"], finished)
+            self.assertIn("rolled back to zfssnap-1-pre already", r["msg"])
+        rc, r = self.module("rollback", {"buildout": top, "snapshot": "pre", "force": True})
+        self.assertEqual((rc, r["changed"]), (0, True), r)
+        self.assertEqual([argv for _, _, argv in self.recorded()], [
+            ["--json", "--yes", "--", "pre"], ["--json", "--yes", "--dry-run", "--", "pre"],
+            ["--json", "--yes", "--again", "--", "pre"]])
+
+    def test_a_json_format_it_does_not_know_is_refused(self):
+        top = self.site("one", {"snapshot": {"*": {"doc": {"format": 2, "snapshot": "x"}}}})
+        rc, r = self.module("snapshot", {"buildout": top})
+        self.assertNotEqual(rc, 0)
+        self.assertEqual(r["msg"], "%s/bin/snapshot answers in JSON format 2, which this "
+                         "collection does not read (it reads 1): install the release of "
+                         "collective.zfssnap that goes with the host's "
+                         "collective.recipe.zfssnap" % top)
+
+    def test_scripts_a_part_names_itself(self):
+        top = self.site("one", {"snapshot": {"*": {"doc": {"snapshot": "zfssnap-1"}}}})
+        os.rename(os.path.join(top, "bin", "snapshot"), os.path.join(top, "bin", "before"))
+        os.rename(os.path.join(top, "bin", "answers.json"), os.path.join(top, "bin", "a.json"))
+        with open(os.path.join(top, "bin", "a.json")) as f:
+            answers = json.load(f)
+        with open(os.path.join(top, "bin", "answers.json"), "w") as f:
+            json.dump({"before": answers["snapshot"]}, f)
+        rc, r = self.module("snapshot", {"buildout": top, "scripts": {"snapshot": "before"}})
+        self.assertEqual((rc, r["snapshot"]), (0, "zfssnap-1"), r)
+        self.assertEqual([s for _, s, _ in self.recorded()], ["before"])
+        rc, r = self.module("snapshot", {"buildout": top, "scripts": {"snap": "before"}})
+        self.assertEqual(r["msg"], "scripts has snap, which is not one of the part's scripts "
+                         "(snapshot, rollback, cleanup)")
+
     # -- the playbooks ---------------------------------------------------------------------
-    def playbook(self, name, sites, extra=()):
+    def playbook(self, name, sites, extra=(), label="pre-2.0"):
         """Run playbooks/NAME.yml on hosts zeo (the server) and client1, client2 (local
         connections, one buildout each); (exit code, output)."""
         inventory = os.path.join(self.tmp, "inventory-%s.ini" % self.id().rsplit(".", 1)[-1])
@@ -214,7 +302,8 @@ class CollectionTest(unittest.TestCase):
             f.write("[all:vars]\nansible_connection=local\nansible_python_interpreter=%s\n"
                     % sys.executable)
         proc = self.run_tool("ansible-playbook", "-i", inventory,
-                             "collective.zfssnap." + name, "-e", "zfssnap_label=pre-2.0",
+                             "collective.zfssnap." + name,
+                             *(["-e", "zfssnap_label=" + label] if label else []),
                              *extra, check=False,
                              env=self.env(ZFSSNAP_CALLS=self.calls,
                                           ANSIBLE_STDOUT_CALLBACK="default"))
@@ -276,6 +365,64 @@ class CollectionTest(unittest.TestCase):
                      "client1: rolled-back", "client2: rolled-back"):
             self.assertIn(line, out)
 
+
+    def test_cleanup_playbook_without_a_label_destroys_nothing(self):
+        sites = {h: self.site(h) for h in ("zeo", "client1", "client2")}
+        rc, out = self.playbook("cleanup", sites, label=None)
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("no zfssnap_label was given", out)
+        self.assertEqual(self.recorded(), [])
+        rc, out = self.playbook("cleanup", sites, ["-e", "zfssnap_cleanup_all=true"],
+                                label=None)
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(sorted((h, argv) for h, _, argv in self.recorded()),
+                         [(h, ["--json", "--yes"]) for h in ("client1", "client2", "zeo")])
+
+    def already_answers(self, already=True):
+        finished = {"target": "zfssnap-1-pre-2.0", "finished": "2026-12-07T03:00:00Z",
+                    "transactions": 3, "written": 65536}
+        if not already:
+            return self.rollback_answers()
+        return {"rollback": {
+            "--dry-run": {"doc": {"phase": "planned", "recorded_stage": None,
+                                  "finished_rollback": finished}},
+            "--start": {"doc": {"phase": "done", "recorded_stage": None}},
+            "--again": {"doc": {"phase": "done", "recorded_stage": None}},
+            "*": {"exit": 3, "doc": {"phase": "none", "recorded_stage": None,
+                                     "finished_rollback": finished,
+                                     "error": "a rollback to zfssnap-1-pre-2.0 finished"}}}}
+
+    def test_rollback_playbook_run_again_changes_nothing(self):
+        sites = {h: self.site(h, self.already_answers()) for h in ("zeo", "client1",
+                                                                    "client2")}
+        rc, out = self.playbook("rollback", sites)
+        self.assertEqual(rc, 0, out)
+        for host in ("zeo", "client1", "client2"):
+            self.assertRegex(out, r"%s\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0"
+                             % host)
+        self.assertFalse([argv for _, _, argv in self.recorded() if "--again" in argv])
+
+    def test_rollback_playbook_refuses_hosts_at_different_states(self):
+        sites = {h: self.site(h, self.already_answers(h == "zeo"))
+                 for h in ("zeo", "client1", "client2")}
+        rc, out = self.playbook("rollback", sites)
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("zeo rolled back to pre-2.0 already, client1, client2 not: run again "
+                      "with -e zfssnap_force=true", out)
+        self.assertEqual({a for _, _, argv in self.recorded() for a in argv
+                          if a.startswith("--") and a not in ("--json", "--yes", "--")},
+                         {"--dry-run"})
+        rc, out = self.playbook("rollback", sites, ["-e", "zfssnap_force=true"])
+        self.assertEqual(rc, 0, out)
+        self.assertIn(("zeo", ["--json", "--yes", "--again", "--", "pre-2.0"]),
+                      [(h, argv) for h, _, argv in self.recorded()])
+
+    def test_rollback_playbook_keeps_to_zfssnap_hosts(self):
+        sites = {h: self.site(h, self.rollback_answers()) for h in ("zeo", "client1",
+                                                                     "client2")}
+        rc, out = self.playbook("rollback", sites, ["-e", "zfssnap_hosts=zeo:client1"])
+        self.assertEqual(rc, 0, out)
+        self.assertEqual({h for h, _, _ in self.recorded()}, {"zeo", "client1"})
 
 if __name__ == "__main__":
     unittest.main()

@@ -311,9 +311,11 @@ def events():
     return found
 
 
-def playbook(name, *extra, timeout=layers.COMMAND_TIMEOUT):
-    """(exit code, output) of `ansible-playbook collective.zfssnap.NAME` with -e pairs."""
-    argv = [ANSIBLE + "ansible-playbook", "collective.zfssnap." + name]
+def playbook(name, *extra, timeout=layers.COMMAND_TIMEOUT, check=False):
+    """(exit code, output) of `ansible-playbook collective.zfssnap.NAME` with -e pairs
+    (--check with `check`)."""
+    argv = [ANSIBLE + "ansible-playbook", "collective.zfssnap." + name] + (
+        ["--check"] if check else [])
     for item in extra:
         argv += ["-e", item]
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(WORK, "ansible.cfg"),
@@ -321,8 +323,9 @@ def playbook(name, *extra, timeout=layers.COMMAND_TIMEOUT):
     started = time.monotonic()
     proc = layers.bounded(argv, timeout, cwd=WORK, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    print("\n  ansible-playbook %s %s: exit %d in %.0f s" % (
-        name, " ".join(extra), proc.returncode, time.monotonic() - started), end="", flush=True)
+    print("\n  ansible-playbook %s%s %s: exit %d in %.0f s" % (
+        name, " --check" if check else "", " ".join(extra), proc.returncode,
+        time.monotonic() - started), end="", flush=True)
     return proc.returncode, proc.stdout
 
 

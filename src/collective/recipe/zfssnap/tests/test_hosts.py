@@ -136,8 +136,20 @@ class HostsTest(unittest.TestCase):
         return {"logs": hosts.log_sizes(), "events": len(hosts.events())}
 
     # -- the tests ---------------------------------------------------------------------------
+    def unchanged_recap(self, out):
+        for host in HOSTS:
+            self.assertRegex(out, r"\n%s\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0"
+                             % re.escape(host.name), out)
+
     def test_release_across_hosts_refused_then_rolled_back_then_cleaned_up(self):
         before = self.site()
+        # Check mode predicts the set each host would take, and takes none.
+        sets = self.all_snapshots()
+        rc, out = playbook("snapshot", "zfssnap_label=pre-2.0", check=True)
+        self.assertEqual(rc, 0, out)
+        for host in HOSTS:
+            self.assertRegex(out, r"\n%s\s+: ok=\d+\s+changed=1\s" % re.escape(host.name), out)
+        self.assertEqual(self.all_snapshots(), sets)
         taken = self.coordinated_snapshot("pre-2.0", again=True)
         self.bad_release("2.0")
         after_release = self.site()
@@ -171,11 +183,28 @@ class HostsTest(unittest.TestCase):
             self.assertEqual(sh("git", "-C", host.buildout, "describe", "--tags").strip(),
                              "1.0")
 
+        # The playbook run again: every host was rolled back to that set already and has run
+        # since, so nothing is stopped or rolled back, and no write is lost.
+        written = client(CLIENTS[0], "/write", "POST")
+        marks, sets = self.marks(), self.all_snapshots()
+        rc, out = playbook("rollback", "zfssnap_label=pre-2.0")
+        self.assertEqual(rc, 0, out)
+        self.unchanged_recap(out)
+        self.assertEqual({h.name: hosts.supervisor_events(h, marks["logs"][h.name])
+                          for h in HOSTS}, {h.name: [] for h in HOSTS})
+        self.assertEqual(self.all_snapshots(), sets)
+        wait_for(lambda: client(CLIENTS[1])["last_tid"] == written["last_tid"], timeout=60,
+                 what="client2 to see client1's write, kept")
+
         # The control: the server rolled back alone while its clients run (what the playbook's
         # order prevents) gives the symptom assert_rolled_back looks for in every client.
         start = len(hosts.events())
         rc, out, err = run_in_site(SERVER.buildout + "/bin/rollback", "--yes", "pre-2.0",
                                    site=SERVER.buildout)
+        self.assertEqual(rc, 3, out + err)  # rolled back to it already: asked for
+        self.assertIn("pass --again to roll back to it again", err)
+        rc, out, err = run_in_site(SERVER.buildout + "/bin/rollback", "--yes", "--again",
+                                   "pre-2.0", site=SERVER.buildout)
         self.assertEqual(rc, 0, out + err)
         wait_for(lambda: {e[1] for e in newer_cache_events(start)} == {h.name for h in CLIENTS},
                  timeout=120, what="both clients to log a cache newer than the server")
@@ -183,6 +212,12 @@ class HostsTest(unittest.TestCase):
             supervisorctl("restart", "client", site=host.buildout)
         self.assertEqual(self.site(), before)
 
+        # No label: nothing destroyed anywhere.
+        sets = self.all_snapshots()
+        rc, out = playbook("cleanup")
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("no zfssnap_label was given", out)
+        self.assertEqual(self.all_snapshots(), sets)
         rc, out = playbook("cleanup", "zfssnap_label=pre-2.0")
         self.assertEqual(rc, 0, out)
         for dataset, names in self.all_snapshots().items():

@@ -1,5 +1,5 @@
-# Copyright: the collective.recipe.zfssnap developers
-# GNU General Public License v2.0 only (see https://www.gnu.org/licenses/old-licenses/gpl-2.0.txt)
+# Copyright: (c) 2026, the collective.recipe.zfssnap developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -20,6 +20,15 @@ options:
         (C([site]) has C(bin/site-rollback)).
     type: str
     default: zfssnap
+  scripts:
+    description:
+      - Where the part's scripts are, for a part that names them itself (its
+        C(snapshot-script), C(rollback-script) and C(cleanup-script) options), as a mapping
+        of C(snapshot), C(rollback) or C(cleanup) to the option's value, a name in the
+        buildout's C(bin/) (or a path, relative to O(buildout) or absolute). The scripts not
+        given are found from O(part).
+    type: dict
+    default: {}
 attributes:
   check_mode:
     description: Check mode runs the script with C(--dry-run), which changes nothing.

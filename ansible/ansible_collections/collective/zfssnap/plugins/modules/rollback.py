@@ -1,6 +1,6 @@
 #!/usr/bin/python
-# Copyright: the collective.recipe.zfssnap developers
-# GNU General Public License v2.0 only (see https://www.gnu.org/licenses/old-licenses/gpl-2.0.txt)
+# Copyright: (c) 2026, the collective.recipe.zfssnap developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -19,10 +19,15 @@ description:
     before the server's data is rolled back, and started only after.
   - Every phase, killed, is finished by running it again; an unfinished rollback recorded on
     the host is finished, never another one started.
+  - A host whose last finished rollback went back to this very snapshot set is not rolled
+    back again, which would lose everything written since; the task is ok and unchanged,
+    and RV(finished_rollback) says when it was and what a second one would lose. Set
+    O(force) to roll back again.
   - In check mode it runs C(bin/rollback --dry-run), the preflight, which changes nothing and
     fails where the rollback would refuse before it stops anything (no such snapshot, held or
     cloned newer snapshots, datasets not mounted as when bin/buildout ran, processes outside
-    supervisor with files on the datasets).
+    supervisor with files on the datasets); the task reports as changed what the real run
+    would roll back or start.
 options:
   snapshot:
     description:
@@ -42,7 +47,14 @@ options:
         destroying it; unset, the part's C(keep-rolled-away) option decides.
     type: bool
   force:
-    description: Roll back even when processes outside supervisor have files on the datasets.
+    description:
+      - Roll back even when the last finished rollback on the host went back to the same
+        snapshot set (C(--again)), losing what was written since.
+    type: bool
+    default: false
+  ignore_open_files:
+    description: Roll back even when processes outside supervisor have files on the datasets
+      (C(--force)).
     type: bool
     default: false
 extends_documentation_fragment:
@@ -52,7 +64,7 @@ notes:
     and RV(rc) is the script's exit code (1 failed, 2 bad input, 3 refused with nothing
     changed, 4 incomplete, run it again).
 author:
-  - collective.recipe.zfssnap developers
+  - collective.recipe.zfssnap developers (@collective)
 """
 
 EXAMPLES = r"""
@@ -91,6 +103,18 @@ to_start:
   returned: when phase is rolled-back
   type: list
   elements: str
+finished_rollback:
+  description:
+    - The host's last finished rollback, when it went back to the same snapshot set, with
+      its C(target), when it C(finished), the ZODB C(transactions) and the bytes C(written)
+      since (what another rollback would lose).
+  returned: when the host was rolled back to that set already
+  type: dict
+rc:
+  description: The script's exit code.
+  returned: failure
+  type: int
+  sample: 3
 rollback:
   description: The whole JSON document of C(bin/rollback) (plan, datasets, ZODB view, warnings).
   returned: success
@@ -107,7 +131,8 @@ def main():
         argument_spec=dict(COMMON_OPTIONS, snapshot=dict(type="str"),
                            phase=dict(type="str", choices=["full", "stop", "start"],
                                       default="full"),
-                           keep=dict(type="bool"), force=dict(type="bool", default=False)),
+                           keep=dict(type="bool"), force=dict(type="bool", default=False),
+                           ignore_open_files=dict(type="bool", default=False)),
         supports_check_mode=True)
     p = module.params
     args = ["--yes"]
@@ -119,20 +144,32 @@ def main():
         args.append("--start")
     if p["keep"] is not None:
         args.append("--keep" if p["keep"] else "--no-keep")
-    if p["force"]:
+    if p["ignore_open_files"]:
         args.append("--force")
+    if p["force"] and p["phase"] != "start":
+        args.append("--again")
     if p["snapshot"] and p["phase"] != "start":
         args += ["--", p["snapshot"]]
     rc, doc = run_script(module, "rollback", args)
+    finished = doc.get("finished_rollback")
+    if finished and not p["force"] and rc in (0, 3) and doc.get("phase") in ("none", "planned"):
+        # Rolled back to this set already: a second rollback is not a rerun but a new outage
+        # that loses what was written since. The script refused it (or, in check mode,
+        # planned it): nothing is changed.
+        module.exit_json(changed=False, phase="done", recorded_stage=None, to_start=[],
+                         finished_rollback=finished, rollback=doc,
+                         msg="rolled back to %s already (%s); set force to roll back again, "
+                         "losing what was written since" % (finished.get("target"),
+                                                            finished.get("finished")))
     if rc != 0:
         fail(module, "rollback", rc, doc)
     phase, recorded = doc.get("phase"), doc.get("recorded_stage")
-    if module.check_mode:
-        changed = False
-    elif p["phase"] == "start":
-        changed = recorded is not None  # nothing recorded: nothing was started
-    elif p["phase"] == "stop":
-        changed = recorded != "rolled back"  # already rolled back: nothing was done
+    if p["phase"] == "start":
+        changed = recorded is not None  # nothing recorded: nothing (would be) started
+    elif p["phase"] == "stop" and recorded == "rolled back":
+        changed = False  # rolled back already: nothing (would be) done
+    elif module.check_mode:
+        changed = phase == "planned"  # the preflight planned a rollback
     else:
         changed = phase not in ("none", "planned")
     module.exit_json(changed=changed, phase=phase, recorded_stage=recorded,

@@ -1,6 +1,6 @@
 #!/usr/bin/python
-# Copyright: the collective.recipe.zfssnap developers
-# GNU General Public License v2.0 only (see https://www.gnu.org/licenses/old-licenses/gpl-2.0.txt)
+# Copyright: (c) 2026, the collective.recipe.zfssnap developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -16,15 +16,16 @@ description:
   - With a O(label), a set with that label already there is reported, not taken again, so that
     a playbook run again after a failure on another host takes only the missing ones.
   - In check mode it runs C(bin/snapshot --dry-run), which refuses what the real snapshot
-    refuses (datasets not mounted as when bin/buildout ran, a bad label) and changes nothing.
+    refuses (datasets not mounted as when bin/buildout ran, a bad label) and changes nothing;
+    the task reports as changed the set the real run would take.
 options:
   label:
     description:
       - A label added to the snapshot's name; letters, digits and C(_ - . :).
       - Use the same label on every host of the site, then roll back to it by that label.
     type: str
-  message:
-    description: A note stored with the snapshot (one line).
+  note:
+    description: A note stored with the snapshot (one line), the script's C(--message).
     type: str
 extends_documentation_fragment:
   - collective.zfssnap.scripts
@@ -32,7 +33,7 @@ notes:
   - The task fails with the script's own message and exit code (2 bad input, 3 refused; see
     the README of collective.recipe.zfssnap).
 author:
-  - collective.recipe.zfssnap developers
+  - collective.recipe.zfssnap developers (@collective)
 """
 
 EXAMPLES = r"""
@@ -40,12 +41,13 @@ EXAMPLES = r"""
   collective.zfssnap.snapshot:
     buildout: /srv/plone
     label: pre-2.0
-    message: before the 2.0 release
+    note: before the 2.0 release
 """
 
 RETURN = r"""
 snapshot:
-  description: The name of the snapshot set (taken, found by its label, or that would be taken).
+  description: The name of the snapshot set (taken, found by its label, or, in check mode,
+    that would be taken).
   returned: success
   type: str
   sample: zfssnap-20261202T101500Z-pre-2.0
@@ -69,7 +71,7 @@ from ansible_collections.collective.zfssnap.plugins.module_utils.scripts import 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(COMMON_OPTIONS, label=dict(type="str"), message=dict(type="str")),
+        argument_spec=dict(COMMON_OPTIONS, label=dict(type="str"), note=dict(type="str")),
         supports_check_mode=True)
     label = module.params["label"]
     if label:
@@ -85,14 +87,15 @@ def main():
             module.exit_json(changed=False, snapshot=found[0]["name"],
                              datasets=found[0].get("datasets", []), warnings_from_script=[])
     args = ["--dry-run"] if module.check_mode else []
-    if module.params["message"] is not None:
-        args += ["--message", module.params["message"]]
+    if module.params["note"] is not None:
+        args += ["--message", module.params["note"]]
     if label:
         args += ["--", label]
     rc, doc = run_script(module, "snapshot", args)
     if rc != 0:
         fail(module, "snapshot", rc, doc)
-    module.exit_json(changed=not module.check_mode, snapshot=doc.get("snapshot"),
+    # Taken, or in check mode to be taken: a change either way.
+    module.exit_json(changed=True, snapshot=doc.get("snapshot"),
                      datasets=doc.get("datasets", []),
                      warnings_from_script=doc.get("warnings", []))
 
