@@ -49,8 +49,9 @@ setup(
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",
         "Programming Language :: Python :: 3.13",
-        "Topic :: System :: Archiving :: Backup",
+        # Not Archiving :: Backup: snapshots on the same pool are no backup (README).
         "Topic :: System :: Filesystems",
+        "Topic :: System :: Systems Administration",
     ],
     keywords="buildout recipe zfs snapshot rollback release plone zope supervisor",
     author="The collective.recipe.zfssnap developers",
