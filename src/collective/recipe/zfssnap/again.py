@@ -4,7 +4,7 @@ A finished rollback leaves a small record outside the datasets (state.Places.fin
 set it went back to, its snapshots' guids, when, and the last ZODB transaction of each Data.fs
 then. A rollback to the same set later (an orchestrator run again, a habit, a typo) would undo
 everything the site did since: it is named and asked for (--again when not asked), and with
-nothing written since there is nothing to do at all.
+nothing written since there is nothing to do unless --again asks for it.
 """
 import os
 import time
@@ -88,14 +88,18 @@ def finished_before(site, target, plan):
 
 def check(run, target, plan, again, yes, dry_run):
     """Before a new rollback: True when there is nothing to do (rolled back to `target`
-    already, nothing written since). A second rollback that would lose something is shown,
-    and without a terminal refused unless `again` (--again)."""
+    already, nothing written since, and not `again`). A second rollback that would lose
+    something is shown, and with --yes refused unless `again` (--again)."""
     site, out = run.site, run.out
     before = finished_before(site, target, plan)
     if before is None:
         return False
     out.data["finished_rollback"] = before
     if not before["written"] and not before["transactions"]:  # None or 0
+        if again:  # asked for: hooks, a restart, a fresh process run as a rollback runs them
+            out.note("rolled back to %s already (%s), and nothing was written since (--again)"
+                     % (target.short, before["finished"]))
+            return False
         out.say("Rolled back to %s already (%s), and nothing was written since: nothing to do."
                 % (target.short, before["finished"]))
         return True

@@ -287,7 +287,7 @@ class HookTest(unittest.TestCase):
         # A hung hook is killed after hook-timeout; the site is left as it was.
         configure(hook_timeout=3, hooks={"before-rollback": ["/bin/sleep", "600"]})
         started = time.monotonic()
-        rc, out, err = bin_("rollback", "--yes")
+        rc, out, err = bin_("rollback", "--yes", "--again")  # to the set rolled back to
         self.assertEqual(rc, 1, out + err)
         self.assertLess(time.monotonic() - started, 60)
         self.assertIn("the before-rollback hook '/bin/sleep 600' did not finish within 3 s and "

@@ -139,7 +139,7 @@ class ForensicsTest(unittest.TestCase):
         self.assertEqual(rc, 0, out + err)
         self.assertIn("(until the health check passed)", out)
         configure(health_check={"url": "http://127.0.0.1:8099/"}, stop_timeout=5)
-        rc, out, err = bin_("rollback", "--yes")
+        rc, out, err = bin_("rollback", "--yes", "--again")  # to the set rolled back to
         self.assertEqual(rc, 1, out + err)
         self.assertIn("but the health check http://127.0.0.1:8099/ did not pass within 5 s", err)
         self.assertEqual(program_states(), RUNNING)

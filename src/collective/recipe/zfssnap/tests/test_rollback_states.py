@@ -500,7 +500,8 @@ class RecordedRollbackTest(unittest.TestCase):
 
 class AgainTest(unittest.TestCase):
     """A rollback to the set the last finished rollback went back to (issue 27, 2): nothing to
-    do when nothing was written since; what it would lose, refused with --yes unless --again;
+    do when nothing was written since (unless --again); what it would lose, refused with --yes
+    unless --again;
     a new set of the same name is not the one rolled back to."""
 
     def setUp(self):
@@ -520,6 +521,13 @@ class AgainTest(unittest.TestCase):
         self.assertEqual(self.world.data["phase"], "none")
         self.assertEqual(self.changing_calls(), [])
         self.assertEqual(self.world.sup.calls[self.sup_calls:], [])  # nothing stopped
+
+    def test_again_with_nothing_written_since_rolls_back(self):
+        self.assertIsNone(self.world.rollback(again=True))
+        self.assertEqual(self.world.data["phase"], "done")
+        self.assertEqual(self.world.data["finished_rollback"]["written"], 0)
+        self.assertEqual(len([c for c in self.changing_calls() if c[0] == "rollback"]), 3)
+        self.assertNotEqual(self.world.sup.calls[self.sup_calls:], [])  # stopped, started
 
     def test_written_since_is_refused_with_yes_and_done_with_again(self):
         self.world.pool.written["data/site-filestorage"] = 3 << 20
