@@ -7,9 +7,11 @@ Run by tests/check-ansible.sh with the tools' virtualenv (ansible-core from test
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import unittest
 
@@ -37,6 +39,18 @@ sys.exit(answer.get("exit", 0))
 """
 
 
+def task_results(out, name):
+    """{status: sorted hosts} of the task `name` in ansible-playbook's default output."""
+    results = {}
+    for block in out.split("\nTASK [")[1:]:
+        title, _, body = block.partition("\n")
+        if not title.split("] ")[0].endswith(name):
+            continue
+        for m in re.finditer(r"^(ok|changed|failed|skipping|fatal): \[([^\]]+)\]", body, re.M):
+            results.setdefault(m.group(1), []).append(m.group(2))
+    return {k: sorted(v) for k, v in results.items()}
+
+
 class CollectionTest(unittest.TestCase):
 
     @classmethod
@@ -47,6 +61,7 @@ class CollectionTest(unittest.TestCase):
         cls.run_tool("ansible-galaxy", "collection", "build", COLLECTION, "--output-path", out)
         tarballs = os.listdir(out)
         assert tarballs == ["collective-zfssnap-0.1.0.tar.gz"], tarballs
+        cls.tarball = os.path.join(out, tarballs[0])
         cls.run_tool("ansible-galaxy", "collection", "install", "--offline",
                      os.path.join(out, tarballs[0]), "-p", cls.collections)
 
@@ -117,6 +132,16 @@ class CollectionTest(unittest.TestCase):
             return proc.returncode, json.load(f)
 
     # -- the collection as built -----------------------------------------------------------
+    def test_the_tarball_has_its_licence_and_changelog_and_no_test_output(self):
+        with tarfile.open(self.tarball) as tar:
+            names = tar.getnames()
+        for name in ("LICENSE", "README.md", "MANIFEST.json", "FILES.json",
+                     "changelogs/changelog.yaml", "meta/runtime.yml",
+                     "roles/release/meta/argument_specs.yml"):
+            self.assertIn(name, names)
+        self.assertEqual([n for n in names if n.startswith("tests/output")
+                          or "__pycache__" in n], [])
+
     def test_every_module_is_documented(self):
         for name in ("snapshot", "rollback", "cleanup"):
             proc = self.run_tool("ansible-doc", "-t", "module", "collective.zfssnap." + name)
@@ -332,6 +357,22 @@ class CollectionTest(unittest.TestCase):
                                              ("client2", "--no-start")])
         self.assertEqual(order[2], ("zeo", "--"))
         self.assertEqual(sorted(order[3:]), [("client1", "--start"), ("client2", "--start")])
+        # The preflight is a check: ok, not changed, in the recap too.
+        self.assertEqual(task_results(out, "Can this host roll back to the label?"),
+                         {"ok": ["client1", "client2", "zeo"]})
+
+    def test_snapshot_playbook_in_check_mode_predicts_one_change_per_host(self):
+        answers = {"snapshot": {"*": {"doc": {"snapshot": "zfssnap-1-pre-2.0",
+                                              "datasets": ["tank/site"]}}}}
+        sites = {h: self.site(h, answers) for h in ("zeo", "client1", "client2")}
+        rc, out = self.playbook("snapshot", sites, extra=["--check"])
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(task_results(out, "Preflight (bin/snapshot --dry-run)"),
+                         {"ok": ["client1", "client2", "zeo"]})
+        for host in ("zeo", "client1", "client2"):
+            self.assertRegex(out, r"%s\s+: ok=\d+\s+changed=1\s" % host)
+        self.assertEqual([argv for _, _, argv in self.recorded()
+                          if "--dry-run" not in argv and "--list" not in argv], [])
 
     def sites_where(self, odd_host, argument, answer):
         """The three buildouts, `odd_host`'s bin/rollback answering `answer` to
@@ -416,6 +457,21 @@ class CollectionTest(unittest.TestCase):
         self.assertEqual(rc, 0, out)
         self.assertIn(("zeo", ["--json", "--yes", "--again", "--", "pre-2.0"]),
                       [(h, argv) for h, _, argv in self.recorded()])
+
+    def test_rollback_playbook_run_again_after_a_client_failed_to_start_finishes(self):
+        # The server and client1 finished; client2's --start failed and its record stays.
+        sites = {h: self.site(h, self.already_answers()) for h in ("zeo", "client1")}
+        answers = self.rollback_answers()
+        answers["rollback"]["--dry-run"] = {"doc": {"phase": "planned",
+                                                    "recorded_stage": "rolled back"}}
+        answers["rollback"]["--no-start"] = {"doc": {"phase": "rolled-back",
+                                                     "recorded_stage": "rolled back"}}
+        sites["client2"] = self.site("client2", answers)
+        rc, out = self.playbook("rollback", sites)
+        self.assertEqual(rc, 0, out)
+        self.assertIn(("client2", ["--json", "--yes", "--start"]),
+                      [(h, argv) for h, _, argv in self.recorded()])
+        self.assertFalse([argv for _, _, argv in self.recorded() if "--again" in argv])
 
     def test_rollback_playbook_keeps_to_zfssnap_hosts(self):
         sites = {h: self.site(h, self.rollback_answers()) for h in ("zeo", "client1",
