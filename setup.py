@@ -1,25 +1,8 @@
-import os
-
 from setuptools import find_namespace_packages
 from setuptools import setup
-from setuptools.command.build_py import build_py
 
 
 version = "0.1.0.dev0"
-
-# The lab's benchmark and demo drivers and its test site: in the sdist, and in the wheel the lab
-# builds for its guest (ZFSSNAP_LAB_WHEEL=1), not in the wheel users install.
-LAB = not os.environ.get("ZFSSNAP_LAB_WHEEL")
-TESTS = "collective.recipe.zfssnap.tests"
-LAB_MODULES = {"bench", "demo"}
-
-
-class BuildPy(build_py):
-    def find_package_modules(self, package, package_dir):
-        modules = super().find_package_modules(package, package_dir)
-        if LAB and package == TESTS:
-            modules = [m for m in modules if m[1] not in LAB_MODULES]
-        return modules
 
 
 def read(*names):
@@ -71,11 +54,8 @@ setup(
     license_files=["LICENSE"],
     python_requires=">=3.10",
     package_dir={"": "src"},
-    packages=find_namespace_packages("src", include=["collective.*"],
-                                     exclude=[TESTS + ".site"] if LAB else []),
+    packages=find_namespace_packages("src", include=["collective.*"]),
     include_package_data=True,
-    exclude_package_data={TESTS: ["site/*"]} if LAB else {},
-    cmdclass={"build_py": BuildPy},
     zip_safe=False,
     install_requires=[
         # 5 is the floor: what Plone 6.2 sites pin; see the README on 4.x.

@@ -15,8 +15,14 @@ mkdir "$out/tree"
 git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$out/tree"
 cd "$out/tree"
 git init -q && git add -A
-"$venv/bin/python" -m build --no-isolation --sdist --wheel --outdir "$out/dist" . > "$out/build.log" 2>&1 \
+# Without PYTHONDONTWRITEBYTECODE (set by some CI images): with it setuptools says it skips
+# byte-compiling, which is no problem of the package.
+env -u PYTHONDONTWRITEBYTECODE "$venv/bin/python" -m build --no-isolation --sdist --wheel --outdir "$out/dist" . > "$out/build.log" 2>&1 \
     || { cat "$out/build.log"; exit 1; }
+# setuptools' warnings (deprecations, data in no package, a licence field) are a build to fix.
+if grep -i "warning" "$out/build.log"; then
+    echo "check-package: the build printed warnings (above)"; exit 1
+fi
 "$venv/bin/check-manifest" --no-build-isolation .
 "$venv/bin/twine" check --strict "$out"/dist/*
 rating=$("$venv/bin/pyroma" --quiet "$out"/dist/*.tar.gz 2>/dev/null | tail -1)
@@ -26,7 +32,7 @@ if [ "$rating" != 10 ]; then
     exit 1
 fi
 # PEP 639 licence metadata, no placeholder address on the package's index page, and the lab's
-# drivers and test site left out of the wheel users install (the lab builds its own).
+# drivers and test site left out of the wheel users install (the lab adds them to its own).
 "$venv/bin/python" - "$out"/dist/*.whl <<'PY'
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as whl:

@@ -56,6 +56,10 @@ BUILDOUT5_FILES = (os.path.join(HERE, "wheelhouse-buildout5.txt"),)
 # The package's sources, built into the wheel the guest installs.
 PACKAGE_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "README.rst",
                  "CHANGES.rst", "LICENSE", "src")
+# The lab's benchmark and demo drivers and its test site: added to the tests package of the
+# wheel the guest installs (build_wheel), not in the package's own sources.
+OVERLAY = os.path.join(HERE, "overlay")
+TESTS_PACKAGE = "collective.recipe.zfssnap.tests"
 KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] ")
 EXIT_TIMEOUT = 124
 EXIT_LAB_BROKEN = 125
@@ -213,8 +217,8 @@ def unpack_wheel(dist, dest):
 
 
 def build_wheel(dest):
-    """The package's wheel, built from the working tree as users get it from the index, plus
-    the lab's drivers and test site (ZFSSNAP_LAB_WHEEL)."""
+    """The package's wheel, built from the working tree as users get it from the index, with
+    the lab's drivers and test site (OVERLAY) added to its tests package."""
     with tempfile.TemporaryDirectory(prefix="zfssnap-src-") as tmp:
         # A copy: setuptools writes build/ and *.egg-info into the tree it builds.
         for name in PACKAGE_FILES:
@@ -224,11 +228,15 @@ def build_wheel(dest):
                     "__pycache__", "*.egg-info", "*.pyc"))
             elif os.path.exists(src):
                 shutil.copy2(src, tmp)
-        # With the lab's drivers and test site, which the wheel users install leaves out.
+        # The guest imports them as collective.recipe.zfssnap.tests.bench, .demo and finds
+        # the site's templates beside layers.py; the package itself does not have them.
+        shutil.copytree(OVERLAY, os.path.join(tmp, "src", *TESTS_PACKAGE.split(".")),
+                        dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        with open(os.path.join(tmp, "MANIFEST.in"), "a") as f:  # the templates are data
+            f.write("\nrecursive-include src/%s/site *\n" % TESTS_PACKAGE.replace(".", "/"))
         proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                                "--disable-pip-version-check", "-w", dest, tmp],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=dict(os.environ, ZFSSNAP_LAB_WHEEL="1"))
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         raise LabError("building the package's wheel failed:\n" + proc.stdout)
 
