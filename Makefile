@@ -36,6 +36,9 @@ test:
 	echo "== where the time went (seconds)"; \
 	$(LAB) times .lab-times.json --fast "$$(cat .test-fast.time)"; \
 	echo "make test: $$(( $$(date +%s) - started )) s in all"; \
+	if [ "$$fast" != 0 ]; then \
+	    echo "== the end of the fast suite's output (it failed; all of it is above)"; \
+	    grep -v -e "Warning" -e "tracemalloc" .test-fast.log | tail -n 25; fi; \
 	echo "== make test: fast suite exit $$fast, guest suite exit $$lab"; \
 	test $$lab = 0 && test $$fast = 0
 

@@ -407,8 +407,10 @@ class CollectionTest(unittest.TestCase):
             self.assertIn(line, out)
 
 
-    def test_cleanup_playbook_without_a_label_destroys_nothing(self):
-        sites = {h: self.site(h) for h in ("zeo", "client1", "client2")}
+    def test_cleanup_playbook_destroys_the_label_and_nothing_without_one(self):
+        answers = {"snapshot": {"--list": {"doc": {"snapshots": [
+            {"name": "zfssnap-1-pre-2.0", "label": "pre-2.0"}], "kept": []}}}}
+        sites = {h: self.site(h, answers) for h in ("zeo", "client1", "client2")}
         rc, out = self.playbook("cleanup", sites, label=None)
         self.assertNotEqual(rc, 0, out)
         self.assertIn("no zfssnap_label was given", out)
@@ -418,6 +420,13 @@ class CollectionTest(unittest.TestCase):
         self.assertEqual(rc, 0, out)
         self.assertEqual(sorted((h, argv) for h, _, argv in self.recorded()),
                          [(h, ["--json", "--yes"]) for h in ("client1", "client2", "zeo")])
+        calls = len(self.recorded())
+        rc, out = self.playbook("cleanup", sites)  # zfssnap_label=pre-2.0
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(sorted((h, argv) for h, s, argv in self.recorded()[calls:]
+                                if s == "cleanup"),
+                         [(h, ["--json", "--yes", "--", "pre-2.0"])
+                          for h in ("client1", "client2", "zeo")])
 
     def already_answers(self, already=True):
         finished = {"target": "zfssnap-1-pre-2.0", "finished": "2026-12-07T03:00:00Z",
