@@ -18,6 +18,7 @@ from collective.recipe.zfssnap import mounts as mountsmod
 from collective.recipe.zfssnap import output
 from collective.recipe.zfssnap import processes
 from collective.recipe.zfssnap import rollback as rollbackmod
+from collective.recipe.zfssnap.rollback import run as rollbackrun
 from collective.recipe.zfssnap import site as sitemod
 from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
@@ -206,7 +207,7 @@ class World:
                     mountsmod, zfs_mounts=self.pool.mounts,
                     all_mountpoints=lambda: [m.mountpoint for m in self.pool.mounts()],
                     is_mountpoint=self.visible), \
-                mock.patch.object(rollbackmod, "supervisor_of", lambda site: self.sup), \
+                mock.patch.object(rollbackrun, "supervisor_of", lambda site: self.sup), \
                 mock.patch.object(crashpoint, "done", done), \
                 contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):

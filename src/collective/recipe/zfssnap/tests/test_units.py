@@ -274,7 +274,12 @@ class RollbackImportsTest(unittest.TestCase):
         modules = self.modules_when_work_starts({"url": "http://127.0.0.1:8080/"})
         for name in ("urllib.request", "urllib.error", "collective.recipe.zfssnap.keep",
                      "collective.recipe.zfssnap.zodb", "collective.recipe.zfssnap.supervisor",
-                     "collective.recipe.zfssnap.processes", "collective.recipe.zfssnap.health"):
+                     "collective.recipe.zfssnap.processes", "collective.recipe.zfssnap.health",
+                     "collective.recipe.zfssnap.again", "collective.recipe.zfssnap.rollback.plan",
+                     "collective.recipe.zfssnap.rollback.run",
+                     "collective.recipe.zfssnap.rollback.fresh",
+                     "collective.recipe.zfssnap.rollback.resume",
+                     "collective.recipe.zfssnap.rollback.finish"):
             self.assertIn(name, modules)
 
     def test_no_urllib_without_a_url(self):
