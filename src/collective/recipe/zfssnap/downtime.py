@@ -10,6 +10,7 @@ import os
 import time
 
 from collective.recipe.zfssnap import health
+from collective.recipe.zfssnap.manager import ManagerError
 from collective.recipe.zfssnap import processes
 from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap.progress import STOPPING
@@ -19,10 +20,8 @@ from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Stop
 from collective.recipe.zfssnap.site import current_user
 from collective.recipe.zfssnap.supervisor import RUNNING_STATES
-from collective.recipe.zfssnap.supervisor import SupervisorError
-from collective.recipe.zfssnap.supervisor import unit_label
-from collective.recipe.zfssnap.supervisor import unit_shown
-from collective.recipe.zfssnap.supervisor import wait_gone
+from collective.recipe.zfssnap.systemd import unit_label
+from collective.recipe.zfssnap.systemd import unit_shown
 
 
 class HealthFailed(Stop):
@@ -143,7 +142,7 @@ class Downtime:
                 left = [n for n in stop_order(procs, procs) if procs[n].pid in alive]
                 stuck = left[:1] or ["supervisord"]
                 # supervisor kills them after their stopwaitsecs: wait, then start again.
-                alive = wait_gone(alive, time.monotonic() + sup.timeout + 60)
+                alive = processes.wait_gone(alive, time.monotonic() + sup.timeout + 60)
                 if alive:
                     raise Stop("%s did not stop (pids %s still run after supervisord was shut "
                                "down): nothing was rolled back; stop them, then run %s again"
@@ -214,7 +213,7 @@ class Downtime:
         try:
             if not self.sup.running():
                 hints.append(self.sup.start_hint())
-        except SupervisorError:
+        except ManagerError:
             hints.append(self.sup.start_hint())
         ctl = self.site.config.get("supervisorctl")
         if self.data and self.data.running_before:
@@ -227,7 +226,7 @@ class Downtime:
         stays, so that running the rollback again starts them without rolling back again)."""
         try:
             late = self.start()
-        except SupervisorError as e:
+        except ManagerError as e:
             raise Stop("rolled back every dataset to %s, but starting the site failed: %s; fix "
                        "it, then run %s again (it starts what ran before without rolling back "
                        "again), or start it with: %s" % (target, e.message,

@@ -9,6 +9,7 @@ import os
 from collective.recipe.zfssnap import crashpoint
 from collective.recipe.zfssnap import keep as keepmod
 from collective.recipe.zfssnap import state
+from collective.recipe.zfssnap import swapsteps
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.progress import PREPARING
 from collective.recipe.zfssnap.progress import ROLLED_BACK
@@ -51,7 +52,7 @@ def forget(site, describe, dry_run=False, yes=False, confirm=None):
     if data.keep and data.stage in (ROLLED_BACK, SETTLING):
         # Swapped: what the rerun would have done after the start is the operator's now.
         try:
-            left = [" ".join(site.zfs.command + argv) for _, argv in keepmod.settle_steps(
+            left = [" ".join(site.zfs.command + argv) for _, argv in swapsteps.settle_steps(
                 site, data.keep, keepmod.facts(site, data.keep), data.target, data.stamp)]
         except zfsmod.ZfsError as e:
             out.warn("could not read where the --keep swap stands: %s" % e.message)

@@ -8,6 +8,9 @@ file to a dataset (what `fuser -m` does). On FreeBSD, `fstat -f MOUNTPOINT` says
 """
 import os
 import subprocess
+import time
+
+POLL = 0.1  # how often a wait looks again
 
 
 class Holder:
@@ -211,3 +214,78 @@ def with_descendants(pids, children=None):
             found.add(pid)
             todo.extend(children.get(pid, ()))
     return found
+
+
+# -- processes by pid ------------------------------------------------------------------------
+def listening_inodes(port):
+    """{inode: owner uid} of the TCP sockets listening on `port` (Linux /proc/net/tcp, tcp6)."""
+    inodes = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().split("\n")[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # sl local rem st tx:rx tr:when retr uid timeout inode; st 0A is LISTEN
+            if len(fields) > 9 and fields[3] == "0A" and \
+                    int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes[fields[9]] = int(fields[7])
+    return inodes
+
+
+
+def socket_owner(inodes):
+    """The pid of a process with one of the socket `inodes` open, or None if none is seen."""
+    wanted = {"socket:[%s]" % i for i in inodes}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fds = "/proc/%s/fd" % entry
+        try:
+            names = os.listdir(fds)
+        except OSError:
+            continue
+        for fd in names:
+            try:
+                if os.readlink(os.path.join(fds, fd)) in wanted:
+                    return int(entry)
+            except OSError:
+                continue
+    return None
+
+
+
+def cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return [w.decode("utf-8", "replace") for w in f.read().split(b"\0") if w]
+    except OSError:
+        return []
+
+
+
+def process_gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    # A zombie (not yet reaped by its parent) has exited: it holds no files any more.
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+
+def wait_gone(pids, deadline):
+    """Wait until the processes `pids` have exited; those still alive at the deadline."""
+    while True:
+        alive = [p for p in pids if not process_gone(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(POLL)

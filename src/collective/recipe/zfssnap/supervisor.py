@@ -10,27 +10,33 @@ import http.client
 import os
 import re
 import socket
-import subprocess
 import time
 import xmlrpc.client
 
 from collective.recipe.zfssnap import crashpoint
-from collective.recipe.zfssnap.state import user_name
+from collective.recipe.zfssnap.manager import ManagerError
+from collective.recipe.zfssnap.manager import run_command
+from collective.recipe.zfssnap.processes import POLL
+from collective.recipe.zfssnap.processes import cmdline
+from collective.recipe.zfssnap.processes import listening_inodes
+from collective.recipe.zfssnap.processes import socket_owner
+from collective.recipe.zfssnap.processes import wait_gone
+from collective.recipe.zfssnap.systemd import systemctl_argv
+from collective.recipe.zfssnap.systemd import systemctl_env
+from collective.recipe.zfssnap.systemd import systemd_unit
+from collective.recipe.zfssnap.systemd import unit_shown
 
 
 STOPPED_STATES = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")
 RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF")
 # supervisor's Faults (xmlrpc.py): what a start or stop of a program in that state answers.
 ALREADY_STARTED, NOT_RUNNING, BAD_NAME, SHUTDOWN_STATE = 60, 70, 10, 6
-POLL = 0.1
 # The XML-RPC calls that change what runs (the others only ask): each is a crash point.
 CHANGING_CALLS = ("start", "stop", "shutdown", "restart", "signal", "reload", "add", "remove")
 
 
-class SupervisorError(Exception):
-    def __init__(self, message):
-        super().__init__(message)
-        self.message = message
+class SupervisorError(ManagerError):
+    """supervisord could not be asked, or did not do what was asked."""
 
 
 class NotRunning(SupervisorError):
@@ -137,181 +143,6 @@ class Process:
 
     def __repr__(self):
         return "<Process %s %s>" % (self.name, self.state)
-
-
-def run_command(argv, timeout, what, changes=True, env=None):
-    """Run a command of the site's (supervisord, systemctl) in a session of its own."""
-    try:
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              errors="replace", stdin=subprocess.DEVNULL, timeout=timeout,
-                              start_new_session=True, env=env)
-    except subprocess.TimeoutExpired:
-        raise SupervisorError("'%s' (%s) did not return within %d s" % (" ".join(argv), what,
-                                                                         timeout))
-    except OSError as e:
-        raise SupervisorError("'%s' (%s) could not run: %s" % (argv[0], what, e.strerror))
-    finally:
-        if changes:
-            crashpoint.done(" ".join(argv))
-    if proc.returncode != 0:
-        raise SupervisorError("'%s' (%s) failed: %s" % (" ".join(argv), what,
-                                                         proc.stdout.strip() or
-                                                         "exit %d" % proc.returncode))
-    return proc.stdout
-
-
-def listening_inodes(port):
-    """{inode: owner uid} of the TCP sockets listening on `port` (Linux /proc/net/tcp, tcp6)."""
-    inodes = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                lines = f.read().split("\n")[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            # sl local rem st tx:rx tr:when retr uid timeout inode; st 0A is LISTEN
-            if len(fields) > 9 and fields[3] == "0A" and \
-                    int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes[fields[9]] = int(fields[7])
-    return inodes
-
-
-def socket_owner(inodes):
-    """The pid of a process with one of the socket `inodes` open, or None if none is seen."""
-    wanted = {"socket:[%s]" % i for i in inodes}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fds = "/proc/%s/fd" % entry
-        try:
-            names = os.listdir(fds)
-        except OSError:
-            continue
-        for fd in names:
-            try:
-                if os.readlink(os.path.join(fds, fd)) in wanted:
-                    return int(entry)
-            except OSError:
-                continue
-    return None
-
-
-def cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return [w.decode("utf-8", "replace") for w in f.read().split(b"\0") if w]
-    except OSError:
-        return []
-
-
-def parse_cgroup_unit(text):
-    """The systemd service of a /proc/PID/cgroup text: 'site.service' for a system unit
-    ('0::/system.slice/site.service'), 'user/UID/site.service' for a unit of a user's own
-    manager ('0::/user.slice/user-1000.slice/user@1000.service/app.slice/site.service')."""
-    for line in text.splitlines():
-        parts = line.split(":", 2)[-1].split("/")
-        for i in range(len(parts) - 1, -1, -1):
-            if parts[i].endswith(".service"):
-                manager = [p for p in parts[:i] if re.match(r"^user@\d+\.service$", p)]
-                if manager:
-                    return "user/%s/%s" % (manager[-1][5:-8], parts[i])
-                if re.match(r"^user@\d+\.service$", parts[i]):
-                    return None  # the user's manager itself, not a unit of it
-                return parts[i]
-    return None
-
-
-def systemctl_argv(unit, args, privilege=()):
-    """systemctl for `unit` (as parse_cgroup_unit names it): never asking for a password, a
-    user's unit through that user's manager, and a system unit through the part's privilege
-    prefix (`privilege`, e.g. sudo -n) when not root."""
-    root = os.geteuid() == 0
-    if unit.startswith("user/"):
-        _, uid, name = unit.split("/", 2)
-        if os.geteuid() == int(uid):
-            base = ["systemctl", "--user"]
-        else:
-            base = ([] if root else list(privilege)) + [
-                "systemctl", "--user", "--machine=%s@.host" % user_name(int(uid))]
-    else:
-        name = unit
-        base = ([] if root else list(privilege)) + ["systemctl"]
-    return base + ["--no-ask-password"] + list(args) + [name]
-
-
-def unit_shown(unit, verb):
-    """How the operator types it: 'systemctl [--user] VERB NAME'."""
-    if unit.startswith("user/"):
-        return "systemctl --user %s %s" % (verb, unit.split("/", 2)[2])
-    return "systemctl %s %s" % (verb, unit)
-
-
-def unit_label(unit):
-    """'site.service', or 'site.service of user plone's manager'."""
-    if unit.startswith("user/"):
-        _, uid, name = unit.split("/", 2)
-        return "%s of user %s's manager" % (name, user_name(int(uid)))
-    return unit
-
-
-def systemctl_env(unit):
-    """A user's manager is found through XDG_RUNTIME_DIR, which cron and su leave unset."""
-    if not unit.startswith("user/") or os.environ.get("XDG_RUNTIME_DIR"):
-        return None
-    env = dict(os.environ)
-    env["XDG_RUNTIME_DIR"] = "/run/user/%s" % unit.split("/", 2)[1]
-    return env
-
-
-def systemd_unit(pid, privilege=()):
-    """The systemd service whose main process is `pid`, or None (started by hand, no systemd).
-
-    The cgroup alone is not enough: a supervisord started by hand from another service's
-    shell lives in that service's cgroup, and stopping that unit would stop the wrong thing.
-    """
-    try:
-        with open("/proc/%d/cgroup" % pid) as f:
-            unit = parse_cgroup_unit(f.read())
-    except OSError:
-        return None
-    if not unit:
-        return None
-    try:
-        # A query: a system unit's needs no privilege (a sudoers line may allow only stop
-        # and start); a unit of another user's manager is reached as root.
-        main = run_command(systemctl_argv(unit, ["show", "--property=MainPID", "--value"],
-                                          privilege if unit.startswith("user/") else ()),
-                           30, "the main process of " + unit,
-                           changes=False, env=systemctl_env(unit)).strip()
-    except SupervisorError:
-        return None
-    return unit if main == str(pid) else None
-
-
-def process_gone(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    # A zombie (not yet reaped by its parent) has exited: it holds no files any more.
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def wait_gone(pids, deadline):
-    """Wait until the processes `pids` have exited; those still alive at the deadline."""
-    while True:
-        alive = [p for p in pids if not process_gone(p)]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(POLL)
 
 
 class Supervisor:

@@ -25,6 +25,7 @@ from collective.recipe.zfssnap.site import FAILED
 from collective.recipe.zfssnap.site import INCOMPLETE
 from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Stop
+from collective.recipe.zfssnap.manager import ManagerError
 from collective.recipe.zfssnap.supervisor import SupervisorError
 
 # What the --json `phase` says, the last of these the run reached: none (nothing was
@@ -53,5 +54,5 @@ def rollback(site, wanted=None, **asked):
 
 
 __all__ = ["rollback", "Request", "Run", "Aborted", "describe_record", "plan_rollback",
-           "privilege_prefix", "supervisor_of", "Stop", "SupervisorError", "BAD_INPUT",
+           "privilege_prefix", "supervisor_of", "Stop", "ManagerError", "SupervisorError", "BAD_INPUT",
            "FAILED", "INCOMPLETE", "REFUSED", "PHASES"]

@@ -6,6 +6,7 @@ from collective.recipe.zfssnap import processes
 from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.downtime import check_open_files
+from collective.recipe.zfssnap.manager import ManagerError
 from collective.recipe.zfssnap.progress import PREPARING
 from collective.recipe.zfssnap.progress import ROLLED_BACK
 from collective.recipe.zfssnap.progress import ROLLING_BACK
@@ -22,7 +23,6 @@ from collective.recipe.zfssnap.site import FAILED
 from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Background
 from collective.recipe.zfssnap.site import Stop
-from collective.recipe.zfssnap.supervisor import SupervisorError
 
 
 def roll_back(run, pending=None, carried=None):
@@ -82,7 +82,7 @@ def roll_back(run, pending=None, carried=None):
     try:
         run.stop(mountpoints, procs, daemon_pid)
         out.data["phase"] = "stopped"
-    except SupervisorError as e:
+    except ManagerError as e:
         raise run.failed_midway(plan, [], e.message)
     except Aborted:
         raise
@@ -138,7 +138,7 @@ def preflight(run, mountpoints, pending):
     check_can_see_holders()
     try:
         procs, daemon_pid, _ = run.survey(pending)
-    except SupervisorError as e:
+    except ManagerError as e:
         raise Stop("cannot tell what supervisord runs (%s): the rollback would stop there; "
                    "run it as a user who can reach supervisord; nothing was changed"
                    % e.message, REFUSED)

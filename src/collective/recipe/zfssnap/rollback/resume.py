@@ -1,6 +1,8 @@
 """The rerun: a recorded unfinished rollback finished from where it stopped (progress.py has
 its stages), and --start, which starts what a --no-start run left stopped."""
 from collective.recipe.zfssnap import keep as keepmod
+from collective.recipe.zfssnap import swapsteps
+from collective.recipe.zfssnap.manager import ManagerError
 from collective.recipe.zfssnap.progress import PREPARING
 from collective.recipe.zfssnap.progress import ROLLED_BACK
 from collective.recipe.zfssnap.progress import ROLLING_BACK
@@ -12,7 +14,6 @@ from collective.recipe.zfssnap.rollback.plan import describe_record
 from collective.recipe.zfssnap.site import INCOMPLETE
 from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Stop
-from collective.recipe.zfssnap.supervisor import SupervisorError
 
 
 def resume(run, pending):
@@ -84,7 +85,7 @@ def finish_recorded(run, pending):
     stage = pending.stage
     out.data["phase"] = {ROLLED_BACK: "rolled-back", SETTLING: "started"}.get(stage, "stopped")
     current = keepmod.facts(run.site, run.swaps) if run.swaps else []
-    left = keepmod.swap_steps(run.swaps, current) if run.swaps else []
+    left = swapsteps.swap_steps(run.swaps, current) if run.swaps else []
     if left and stage != ROLLING_BACK:
         # Swapped, but not mounted so (a boot with a buildout dataset of canmount=noauto, or
         # the old one mounted by its name, which it still has until settled): the swap's
@@ -123,7 +124,7 @@ def finish_recorded(run, pending):
             mountpoints = sorted(run.site.config.get("mounts", {}).values())
             try:
                 run.stop(mountpoints, run.sup.processes(), run.sup.pid())
-            except SupervisorError as e:
+            except ManagerError as e:
                 raise Stop("supervisord runs, and stopping it before the rest of the swap "
                            "failed: %s; stop it, then run %s again" % (
                                e.message, run.site.scripts["rollback"]), INCOMPLETE)

@@ -6,15 +6,16 @@ import os
 from collective.recipe.zfssnap import keep as keepmod
 from collective.recipe.zfssnap import mounts as mountsmod
 from collective.recipe.zfssnap import state
+from collective.recipe.zfssnap import swapsteps
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.downtime import Downtime
+from collective.recipe.zfssnap.manager import ManagerError
 from collective.recipe.zfssnap.rollback.request import Request
 from collective.recipe.zfssnap.site import FAILED
 from collective.recipe.zfssnap.site import INCOMPLETE
 from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Stop
 from collective.recipe.zfssnap.supervisor import Supervisor
-from collective.recipe.zfssnap.supervisor import SupervisorError
 
 
 class Aborted(Stop):
@@ -126,7 +127,7 @@ class Run(Downtime):
         keepmod.undo(self.site, self.swaps)
         try:
             late = self.start()
-        except SupervisorError as e:
+        except ManagerError as e:
             raise Aborted("%s; nothing was rolled back, and starting the site again failed: "
                           "%s; start it with: %s" % (reason, e.message, self.start_hint()),
                           FAILED)
@@ -174,7 +175,7 @@ class Run(Downtime):
             self.swap_back(reason)
             zfs = self.site.zfs.command
             try:
-                left = keepmod.swap_steps(self.swaps, keepmod.facts(self.site, self.swaps))
+                left = swapsteps.swap_steps(self.swaps, keepmod.facts(self.site, self.swaps))
                 steps = "; ".join(" ".join(zfs + argv) for _, argv in left)
             except zfsmod.ZfsError:
                 steps = "see %s --dry-run" % self.site.scripts["rollback"]
@@ -193,7 +194,7 @@ class Run(Downtime):
         datasets mounted again, the clones destroyed, the site started (Aborted). Returns when
         that is not possible any more (or fails): then only going forward finishes the job."""
         try:
-            back = keepmod.back_steps(self.swaps, keepmod.facts(self.site, self.swaps))
+            back = swapsteps.back_steps(self.swaps, keepmod.facts(self.site, self.swaps))
             if back is None:
                 return
             keepmod.run_steps(self.site, back)

@@ -6,6 +6,7 @@ import os
 import unittest
 
 from collective.recipe.zfssnap import keep
+from collective.recipe.zfssnap import swapsteps
 from collective.recipe.zfssnap.tests.fake_pool import FakePool
 from collective.recipe.zfssnap.tests.fake_pool import FakeSite
 
@@ -178,7 +179,7 @@ class SwapOrderTest(unittest.TestCase):
             pool, site, swaps = copy.deepcopy((self.pool, self.site, self.swaps))
             for _, argv in self.steps[:n]:
                 site.zfs.run(*argv)
-            back = keep.back_steps(swaps, keep.facts(site, swaps))
+            back = swapsteps.back_steps(swaps, keep.facts(site, swaps))
             if n > first_set:
                 self.assertIsNone(back, "step %d: only forward from here" % n)
                 continue

@@ -9,7 +9,7 @@ from unittest import mock
 
 from collective.recipe.zfssnap import mounts
 from collective.recipe.zfssnap import processes
-from collective.recipe.zfssnap.supervisor import parse_cgroup_unit
+from collective.recipe.zfssnap.systemd import parse_cgroup_unit
 
 
 HERE = os.path.dirname(__file__)
@@ -357,9 +357,9 @@ class SystemctlTest(unittest.TestCase):
             "0::/user.slice/user-1000.slice/user@1000.service/init.scope\n"))
 
     def argv(self, unit, euid, privilege=("sudo", "-n")):
-        from collective.recipe.zfssnap import supervisor
-        with mock.patch.object(supervisor.os, "geteuid", lambda: euid):
-            return supervisor.systemctl_argv(unit, ["stop"], privilege)
+        from collective.recipe.zfssnap import systemd
+        with mock.patch.object(systemd.os, "geteuid", lambda: euid):
+            return systemd.systemctl_argv(unit, ["stop"], privilege)
 
     def test_argv(self):
         self.assertEqual(self.argv("site.service", 0),
@@ -382,10 +382,28 @@ class SystemctlTest(unittest.TestCase):
         self.assertEqual(privilege_prefix(["python3", "fake_zfs.py"]), [])
 
     def test_how_it_is_shown(self):
-        from collective.recipe.zfssnap.supervisor import unit_label
-        from collective.recipe.zfssnap.supervisor import unit_shown
+        from collective.recipe.zfssnap.systemd import unit_label
+        from collective.recipe.zfssnap.systemd import unit_shown
         self.assertEqual(unit_shown("user/0/site.service", "start"),
                          "systemctl --user start site.service")
         self.assertEqual(unit_shown("site.service", "start"), "systemctl start site.service")
         self.assertEqual(unit_label("user/0/site.service"),
                          "site.service of user root's manager")
+
+
+class ModuleSizeTest(unittest.TestCase):
+    """A module a reader can hold in their head: none of the package's is much over 400
+    lines (split one by job when it grows past that)."""
+
+    def test_no_module_is_over_about_400_lines(self):
+        top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        sizes = {}
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if d not in ("tests", "__pycache__")]
+            for name in files:
+                if name.endswith(".py"):
+                    with open(os.path.join(folder, name)) as f:
+                        sizes[os.path.relpath(os.path.join(folder, name), top)] = \
+                            len(f.readlines())
+        self.assertIn(os.path.join("rollback", "run.py"), sizes)
+        self.assertEqual({n: s for n, s in sizes.items() if s > 420}, {})
