@@ -235,7 +235,6 @@ def listening_inodes(port):
     return inodes
 
 
-
 def socket_owner(inodes):
     """The pid of a process with one of the socket `inodes` open, or None if none is seen."""
     wanted = {"socket:[%s]" % i for i in inodes}
@@ -256,14 +255,12 @@ def socket_owner(inodes):
     return None
 
 
-
 def cmdline(pid):
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as f:
             return [w.decode("utf-8", "replace") for w in f.read().split(b"\0") if w]
     except OSError:
         return []
-
 
 
 def process_gone(pid):
@@ -279,7 +276,6 @@ def process_gone(pid):
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return False
-
 
 
 def wait_gone(pids, deadline):

@@ -15,14 +15,12 @@ def fresh_facts(swaps):
              "new": s["new"], "new_mounted": False, "new_canmount": "noauto"} for s in swaps]
 
 
-
 def is_buildout(swap, swaps):
     """The swap of the buildout's own dataset: recorded by plan_swaps; in a record of an
     earlier version, the first (plan_swaps keeps the part's order, the buildout's first)."""
     if any("buildout" in s for s in swaps):
         return bool(swap.get("buildout"))
     return swap is swaps[0]
-
 
 
 def canmount_steps(pairs, swaps):
@@ -48,7 +46,6 @@ def canmount_steps(pairs, swaps):
     for s, name in last:
         steps.append((s, ["set", "canmount=" + s["canmount"], name]))
     return steps
-
 
 
 def swap_steps(swaps, current):
@@ -82,7 +79,6 @@ def swap_steps(swaps, current):
     return steps + canmount_steps(pairs, swaps)
 
 
-
 def back_steps(swaps, current):
     """The steps that put the old datasets back in place, while no dataset has been handed
     over to its clone yet (no canmount changed, nothing renamed); None once one has."""
@@ -95,7 +91,6 @@ def back_steps(swaps, current):
     steps += [(s, ["mount", s["dataset"]]) for s, f in pairs
               if s["mounted"] and not f.get("old_mounted")]
     return steps
-
 
 
 def settle_steps(site, swaps, current, target, stamp):

@@ -26,7 +26,6 @@ def parse_cgroup_unit(text):
     return None
 
 
-
 def systemctl_argv(unit, args, privilege=()):
     """systemctl for `unit` (as parse_cgroup_unit names it): never asking for a password, a
     user's unit through that user's manager, and a system unit through the part's privilege
@@ -45,13 +44,11 @@ def systemctl_argv(unit, args, privilege=()):
     return base + ["--no-ask-password"] + list(args) + [name]
 
 
-
 def unit_shown(unit, verb):
     """How the operator types it: 'systemctl [--user] VERB NAME'."""
     if unit.startswith("user/"):
         return "systemctl --user %s %s" % (verb, unit.split("/", 2)[2])
     return "systemctl %s %s" % (verb, unit)
-
 
 
 def unit_label(unit):
@@ -62,7 +59,6 @@ def unit_label(unit):
     return unit
 
 
-
 def systemctl_env(unit):
     """A user's manager is found through XDG_RUNTIME_DIR, which cron and su leave unset."""
     if not unit.startswith("user/") or os.environ.get("XDG_RUNTIME_DIR"):
@@ -70,7 +66,6 @@ def systemctl_env(unit):
     env = dict(os.environ)
     env["XDG_RUNTIME_DIR"] = "/run/user/%s" % unit.split("/", 2)[1]
     return env
-
 
 
 def systemd_unit(pid, privilege=()):

@@ -14,8 +14,8 @@ from collective.recipe.zfssnap.rollback.fresh import roll_back
 from collective.recipe.zfssnap.rollback.plan import describe_record
 from collective.recipe.zfssnap.rollback.plan import plan_rollback
 from collective.recipe.zfssnap.rollback.request import Request
-from collective.recipe.zfssnap.rollback.resume import resume
-from collective.recipe.zfssnap.rollback.resume import start_recorded
+# As a module: the name resume stays the submodule's, not its function's.
+from collective.recipe.zfssnap.rollback import resume as resuming
 from collective.recipe.zfssnap.rollback.run import Aborted
 from collective.recipe.zfssnap.rollback.run import Run
 from collective.recipe.zfssnap.rollback.run import privilege_prefix
@@ -47,12 +47,12 @@ def rollback(site, wanted=None, **asked):
     pending = Progress.from_record(run.record.load())
     site.out.data["recorded_stage"] = pending.stage if pending else None
     if run.request.start_only:
-        return start_recorded(run, pending)
+        return resuming.start_recorded(run, pending)
     if pending:
-        return resume(run, pending)
+        return resuming.resume(run, pending)
     return roll_back(run)
 
 
 __all__ = ["rollback", "Request", "Run", "Aborted", "describe_record", "plan_rollback",
-           "privilege_prefix", "supervisor_of", "Stop", "ManagerError", "SupervisorError", "BAD_INPUT",
-           "FAILED", "INCOMPLETE", "REFUSED", "PHASES"]
+           "privilege_prefix", "supervisor_of", "Stop", "ManagerError", "SupervisorError",
+           "BAD_INPUT", "FAILED", "INCOMPLETE", "REFUSED", "PHASES"]

@@ -24,7 +24,6 @@ def stop_before_start(run, target):
                                             run.site.scripts["rollback"]))
 
 
-
 def finish(run, target, start=True):
     """Start what ran before, settle what --keep left to settle, forget the record, report."""
     try:
@@ -65,7 +64,6 @@ def finish(run, target, start=True):
         say_kept(run)
 
 
-
 def restore_guard_record(site, target):
     """The release guard's record of the last bin/buildout (outside the datasets) back to what
     it was when the target was taken: the site is that state again, and the target is a
@@ -85,7 +83,6 @@ def restore_guard_record(site, target):
                       "bin/buildout may ask for a snapshot" % (target, getattr(e, "message", e)))
 
 
-
 def say_kept(run):
     site = run.site
     run.out.data["kept"] = [s["kept"] for s in run.swaps]
@@ -97,7 +94,6 @@ def say_kept(run):
            if s["mounted"]):
         run.out.say("Your shell's working directory is still in the state rolled away from: "
                     "type cd %s to see the restored one." % site.directory)
-
 
 
 def report(run, target):

@@ -130,7 +130,6 @@ def roll_back(run, pending=None, carried=None):
     return plan
 
 
-
 def preflight(run, mountpoints, pending):
     """What the real run refuses before it stops anything, checked by --dry-run too (it
     changes nothing): that this machine can tell who has files open on the datasets, and that
@@ -145,12 +144,10 @@ def preflight(run, mountpoints, pending):
     check_outside_supervisor(run, mountpoints, procs, daemon_pid)
 
 
-
 def check_can_see_holders():
     problem = processes.can_check()
     if problem:
         raise Stop("cannot roll back safely: %s" % problem, REFUSED)
-
 
 
 def check_outside_supervisor(run, mountpoints, procs, daemon_pid):

@@ -48,7 +48,6 @@ def plan_rollback(site, target, written=True, keep=False):
     return plan
 
 
-
 def zodb_view(site, plan):
     """What the rollback undoes in each FileStorage the part knows: the transactions committed
     since the snapshot, read from the live Data.fs back to the snapshot's last one."""
@@ -71,16 +70,13 @@ def zodb_view(site, plan):
     return views
 
 
-
 def rollback_argv(site, entry):
     return site.zfs.command + site.zfs.rollback_argv(entry["snapshot"], bool(entry["newer"]))
-
 
 
 def same_plan(a, b):
     return [(e["dataset"], e["newer"]) for e in a["datasets"]] == \
         [(e["dataset"], e["newer"]) for e in b["datasets"]]
-
 
 
 def show_plan(site, plan, diff=False, always=False):
@@ -121,7 +117,6 @@ def show_plan(site, plan, diff=False, always=False):
     out.data["target"] = target.as_dict()
 
 
-
 def diff_summary(site, snapshot):
     proc = site.zfs.run("diff", "-H", snapshot, check=False)
     if proc.returncode != 0:
@@ -133,7 +128,6 @@ def diff_summary(site, snapshot):
     names = {"+": "added", "-": "removed", "M": "modified", "R": "renamed"}
     return ", ".join("%d %s" % (counts[k], names[k]) for k in "+-MR" if k in counts) or \
         "no changes"
-
 
 
 def describe_record(record):

@@ -48,12 +48,12 @@ def resume(run, pending):
     return roll_back(run, pending=pending)
 
 
-
 def start_recorded(run, pending):
     """bin/rollback --start: start what ran before a rollback that stopped at the rolled-back
     phase (--no-start), from its record. Nothing recorded: nothing to start (a rerun of a
     finished --start is no error)."""
     site, out, wanted = run.site, run.out, run.request.wanted
+    run.request = run.request.but(start=True)  # --start starts, whatever else was passed
     if pending is None:
         out.say("No unfinished rollback is recorded: nothing to start.")
         out.data["phase"] = "done"
@@ -69,7 +69,6 @@ def start_recorded(run, pending):
                    "changed" % (pending.target, pending.stage, site.scripts["rollback"],
                                 pending.target), REFUSED)
     return finish_recorded(run, pending)
-
 
 
 def finish_recorded(run, pending):

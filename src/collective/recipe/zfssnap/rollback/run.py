@@ -22,7 +22,6 @@ class Aborted(Stop):
     """The rollback stopped before any dataset was rolled back; the site runs again."""
 
 
-
 def supervisor_of(site):
     config = site.config
     if not config.get("supervisor_conf"):
@@ -31,7 +30,6 @@ def supervisor_of(site):
                       config.get("supervisord_unit"), config.get("programs", ()),
                       config.get("stop_timeout", 60), config.get("supervisord_files", ()),
                       privilege=privilege_prefix(config.get("zfs") or ["zfs"]))
-
 
 
 def privilege_prefix(zfs):

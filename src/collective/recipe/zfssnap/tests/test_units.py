@@ -279,7 +279,10 @@ class RollbackImportsTest(unittest.TestCase):
                      "collective.recipe.zfssnap.rollback.run",
                      "collective.recipe.zfssnap.rollback.fresh",
                      "collective.recipe.zfssnap.rollback.resume",
-                     "collective.recipe.zfssnap.rollback.finish"):
+                     "collective.recipe.zfssnap.rollback.finish",
+                     "collective.recipe.zfssnap.rollback.request",
+                     "collective.recipe.zfssnap.manager", "collective.recipe.zfssnap.systemd",
+                     "collective.recipe.zfssnap.swapsteps"):
             self.assertIn(name, modules)
 
     def test_no_urllib_without_a_url(self):
