@@ -31,7 +31,6 @@ from collective.recipe.zfssnap.supervisor import SupervisorError
 # What the --json `phase` says, the last of these the run reached: none (nothing was
 # changed), planned (--dry-run), aborted (stopped and started again, nothing rolled back),
 # stopped, rolled-back (nothing started yet), started (a --keep state not yet set up), done.
-PHASES = ("none", "planned", "aborted", "stopped", "rolled-back", "started", "done")
 
 
 def rollback(site, wanted=None, **asked):
@@ -41,7 +40,7 @@ def rollback(site, wanted=None, **asked):
 
     `start` False (--no-start): stop and roll back, and leave the record for `start_only`
     (--start), which starts what ran before from it: phases an orchestrator can interleave
-    across hosts. The --json document's `phase` says how far the run got (PHASES)."""
+    across hosts. The --json document's `phase` says how far the run got (the phases above)."""
     run = Run(site, Request(wanted, **asked))
     site.out.data["phase"] = "none"
     pending = Progress.from_record(run.record.load())
@@ -55,4 +54,4 @@ def rollback(site, wanted=None, **asked):
 
 __all__ = ["rollback", "Request", "Run", "Aborted", "describe_record", "plan_rollback",
            "privilege_prefix", "supervisor_of", "Stop", "ManagerError", "SupervisorError",
-           "BAD_INPUT", "FAILED", "INCOMPLETE", "REFUSED", "PHASES"]
+           "BAD_INPUT", "FAILED", "INCOMPLETE", "REFUSED"]
