@@ -13,10 +13,10 @@ class ManagerError(Exception):
         self.message = message
 
 
-def run_command(argv, timeout, what, changes=True, env=None):
+def run_command(argv, timeout, what, changes=True, env=None, check=True):
     """Run a command of the site's (supervisord, systemctl) in a session of its own: a
     signal to bin/rollback does not reach it half-way. Each one that changes something is a
-    crash point."""
+    crash point. `check` False: its output whatever its exit code (systemctl status)."""
     try:
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               errors="replace", stdin=subprocess.DEVNULL, timeout=timeout,
@@ -29,7 +29,7 @@ def run_command(argv, timeout, what, changes=True, env=None):
     finally:
         if changes:
             crashpoint.done(" ".join(argv))
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         raise ManagerError("'%s' (%s) failed: %s" % (" ".join(argv), what,
                                                          proc.stdout.strip() or
                                                          "exit %d" % proc.returncode))

@@ -37,10 +37,11 @@ FIELDS = {
     "by": "?",
     "pid": None,
     "rolled_back": list,  # plain: done so far
-    "daemon_was_running": False,
+    "manager": None,  # the process manager's kind (procman): supervisord, systemd, None
+    "daemon_was_running": False,  # the manager answered (systemd always does)
     "daemon_down": False,  # supervisord was shut down by this rollback
     "unit": None,  # the systemd unit supervisord was stopped through: started through it
-    "running_before": list,  # to start at the end
+    "running_before": list,  # to start at the end: programs or units, as the manager names them
     "keep": None,  # --keep: the swaps (keep.plan_swaps), guids included
     "stamp": None,  # --keep: the stamp in the clones' and kept datasets' names
 }

@@ -58,10 +58,10 @@ def roll_back(run, pending=None, carried=None):
         return plan
     check_can_see_holders()
     run.go_ahead()
-    procs, daemon_pid, run.data = run.survey(pending or carried)
+    survey, run.data = run.survey(pending or carried)
     run.data.update(target=target.short, keep=swaps or None, stamp=stamp)
     run.swaps = swaps
-    check_outside_supervisor(run, mountpoints, procs, daemon_pid)
+    check_outside_manager(run, mountpoints, survey)
     site.hook("before-rollback")
     if keep:
         # Recorded before the clones are made, so that a run killed while making them leaves
@@ -80,7 +80,7 @@ def roll_back(run, pending=None, carried=None):
                 site.permission_message(e, "clone,create,mount")), FAILED)
     run.save(required=True, stage=STOPPING)
     try:
-        run.stop(mountpoints, procs, daemon_pid)
+        run.stop(mountpoints, survey)
         out.data["phase"] = "stopped"
     except ManagerError as e:
         raise run.failed_midway(plan, [], e.message)
@@ -133,15 +133,16 @@ def roll_back(run, pending=None, carried=None):
 def preflight(run, mountpoints, pending):
     """What the real run refuses before it stops anything, checked by --dry-run too (it
     changes nothing): that this machine can tell who has files open on the datasets, and that
-    nothing outside supervisor does."""
+    nothing outside the process manager does."""
     check_can_see_holders()
     try:
-        procs, daemon_pid, _ = run.survey(pending)
+        survey, _ = run.survey(pending)
     except ManagerError as e:
-        raise Stop("cannot tell what supervisord runs (%s): the rollback would stop there; "
-                   "run it as a user who can reach supervisord; nothing was changed"
-                   % e.message, REFUSED)
-    check_outside_supervisor(run, mountpoints, procs, daemon_pid)
+        label = run.manager.label if run.manager else "the process manager"
+        raise Stop("cannot tell what %s runs (%s): the rollback would stop there; run it as a "
+                   "user who can reach %s; nothing was changed" % (label, e.message, label),
+                   REFUSED)
+    check_outside_manager(run, mountpoints, survey)
 
 
 def check_can_see_holders():
@@ -150,8 +151,8 @@ def check_can_see_holders():
         raise Stop("cannot roll back safely: %s" % problem, REFUSED)
 
 
-def check_outside_supervisor(run, mountpoints, procs, daemon_pid):
-    """Before anything is stopped: processes outside supervisor would block anyway."""
-    managed = processes.with_descendants([daemon_pid or 0] + [p.pid for p in procs.values()
-                                                              if p.pid])
-    check_open_files(run.site, mountpoints, managed, run.force, before_stop=True)
+def check_outside_manager(run, mountpoints, survey):
+    """Before anything is stopped: processes the manager does not run would block anyway."""
+    managed = processes.with_descendants(survey.pids or [0])
+    check_open_files(run.site, mountpoints, managed, run.force, before_stop=True,
+                     outside=run.manager.outside if run.manager else "outside supervisor")

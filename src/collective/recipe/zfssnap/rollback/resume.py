@@ -79,8 +79,8 @@ def finish_recorded(run, pending):
     target = pending.target
     run.data = pending
     run.swaps = pending.swaps
-    if run.sup and pending.unit:
-        run.sup.unit = pending.unit  # stopped through its unit: started through it too
+    if run.manager:
+        run.manager.adopt(pending)  # stopped through supervisord's unit: started through it
     stage = pending.stage
     out.data["phase"] = {ROLLED_BACK: "rolled-back", SETTLING: "started"}.get(stage, "stopped")
     current = keepmod.facts(run.site, run.swaps) if run.swaps else []
@@ -117,16 +117,19 @@ def finish_recorded(run, pending):
     run.stopped_at = None
     if stage == ROLLING_BACK:
         run.committed = True
-        if run.sup and run.sup.running():
+        survey = run.manager.survey() if run.manager else None
+        if survey and survey.busy:
             # Started since (by hand, or at boot): nothing may run while datasets are swapped.
             run.pending_names = list(pending.running_before)
             mountpoints = sorted(run.site.config.get("mounts", {}).values())
             try:
-                run.stop(mountpoints, run.sup.processes(), run.sup.pid())
+                run.stop(mountpoints, survey)
             except ManagerError as e:
-                raise Stop("supervisord runs, and stopping it before the rest of the swap "
-                           "failed: %s; stop it, then run %s again" % (
-                               e.message, run.site.scripts["rollback"]), INCOMPLETE)
+                raise Stop("%s runs, and stopping it before the rest of the swap failed: %s; "
+                           "stop it, then run %s again" % (
+                               run.manager.label if run.manager.kind == "supervisord" else
+                               "the site", e.message, run.site.scripts["rollback"]),
+                           INCOMPLETE)
         names = run.swap(target)
         run.save(stage=ROLLED_BACK)
         out.data["phase"] = "rolled-back"

@@ -15,6 +15,8 @@ from collective.recipe.zfssnap.site import FAILED
 from collective.recipe.zfssnap.site import INCOMPLETE
 from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Stop
+from collective.recipe.zfssnap.procman_supervisord import supervisord_of
+from collective.recipe.zfssnap.procman_systemd import units_of
 from collective.recipe.zfssnap.supervisor import Supervisor
 
 
@@ -22,7 +24,15 @@ class Aborted(Stop):
     """The rollback stopped before any dataset was rolled back; the site runs again."""
 
 
+def manager_of(site):
+    """The part's process manager (procman's interface), or None: its systemd units, or its
+    supervisord."""
+    privilege = privilege_prefix(site.config.get("zfs") or ["zfs"])
+    return units_of(site, privilege) or supervisord_of(site, supervisor_of)
+
+
 def supervisor_of(site):
+    """The XML-RPC client of the part's supervisord, or None."""
     config = site.config
     if not config.get("supervisor_conf"):
         return None
@@ -41,13 +51,13 @@ def privilege_prefix(zfs):
 
 
 class Run(Downtime):
-    """One bin/rollback: the site, its supervisor, and the record of what it did."""
+    """One bin/rollback: the site, its process manager, and the record of what it did."""
 
     def __init__(self, site, request=None):
         self.site = site
         self.out = site.out
         self.request = request or Request()
-        self.sup = supervisor_of(site)
+        self.manager = manager_of(site)
         self.record = site.rollback_record()
         self.data = None  # the Progress recorded while the rollback is unfinished
         self.stopped_at = None
@@ -61,7 +71,7 @@ class Run(Downtime):
             self.cwd = None
 
     @property
-    def force(self):  # --force: processes outside supervisor do not stop the rollback
+    def force(self):  # --force: processes outside the manager do not stop the rollback
         return self.request.force
 
     def go_ahead(self):

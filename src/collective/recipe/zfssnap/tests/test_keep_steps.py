@@ -384,10 +384,10 @@ class ResumeThroughTheUnitTest(unittest.TestCase):
                        "lock_file": os.path.join(top, "lock")}
         run = rollback.Run(site)
         from collective.recipe.zfssnap.progress import Progress
-        procs, pid, data = run.survey(Progress(target="zfssnap-1", unit="site.service",
-                                               daemon_was_running=True, running_before=["app"]))
-        self.assertEqual((run.sup.unit, data.unit), ("site.service", "site.service"))
-        self.assertEqual(run.sup.start_hint(), "systemctl start site.service")
+        survey, data = run.survey(Progress(target="zfssnap-1", unit="site.service",
+                                           daemon_was_running=True, running_before=["app"]))
+        self.assertEqual((run.manager.sup.unit, data.unit), ("site.service", "site.service"))
+        self.assertEqual(run.manager.sup.start_hint(), "systemctl start site.service")
 
 
 class ReadingTest(unittest.TestCase):

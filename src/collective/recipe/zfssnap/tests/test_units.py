@@ -230,7 +230,7 @@ class StopOrderTest(unittest.TestCase):
     """What bin/rollback says it stops when it shuts supervisord down: in supervisord's order."""
 
     def test_clients_before_their_server(self):
-        from collective.recipe.zfssnap.downtime import stop_order
+        from collective.recipe.zfssnap.procman_supervisord import stop_order
 
         class Proc:
             def __init__(self, group, process=999):
