@@ -28,7 +28,9 @@ OPTIONS = set(HOOKS) | {s + "-script" for s in SCRIPTS} | {
     "dataset", "exclude-datasets", "extra-datasets", "filestorages", "health-check",
     "hook-timeout", "keep-rolled-away", "lock-file", "log-file", "prefix", "programs",
     "recipe", "recursive", "release-guard", "retain", "stop-timeout", "supervisor-conf",
-    "supervisorctl", "supervisord", "supervisord-unit", "warn-size", "zfs", "zfs-timeout"}
+    "supervisorctl", "supervisord", "supervisord-unit", "systemd-units", "systemd-user",
+    "warn-size", "zfs", "zfs-timeout"}
+UNIT_TYPES = ("service", "socket", "timer", "path", "target")
 
 
 def filestorages_of(sections, directory):
@@ -100,14 +102,28 @@ class Recipe(PartDatasets):
                                 ("warn-size", "10G"), ("programs", ""), ("stop-timeout", "60"),
                                 ("hook-timeout", "600"), ("supervisord-unit", ""),
                                 ("release-guard", "refuse"), ("health-check", ""),
-                                ("keep-rolled-away", "false"), ("zfs-timeout", "1800")):
+                                ("keep-rolled-away", "false"), ("zfs-timeout", "1800"),
+                                ("systemd-units", ""), ("systemd-user", "")):
             options.setdefault(option, default)
         for hook in HOOKS:
             options.setdefault(hook, "")
         for script in SCRIPTS:
             default = default_script_name(name, script)
             options.setdefault(script + "-script", default)
-        self.find_supervisor()
+        self.units = self.systemd_units()
+        if self.units:
+            # The site's processes are systemd's: a supervisor part of the buildout is not
+            # what stops them.
+            for option in ("supervisorctl", "supervisord"):
+                options.setdefault(option, "none")
+            options.setdefault("supervisor-conf", "")
+            self.supervisor_files = []
+            if options["supervisor-conf"].strip():
+                raise self.error("systemd-units", "the part names supervisor-conf too: "
+                                 "bin/rollback stops the site through one process manager; "
+                                 "remove one of the two options")
+        else:
+            self.find_supervisor()
         options.setdefault("filestorages", "\n".join(self.find_filestorages()))
         self.mountpoints = {}  # dataset -> where it is mounted (when it is)
         self.dataset_list, self.excluded = self.datasets()
@@ -184,6 +200,27 @@ class Recipe(PartDatasets):
             self.options.setdefault("supervisorctl", "none")
             self.options.setdefault("supervisord", "none")
             self.options.setdefault("supervisor-conf", "")
+
+    def systemd_units(self):
+        """The systemd-units option: unit names in start order (.service when none is said)."""
+        units = []
+        for word in re.split(r"[\s,]+", self.options["systemd-units"].strip()):
+            if not word:
+                continue
+            if not re.match(r"^[\w:.@\\-]+$", word) or word.startswith("-"):
+                raise self.error("systemd-units", "%r is not a systemd unit name" % word)
+            if word.rpartition(".")[2] not in UNIT_TYPES:
+                word += ".service"
+            if word in units:
+                raise self.error("systemd-units", "%s is named twice" % word)
+            units.append(word)
+        user = self.options["systemd-user"].strip()
+        if user and not re.match(r"^[a-z_][\w.-]*\$?$", user, re.I):
+            raise self.error("systemd-user", "%r is not a user name" % user)
+        if user and not units:
+            raise self.error("systemd-user", "names the user whose units run the site, but "
+                             "systemd-units names none")
+        return units
 
     def find_filestorages(self):
         parts = [p for p in self.buildout["buildout"].get("parts", "").split()
@@ -298,6 +335,8 @@ class Recipe(PartDatasets):
             "supervisord_unit": unit or None,
             "supervisord_files": self.supervisor_files,
             "programs": [p for p in re.split(r"[\s,]+", options["programs"]) if p],
+            "systemd_units": self.units,
+            "systemd_user": options["systemd-user"].strip() or None,
             "stop_timeout": self.number("stop-timeout", 1),
             "hook_timeout": self.number("hook-timeout", 1),
             "zfs_timeout": self.number("zfs-timeout", 0),
