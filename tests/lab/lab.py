@@ -540,7 +540,7 @@ GUEST_TEST_COMMAND = ("exec /opt/venv/bin/zope-testrunner --test-path \"$site\" 
                       "--package collective.recipe.zfssnap --layer {layers} -vvv {args}")
 # The Zope stack's layer only where its eggs are cached: a skipped test's layer is still set up.
 GUEST_LAYERS = "zfssnap.tests.layers"
-STACK_LAYERS = "'zfssnap.tests.(layers|zope_site|hosts)'"
+STACK_LAYERS = "'zfssnap.tests.(layers|zope_site|hosts|units_site)'"
 STACK_WARM = (
     "/opt/venv/bin/python -m collective.recipe.zfssnap.tests.zope_site warm /opt/eggs\n"
     "    python3 -m venv /opt/ansible\n"

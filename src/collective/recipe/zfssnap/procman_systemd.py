@@ -227,9 +227,11 @@ class Units(ProcessManager):
         failed = []
         for name in missing:
             self.systemctl(["--no-block", "start"], [name], "starting " + name)
-            late, _ = self.wait([name], lambda s: s == "active",
-                                time.monotonic() + self.timeout, steady=STEADY)
-            if late:
+            # "failed" is systemd giving up (no Restart=, or its start limit hit): final. While
+            # Restart= tries again the unit is "activating".
+            late, shown = self.wait([name], lambda s: s in ("active", "failed"),
+                                    time.monotonic() + self.timeout, steady=STEADY)
+            if late or shown[name].get("ActiveState") != "active":
                 failed.append(name)
         out.log("start %s" % ",".join(n for n in wanted if n not in failed))
         return failed

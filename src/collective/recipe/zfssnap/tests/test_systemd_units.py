@@ -225,11 +225,11 @@ class SystemdWorld(World):
 
 class SystemdRollbackTest(unittest.TestCase):
 
-    def actions(self):
+    def actions(self, keep=False):
         world = SystemdWorld()
         self.addCleanup(world.close)
         log = []
-        self.assertIsNone(world.rollback(log=log))
+        self.assertIsNone(world.rollback(log=log, keep=keep))
         return log
 
     def test_the_actions_of_a_normal_run(self):
@@ -244,21 +244,24 @@ class SystemdRollbackTest(unittest.TestCase):
             "record removed"])
 
     def test_killed_after_every_action_then_run_again(self):
-        for boot in (False, True):
-            steps = self.actions()
+        for keep, boot in ((False, False), (False, True), (True, False), (True, True)):
+            steps = self.actions(keep)
             for n, action in enumerate(steps, 1):
                 world = SystemdWorld()
                 self.addCleanup(world.close)
-                where = "killed after %d (%s)%s" % (n, action, ", then a boot" if boot else "")
-                self.assertIsInstance(world.rollback(crash_after=n), Crash, where)
+                where = "%skilled after %d (%s)%s" % ("--keep " if keep else "", n, action,
+                                                      ", then a boot" if boot else "")
+                self.assertIsInstance(world.rollback(crash_after=n, keep=keep), Crash, where)
                 if boot:
-                    world.power_cut()
-                result = world.rollback()
+                    mounted, empty = world.power_cut()
+                    world.mount_by_name([d for d, m in world.layout if m in empty])
+                result = world.rollback(keep=keep)
                 self.assertIsNone(result, "%s: the rerun said %s" % (where, result))
                 for name, _ in world.layout:
                     self.assertEqual(world.pool.datasets[name]["content"], "v1", where)
                 self.assertEqual(set(world.systemctl.states().values()), {"active"}, where)
                 self.assertIsNone(world.record(), where)
+                self.assertEqual(len(world.kept()), 3 if keep else 0, where)
 
     def test_a_record_of_supervisord_is_not_finished_through_systemd(self):
         world = SystemdWorld()
