@@ -226,12 +226,16 @@ class Units(ProcessManager):
                 ", ".join(missing), self.shown(missing, "start")))
         failed = []
         for name in missing:
+            if shown[name].get("ActiveState") == "failed":
+                # What systemd remembers of the failures (its start limit among them) would
+                # refuse the start the operator asked for.
+                self.systemctl(["reset-failed"], [name], "resetting the failed " + name)
             self.systemctl(["--no-block", "start"], [name], "starting " + name)
             # "failed" is systemd giving up (no Restart=, or its start limit hit): final. While
             # Restart= tries again the unit is "activating".
-            late, shown = self.wait([name], lambda s: s in ("active", "failed"),
-                                    time.monotonic() + self.timeout, steady=STEADY)
-            if late or shown[name].get("ActiveState") != "active":
+            late, now = self.wait([name], lambda s: s in ("active", "failed"),
+                                  time.monotonic() + self.timeout, steady=STEADY)
+            if late or now[name].get("ActiveState") != "active":
                 failed.append(name)
         out.log("start %s" % ",".join(n for n in wanted if n not in failed))
         return failed

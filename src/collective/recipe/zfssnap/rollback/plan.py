@@ -138,7 +138,7 @@ def describe_record(record):
     return ("An unfinished rollback to %s is recorded: started %s by %s (pid %s), stopped at "
             "'%s'; %s; datasets rolled back: %s; not yet: %s; to run again afterwards: %s." % (
                 record.target, record.started, record.by, record.pid, record.stage,
-                "its units are systemd's" if record.manager == "systemd" else
+                "the site runs as systemd units" if record.manager == "systemd" else
                 "supervisord was shut down" if record.daemon_down else
                 "supervisord ran" if record.daemon_was_running else
                 "supervisord did not run",

@@ -3,8 +3,8 @@
 
 class Request:
     """`wanted`: the set to roll back to (name or label; None: the newest); `yes`: no
-    question; `dry_run`: plan only; `force`: roll back under processes outside supervisor
-    (--force); `diff`: zfs diff in the plan; `confirm`: asks on the terminal, True to go on;
+    question; `dry_run`: plan only; `force`: roll back under processes the process manager
+    does not run (--force); `diff`: zfs diff in the plan; `confirm`: asks on the terminal, True to go on;
     `critical`: defers signals from the first destructive step on; `keep`: keep the state
     rolled away from; `start` False: --no-start; `start_only`: --start; `again`: a second
     rollback to the set the last one went back to is meant (--again)."""

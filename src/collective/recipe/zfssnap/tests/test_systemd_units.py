@@ -39,7 +39,7 @@ class FakeSystemctl:
         words = argv[argv.index("systemctl") + 1:]
         assert "--no-ask-password" in words, argv
         names = [w for w in words if w.endswith(".service")]
-        verbs = [w for w in words if w in ("show", "status", "stop", "start")]
+        verbs = [w for w in words if w in ("show", "status", "stop", "start", "reset-failed")]
         verb = verbs[0]
         if verb == "show":
             blocks = []
@@ -56,9 +56,14 @@ class FakeSystemctl:
         if verb == "status":
             u = self.units[names[0]]
             return "* %s - a unit\n   Active: %s\n" % (names[0], u["ActiveState"])
-        assert "--no-block" in words, argv
         self.calls.append("%s %s" % (verb, names[0]))
         u = self.units[names[0]]
+        if verb == "reset-failed":
+            assert u["ActiveState"] == "failed", argv
+            u["ActiveState"] = "inactive"
+            crashpoint.done(" ".join(argv))
+            return ""
+        assert "--no-block" in words, argv
         if verb == "stop":
             u["ActiveState"], u["MainPID"] = "inactive", "0"
         elif u["fails"]:
@@ -168,6 +173,12 @@ class SequenceTest(Modelled):
         self.assertEqual(units.start(["zeo.service"], mock.Mock()), ["zeo.service"])
         self.assertIn("systemctl status zeo.service: * zeo.service - a unit | Active: failed",
                       units.logs_hint(["zeo.service"]))
+        # Fixed, the rerun clears what systemd remembers of the failure (its start limit)
+        # before it starts the unit again.
+        self.systemctl.units["zeo.service"]["fails"] = False
+        self.assertEqual(units.start(["zeo.service"], mock.Mock()), [])
+        self.assertEqual(self.systemctl.calls, ["start zeo.service", "reset-failed zeo.service",
+                                                "start zeo.service"])
 
     def test_a_unit_another_unit_triggers_is_refused(self):
         self.systemctl.units["zeo.service"]["TriggeredBy"] = "zeo.socket"

@@ -282,7 +282,9 @@ class RollbackImportsTest(unittest.TestCase):
                      "collective.recipe.zfssnap.rollback.finish",
                      "collective.recipe.zfssnap.rollback.request",
                      "collective.recipe.zfssnap.manager", "collective.recipe.zfssnap.systemd",
-                     "collective.recipe.zfssnap.swapsteps"):
+                     "collective.recipe.zfssnap.swapsteps", "collective.recipe.zfssnap.procman",
+                     "collective.recipe.zfssnap.procman_supervisord",
+                     "collective.recipe.zfssnap.procman_systemd"):
             self.assertIn(name, modules)
 
     def test_no_urllib_without_a_url(self):

@@ -25,8 +25,9 @@ description:
     O(force) to roll back again.
   - In check mode it runs C(bin/rollback --dry-run), the preflight, which changes nothing and
     fails where the rollback would refuse before it stops anything (no such snapshot, held or
-    cloned newer snapshots, datasets not mounted as when bin/buildout ran, processes outside
-    supervisor with files on the datasets); the task reports as changed what the real run
+    cloned newer snapshots, datasets not mounted as when bin/buildout ran, processes that
+    neither supervisord nor the part's systemd units run with files on the datasets); the
+    task reports as changed what the real run
     would roll back or start.
 options:
   snapshot:
@@ -53,8 +54,8 @@ options:
     type: bool
     default: false
   ignore_open_files:
-    description: Roll back even when processes outside supervisor have files on the datasets
-      (C(--force)).
+    description: Roll back even when processes that neither supervisord nor the part's systemd
+      units run have files on the datasets (C(--force)).
     type: bool
     default: false
 extends_documentation_fragment:
