@@ -33,7 +33,6 @@ SHARDS = {
         ("keep-sweep-1", [r"\.CrashSweepTest\.test_rollback_keep_first\b"], 430),
         ("keep-sweep-2", [r"\.CrashSweepTest\.test_rollback_keep_second\b"], 420),
         ("hosts", [r"\.HostsTest\."], 440),
-        ("systemd", [r"\.test_systemd_site\."], 500),
         ("rest", None, 330),
     ],
 }

@@ -11,12 +11,12 @@ procman_systemd (the site's own systemd units, through systemctl).
 """
 
 
-class Refused(Exception):
-    """The adapter will not stop the site this way; nothing was stopped. One sentence."""
+from collective.recipe.zfssnap.manager import ManagerError
 
-    def __init__(self, message):
-        super().__init__(message)
-        self.message = message
+
+class Refused(ManagerError):
+    """The adapter will not stop the site this way (or the part names what the manager does
+    not know); nothing was stopped. One sentence."""
 
 
 class Survey:
@@ -78,6 +78,11 @@ class ProcessManager:
 
     def adopt(self, pending):
         """Take over what an unfinished run recorded (a Progress) about how it stopped."""
+
+    def refusal(self, survey):
+        """Why the site cannot be stopped safely through this manager, or None: checked by
+        --dry-run too, before anything is changed."""
+        return None
 
     def plan_stop(self, survey, mountpoints, before, carried):
         """A StopPlan, or None when nothing runs; Refused when it cannot be stopped safely.

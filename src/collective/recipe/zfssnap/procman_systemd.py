@@ -29,6 +29,7 @@ PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "ControlG
               "TriggeredBy")
 RUNS = ("active", "activating", "reloading")
 DOWN = ("inactive", "failed")
+TRIGGERS = ("socket", "timer", "path")
 STEADY = 1.0  # how long a started unit stays active before it counts as running
 STATUS_LINES = 6
 
@@ -118,7 +119,7 @@ class Units(ProcessManager):
         missing = [n for n in names if shown[n].get("LoadState") in ("not-found", "bad-setting",
                                                                      "error", "masked")]
         if missing:
-            raise ManagerError("systemd cannot run %s (%s): check the part's systemd-units%s" % (
+            raise Refused("systemd cannot run %s (%s): check the part's systemd-units%s" % (
                 ", ".join(missing), ", ".join(shown[n].get("LoadState") for n in missing),
                 " and systemd-user" if self.user else ""))
         return shown
@@ -150,19 +151,31 @@ class Units(ProcessManager):
             pids.update(cgroup_pids(shown[n].get("ControlGroup")))
         return Survey(True, running, sorted(pids - {0, 1}), shown, busy=bool(running))
 
-    def plan_stop(self, survey, mountpoints, before, carried):
-        shown = survey.detail
-        names = [n for n in reversed(self.units) if n in survey.running]
-        record = {"running_before": [n for n in self.units if n in survey.running or
-                                     n in carried]}
+    def refusal(self, survey):
         # A socket, timer or path unit would start a stopped unit again during the rollback.
-        triggers = sorted({t for n in self.units for t in shown[n].get("TriggeredBy", "").split()
+        triggers = sorted({t for n in self.units
+                           for t in survey.detail[n].get("TriggeredBy", "").split()
                            if t not in self.units})
         if triggers:
-            raise Refused("%s can start the part's units again while the datasets are rolled "
-                          "back: add %s to the part's systemd-units (before the units they "
-                          "start), then try again; nothing was changed" % (
-                              ", ".join(triggers), "it" if len(triggers) == 1 else "them"))
+            return ("%s can start the part's units again while the datasets are rolled back: "
+                    "add %s to the part's systemd-units, then try again" % (
+                        ", ".join(triggers), "it" if len(triggers) == 1 else "them"))
+        return None
+
+    def stop_order(self, names):
+        """The reverse of the start order, but what starts units (sockets, timers, paths)
+        first: stopped last, it could start again a unit stopped before it."""
+        names = [n for n in reversed(self.units) if n in names]
+        triggers = [n for n in names if n.rpartition(".")[2] in TRIGGERS]
+        return triggers + [n for n in names if n not in triggers]
+
+    def plan_stop(self, survey, mountpoints, before, carried):
+        problem = self.refusal(survey)
+        if problem:
+            raise Refused(problem + "; nothing was changed")
+        names = self.stop_order(survey.running)
+        record = {"running_before": [n for n in self.units if n in survey.running or
+                                     n in carried]}
         if not names:
             return StopPlan("stop nothing (no unit of the part is active)", record)
         return StopPlan("stop %s (%s)" % (", ".join(names), self.shown(names, "stop")),
@@ -201,8 +214,8 @@ class Units(ProcessManager):
                 still, _ = self.wait([name], lambda s: s in DOWN,
                                      time.monotonic() + self.timeout + 60)
                 log = "stop %s" % ",".join(stopped) if stopped else "stop nothing"
-                why = "%s did not stop within %d s (systemctl status %s: %s)" % (
-                    name, self.timeout, name, self.status(name))
+                why = "%s did not stop within %d s (%s: %s)" % (
+                    name, self.timeout, self.shown([name], "status"), self.status(name))
                 if still:
                     return Outcome(log, stuck=why)
                 return Outcome(log, late=why)
@@ -211,8 +224,8 @@ class Units(ProcessManager):
         shown = self.show(plan.names) if plan.names else {}
         again = [n for n in plan.names if shown[n].get("ActiveState") in RUNS]
         if again:
-            return Outcome(log, late="%s started again after it was stopped (systemctl status "
-                           "%s: %s)" % (again[0], again[0], self.status(again[0])))
+            return Outcome(log, late="%s started again after it was stopped (%s: %s)" % (
+                again[0], self.shown(again[:1], "status"), self.status(again[0])))
         return Outcome(log)
 
     def start(self, wanted, out):
@@ -225,7 +238,7 @@ class Units(ProcessManager):
             out.action("start %s (%s, each active before the next)" % (
                 ", ".join(missing), self.shown(missing, "start")))
         failed = []
-        for name in missing:
+        for i, name in enumerate(missing):
             if shown[name].get("ActiveState") == "failed":
                 # What systemd remembers of the failures (its start limit among them) would
                 # refuse the start the operator asked for.
@@ -236,7 +249,9 @@ class Units(ProcessManager):
             late, now = self.wait([name], lambda s: s in ("active", "failed"),
                                   time.monotonic() + self.timeout, steady=STEADY)
             if late or now[name].get("ActiveState") != "active":
-                failed.append(name)
+                # The next ones need it (clients their ZEO server): left as they are, named.
+                failed += missing[i:]
+                break
         out.log("start %s" % ",".join(n for n in wanted if n not in failed))
         return failed
 
@@ -246,7 +261,7 @@ class Units(ProcessManager):
     def logs_hint(self, names):
         return "%s (%s; journalctl%s -u %s)" % (
             "its status" if len(names) == 1 else "their status",
-            "; ".join("systemctl status %s: %s" % (n, self.status(n)) for n in names),
+            "; ".join("%s: %s" % (self.shown([n], "status"), self.status(n)) for n in names),
             " --user" if self.user else "", names[0])
 
 

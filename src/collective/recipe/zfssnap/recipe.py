@@ -31,6 +31,7 @@ OPTIONS = set(HOOKS) | {s + "-script" for s in SCRIPTS} | {
     "supervisorctl", "supervisord", "supervisord-unit", "systemd-units", "systemd-user",
     "warn-size", "zfs", "zfs-timeout"}
 UNIT_TYPES = ("service", "socket", "timer", "path", "target")
+OTHER_UNIT_TYPES = ("mount", "automount", "swap", "device", "slice", "scope")
 
 
 def filestorages_of(sections, directory):
@@ -209,7 +210,12 @@ class Recipe(PartDatasets):
                 continue
             if not re.match(r"^[\w:.@\\-]+$", word) or word.startswith("-"):
                 raise self.error("systemd-units", "%r is not a systemd unit name" % word)
-            if word.rpartition(".")[2] not in UNIT_TYPES:
+            kind = word.rpartition(".")[2]
+            if kind in OTHER_UNIT_TYPES:
+                raise self.error("systemd-units", "%s is a %s unit, which bin/rollback does not "
+                                 "stop or start: name the services (and the sockets, timers "
+                                 "or paths that start them)" % (word, kind))
+            if kind not in UNIT_TYPES:
                 word += ".service"
             if word in units:
                 raise self.error("systemd-units", "%s is named twice" % word)

@@ -7,6 +7,7 @@ from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.downtime import check_open_files
 from collective.recipe.zfssnap.manager import ManagerError
+from collective.recipe.zfssnap.procman import Refused
 from collective.recipe.zfssnap.progress import PREPARING
 from collective.recipe.zfssnap.progress import ROLLED_BACK
 from collective.recipe.zfssnap.progress import ROLLING_BACK
@@ -58,7 +59,7 @@ def roll_back(run, pending=None, carried=None):
         return plan
     check_can_see_holders()
     run.go_ahead()
-    survey, run.data = run.survey(pending or carried)
+    survey, run.data = survey_or_stop(run, pending or carried)
     run.data.update(target=target.short, keep=swaps or None, stamp=stamp)
     run.swaps = swaps
     check_outside_manager(run, mountpoints, survey)
@@ -135,14 +136,22 @@ def preflight(run, mountpoints, pending):
     changes nothing): that this machine can tell who has files open on the datasets, and that
     nothing outside the process manager does."""
     check_can_see_holders()
+    survey, _ = survey_or_stop(run, pending)
+    check_outside_manager(run, mountpoints, survey)
+
+
+def survey_or_stop(run, pending):
+    """What runs, and the record to start from; Stop (nothing changed) when the manager cannot
+    be asked or refuses what the part names."""
     try:
-        survey, _ = run.survey(pending)
+        return run.survey(pending)
+    except Refused as e:
+        raise Stop("%s; nothing was changed" % e.message, REFUSED)
     except ManagerError as e:
         label = run.manager.label if run.manager else "the process manager"
         raise Stop("cannot tell what %s runs (%s): the rollback would stop there; run it as a "
                    "user who can reach %s; nothing was changed" % (label, e.message, label),
                    REFUSED)
-    check_outside_manager(run, mountpoints, survey)
 
 
 def check_can_see_holders():
@@ -152,7 +161,11 @@ def check_can_see_holders():
 
 
 def check_outside_manager(run, mountpoints, survey):
-    """Before anything is stopped: processes the manager does not run would block anyway."""
+    """Before anything is stopped: what the manager refuses, and processes it does not run,
+    would block anyway."""
+    problem = run.manager.refusal(survey) if run.manager else None
+    if problem:
+        raise Stop("refusing to roll back: %s; nothing was changed" % problem, REFUSED)
     managed = processes.with_descendants(survey.pids or [0])
     check_open_files(run.site, mountpoints, managed, run.force, before_stop=True,
                      outside=run.manager.outside if run.manager else "outside supervisor")

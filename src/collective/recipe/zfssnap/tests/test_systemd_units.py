@@ -16,6 +16,7 @@ from collective.recipe.zfssnap.manager import ManagerError
 from collective.recipe.zfssnap.procman import Refused
 from collective.recipe.zfssnap.procman_systemd import Units
 from collective.recipe.zfssnap.procman_systemd import parse_show
+from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.systemd import systemctl_argv
 from collective.recipe.zfssnap.tests.fake_world import Crash
 from collective.recipe.zfssnap.tests.fake_world import FakeSupervisor
@@ -184,9 +185,23 @@ class SequenceTest(Modelled):
         self.systemctl.units["zeo.service"]["TriggeredBy"] = "zeo.socket"
         units = Units(UNITS)
         survey = units.survey()
+        self.assertIn("zeo.socket can start the part's units again", units.refusal(survey))
         with self.assertRaises(Refused) as caught:
             units.plan_stop(survey, [], survey.running, [])
-        self.assertIn("zeo.socket can start the part's units again", caught.exception.message)
+        self.assertIn("add it to the part's systemd-units", caught.exception.message)
+
+    def test_a_trigger_of_the_part_is_stopped_first_and_started_first(self):
+        units = Units(["zeo.socket"] + UNITS)
+        self.assertEqual(units.stop_order(["zeo.socket", "zeo.service", "instance1.service"]),
+                         ["zeo.socket", "instance1.service", "zeo.service"])
+
+    def test_after_a_unit_that_does_not_start_the_next_ones_are_not_started(self):
+        units = Units(UNITS, timeout=0)
+        for u in self.systemctl.units.values():
+            u["ActiveState"] = "inactive"
+        self.systemctl.units["zeo.service"]["fails"] = True
+        self.assertEqual(units.start(UNITS, mock.Mock()), UNITS)
+        self.assertEqual(self.systemctl.calls, ["start zeo.service"])
 
     def test_a_unit_systemd_does_not_know_is_a_sentence(self):
         with self.assertRaises(ManagerError) as caught:
@@ -273,6 +288,29 @@ class SystemdRollbackTest(unittest.TestCase):
                 self.assertEqual(set(world.systemctl.states().values()), {"active"}, where)
                 self.assertIsNone(world.record(), where)
                 self.assertEqual(len(world.kept()), 3 if keep else 0, where)
+
+    def test_what_the_units_refuse_is_refused_by_the_dry_run_too(self):
+        for dry_run in (True, False):
+            world = SystemdWorld()
+            self.addCleanup(world.close)
+            world.systemctl.units["zeo.service"]["TriggeredBy"] = "zeo.socket"
+            result = world.rollback(dry_run=dry_run)
+            self.assertEqual(result.code, REFUSED)
+            self.assertIn("refusing to roll back: zeo.socket can start the part's units again",
+                          result.message)
+            self.assertEqual(world.systemctl.calls, [])
+            self.assertIsNone(world.record())
+
+    def test_a_unit_systemd_does_not_know_refuses_before_anything_changes(self):
+        for dry_run in (True, False):
+            world = SystemdWorld()
+            self.addCleanup(world.close)
+            world.config["systemd_units"] = UNITS + ["typo.service"]
+            result = world.rollback(dry_run=dry_run)
+            self.assertEqual((result.code, result.message), (
+                REFUSED, "systemd cannot run typo.service (not-found): check the part's "
+                "systemd-units; nothing was changed"))
+            self.assertEqual(world.systemctl.calls, [])
 
     def test_a_record_of_supervisord_is_not_finished_through_systemd(self):
         world = SystemdWorld()

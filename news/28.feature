@@ -1,0 +1,2 @@
+Sites whose processes are systemd units of their own, with no supervisord, name them in the new ``systemd-units`` option (``systemd-user`` for the units of a user's own manager): bin/rollback stops the active units in reverse order and starts them again in order through ``systemctl``, each watched until it is done, so that ``Restart=`` never starts one during the rollback.
+A unit that a socket, timer or path unit outside the part could start, and any process outside the units with files on the datasets, are refused before anything is stopped.
