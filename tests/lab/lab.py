@@ -321,7 +321,7 @@ class Guest:
     """One boot of the guest: fresh disks, a share directory, a command; then it powers off."""
 
     def __init__(self, series, script, timeout, disks=1, disk_size="16G", memory=3072,
-                 init="shell", venv=None, collect=None, log=say):
+                 init="shell", venv=None, collect=None, log=say, cuts=0):
         self.series = series
         self.script = script
         self.timeout = timeout
@@ -333,6 +333,10 @@ class Guest:
         self.collect = collect  # (file names in the share, directory): copied out after
         self.log = log
         self.ready_after = None  # seconds from the boot to zfs.ko loaded, once known
+        # Power cuts the command may make (the power-cut sweep): after each, the guest boots
+        # again on the same disks, its root's changes kept in an overlay, until it writes its
+        # exit code. 0: one boot, on throwaway disks.
+        self.cuts = cuts
 
     def run(self, out=sys.stdout):
         image = ensure_image(self.series)
@@ -366,6 +370,14 @@ class Guest:
                         "make" if self.venv else "none")
             argv = self.qemu_argv(image, tmp, share, wheels)
             rc = self.boot(argv, share, out)
+            for cut in range(self.cuts):
+                if os.path.exists(os.path.join(share, "rc")) or \
+                        not os.path.exists(os.path.join(share, "cut")):
+                    break
+                # The guest cut its own power (it said so first): the next boot is expected.
+                os.remove(os.path.join(share, "cut"))
+                self.log("power cut %d: booting again on the same disks" % (cut + 1))
+                rc = self.boot(argv, share, out)
             if self.collect:
                 names, dest = self.collect
                 os.makedirs(dest, exist_ok=True)
@@ -384,8 +396,7 @@ class Guest:
                 "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
                 "-kernel", os.path.join(image, "vmlinuz"),
                 "-initrd", os.path.join(image, "initrd.img"),
-                "-drive", "file=%s,format=raw,if=virtio,snapshot=on"
-                % os.path.join(image, "root.img")]
+                "-drive", self.root_drive(image, tmp)]
         for i in range(self.disks):
             # A new sparse file per boot: no pool state survives from one run to the next.
             disk = os.path.join(tmp, "disk%d.img" % i)
@@ -413,6 +424,20 @@ class Guest:
                      self.series, " lab.init=systemd systemd.show_status=0"
                      if self.init == "systemd" else "")]
         return argv
+
+    def root_drive(self, image, tmp):
+        """The root disk: the image itself, each boot's writes thrown away; with power cuts,
+        a sparse copy of it that every boot of the run shares."""
+        root = os.path.join(image, "root.img")
+        if not self.cuts:
+            return "file=%s,format=raw,if=virtio,snapshot=on" % root
+        copy = os.path.join(tmp, "root.img")
+        proc = subprocess.run(["cp", "--sparse=always", "--reflink=auto", root, copy],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            raise LabError("could not copy the guest's root disk for the power cuts: "
+                           + proc.stdout.strip())
+        return "file=%s,format=raw,if=virtio,cache=unsafe" % copy
 
     def boot(self, argv, share, out):
         started = time.monotonic()
@@ -480,6 +505,9 @@ class Guest:
                 return EXIT_TIMEOUT
         reader.join(5)
         elapsed = time.monotonic() - started
+        if not os.path.exists(rc_file) and os.path.exists(os.path.join(share, "cut")):
+            self.log("the guest cut its power %.0f s after its boot" % elapsed)
+            return EXIT_LAB_BROKEN  # unless the run allows a boot after it (cuts)
         if not os.path.exists(rc_file):
             if not ready:
                 out.write("".join(console))
@@ -512,8 +540,12 @@ export ZFSSNAP_LAB=1 ZFSSNAP_LAB_SERIES={series} ZFSSNAP_LAB_STACK_SERIES={stack
 export ZFSSNAP_LAB_FULL_SERIES={full_series}
 export ZFSSNAP_LAB_FIND_LINKS="/mnt/wheels /mnt/share/dist"
 echo "lab: guest $(uname -r), $(zfs version 2>/dev/null | head -1), $(python3 --version)"
-mkfs.ext4 -q -F /dev/vdb
-mkdir -p /scratch && mount /dev/vdb /scratch
+mkdir -p /scratch
+if [ -e /mnt/share/scratch-made ]; then
+    mount /dev/vdb /scratch  # a boot after a power cut: the disk as the cut left it
+else
+    mkfs.ext4 -q -F /dev/vdb && mount /dev/vdb /scratch && touch /mnt/share/scratch-made
+fi
 t0=$(date +%s)
 case "$(cat /mnt/share/venv-state)" in
 ready)  # the cached venv (vdc): only this checkout's package is new, unpacked on the host
@@ -548,6 +580,9 @@ STACK_WARM = (
     "--find-links /mnt/wheels -r /mnt/src/tests/lab/wheelhouse-ansible.txt")
 BUILDOUT5_WARM = "/opt/venv/bin/python -m collective.recipe.zfssnap.tests.test_buildout5 warm"
 GUEST_DEMO_COMMAND = "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.demo"
+GUEST_POWER_CUT_COMMAND = ("exec /opt/venv/bin/python -m "
+                           "collective.recipe.zfssnap.tests.power_cut")
+POWER_CUTS = 30  # boots after a cut a power-cut run may need, at most
 GUEST_BENCH_COMMAND = ("BENCH_SIZES={sizes} BENCH_RUNS={runs} BENCH_SETS={sets} "
                        "BENCH_PROFILE={profile} "
                        "BENCH_OUT=/mnt/share/bench.csv "
@@ -589,7 +624,7 @@ def venv_disk(series):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="lab.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("build", "run", "test", "demo", "bench", "shell-script"):
+    for name in ("build", "run", "test", "demo", "bench", "shell-script", "powercut"):
         p = sub.add_parser(name)
         p.add_argument("--zfs", choices=SERIES, default=DEFAULT_SERIES,
                        help="OpenZFS series of the guest (default %(default)s)")
@@ -653,6 +688,8 @@ def main(argv=None):
                 script = f.read()
         elif args.command == "demo":
             script = guest_venv_script(args.zfs, GUEST_DEMO_COMMAND)
+        elif args.command == "powercut":
+            script = guest_venv_script(args.zfs, GUEST_POWER_CUT_COMMAND)
         elif args.command == "bench":
             if not re.match(r"^\d+(,\d+)*$", args.sizes):
                 raise LabError("--sizes takes MiB separated by commas, not %r" % args.sizes)
@@ -662,11 +699,12 @@ def main(argv=None):
         else:
             script = test_script(args.zfs, rest)
         init = args.init or ("shell" if args.command in ("run", "shell-script") else "systemd")
-        venv = venv_disk(args.zfs) if args.command in ("test", "demo", "bench") else None
+        venv = venv_disk(args.zfs) if args.command in ("test", "demo", "bench",
+                                                         "powercut") else None
         collect = ((["profile.txt"] if args.profile else ["bench.csv"]), args.out) \
             if args.command == "bench" else None
-        rc = Guest(args.zfs, script, args.timeout, init=init, venv=venv,
-                   collect=collect).run()
+        rc = Guest(args.zfs, script, args.timeout, init=init, venv=venv, collect=collect,
+                   cuts=POWER_CUTS if args.command == "powercut" else 0).run()
         if args.command == "bench" and rc == 0 and not args.profile:
             rc = subprocess.run([args.plot_python, os.path.join(HERE, "report_bench.py"),
                                  os.path.join(args.out, "bench.csv"), args.out,

@@ -44,6 +44,10 @@ SET_UP_TIME = re.compile(r"in (?:(\d+) minutes )?([\d.]+) seconds\.\s*$")
 VENV_READY = re.compile(r"lab: guest venv ready in (\d+) s")
 FAILED_TEST = re.compile(r"^(?:Failure|Error) in test (\w+) \(([\w.]+)\.\w+\)")
 RAN = re.compile(r"Ran (\d+) tests with (\d+) failures, (\d+) errors and (\d+) skipped")
+# The power-cut sweep (overlay/power_cut.py): not zope-testrunner, a guest booted once per cut.
+POWER_CUTS = "power-cuts"
+POWER_LINE = re.compile(r"^power cut after (.*): (ok|FAILED .*)$")
+POWER_DONE = re.compile(r"^power cuts: (\d+) points, (\d+) failed")
 
 
 def testrunner_args(series, name):
@@ -51,7 +55,8 @@ def testrunner_args(series, name):
         if shard == name:
             if patterns is not None:
                 return [a for p in patterns for a in ("-t", p)]
-            others = [p for s, ps, _ in SHARDS[series] if ps is not None for p in ps]
+            others = [p for s, ps, _ in SHARDS[series] if ps is not None and s != POWER_CUTS
+                      for p in ps]
             return [a for p in others for a in ("-t", "!" + p)]
     raise lab.LabError("no shard %r on OpenZFS %s: the shards are %s" % (
         name, series, ", ".join(s for s, _, _ in SHARDS[series])))
@@ -115,6 +120,12 @@ class Output:
         m = VENV_READY.search(line)
         if m:
             self.venv_ready = int(m.group(1))
+        m = POWER_LINE.match(line)
+        if m and m.group(2) != "ok":
+            self.failures.append("power cut after " + m.group(1))
+        m = POWER_DONE.match(line)
+        if m:
+            self.summary = (int(m.group(1)), int(m.group(2)), 0, 0)
         m = RAN.search(line)
         if m:  # one line per layer: the shard's summary is their sum
             self.summary = tuple(a + int(b) for a, b in zip(self.summary or (0, 0, 0, 0),
@@ -179,9 +190,12 @@ class Suite:
 
     def run_shard(self, series, name):
         out = Output("%s %s" % (series, name))
-        script = lab.test_script(series, testrunner_args(series, name))
+        power = name == POWER_CUTS
+        script = lab.guest_venv_script(series, lab.GUEST_POWER_CUT_COMMAND) if power else \
+            lab.test_script(series, testrunner_args(series, name))
         guest = lab.Guest(series, script, self.shard_timeout(series, name), init="systemd",
-                          venv=lab.venv_disk(series), log=out.log)
+                          venv=lab.venv_disk(series), log=out.log,
+                          cuts=lab.POWER_CUTS if power else 0)
         started = time.monotonic()
         try:
             rc = guest.run(out=out)

@@ -13,8 +13,12 @@ A test opts in with ZFSSNAP_CRASH_TEST=1 beside one or both of:
 - ZFSSNAP_CRASH_AFTER=N makes the process kill itself with SIGKILL right after its N-th action,
   as a power cut would. A zfs child runs in a session of its own, so an action under way when
   the script dies is finished anyway: "after N" covers "during N" too.
+- ZFSSNAP_CRASH_HOW=power (with ZFSSNAP_CRASH_AFTER) cuts the machine's power there instead:
+  the kernel reboots at once, unsynced (sysrq b), and what had not reached the disks is lost.
+  Only in the lab's guest (booted with its init), as root (the power-cut sweep); anywhere
+  else, or where the trigger cannot be written, the process is killed as without it.
 
-The three are read once, when the script starts, and taken out of its environment, so that
+The four are read once, when the script starts, and taken out of its environment, so that
 hooks, supervisord and the programs it starts never inherit them. Nothing here raises: a value
 that is not a whole number above 0, or a log that cannot be opened (never through a symbolic
 link), turns that crash point off with one line on stderr.
@@ -24,7 +28,10 @@ import signal
 import sys
 
 
-VARIABLES = ("ZFSSNAP_CRASH_TEST", "ZFSSNAP_CRASH_AFTER", "ZFSSNAP_CRASH_LOG")
+VARIABLES = ("ZFSSNAP_CRASH_TEST", "ZFSSNAP_CRASH_AFTER", "ZFSSNAP_CRASH_LOG",
+             "ZFSSNAP_CRASH_HOW")
+SYSRQ = "/proc/sysrq-trigger"
+LAB_INIT = "init=/sbin/lab-init"  # tests/lab/lab.py boots its guest so
 
 
 def _warn(message):
@@ -35,14 +42,17 @@ def _warn(message):
 
 
 def read(environ=os.environ):
-    """(after, log) from the environment, which loses the variables: (None, None) unless a
-    test opted in."""
+    """(after, log, power) from the environment, which loses the variables: (None, None,
+    False) unless a test opted in."""
     values = {name: environ.pop(name, None) for name in VARIABLES}
     if values["ZFSSNAP_CRASH_TEST"] != "1":
         if values["ZFSSNAP_CRASH_AFTER"] or values["ZFSSNAP_CRASH_LOG"]:
             _warn("ignored: ZFSSNAP_CRASH_AFTER and ZFSSNAP_CRASH_LOG take effect only with "
                   "ZFSSNAP_CRASH_TEST=1 (the test suite's opt-in)")
-        return None, None
+        return None, None, False
+    how = values["ZFSSNAP_CRASH_HOW"] or "kill"
+    if how not in ("kill", "power"):
+        _warn("ZFSSNAP_CRASH_HOW=%r is neither kill nor power: killed instead" % how)
     after = values["ZFSSNAP_CRASH_AFTER"]
     if after is not None:
         after = after.strip()
@@ -51,10 +61,10 @@ def read(environ=os.environ):
             after = None
         else:
             after = int(after)
-    return after, values["ZFSSNAP_CRASH_LOG"] or None
+    return after, values["ZFSSNAP_CRASH_LOG"] or None, how == "power"
 
 
-_after, _log_path = read()
+_after, _log_path, _power = read()
 _log_fd = None
 _count = 0
 
@@ -84,7 +94,34 @@ def done(what):
     if _log_path is not None:
         _append("%d\t%s\n" % (_count, " ".join(str(what).split())))
     if _after is not None and _count == _after:
+        if _power:
+            cut_power()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def in_lab_guest():
+    """Booted by the lab (its init on the kernel command line): nowhere else may a test's
+    variable turn a script into a power switch."""
+    try:
+        with open("/proc/cmdline") as f:
+            return LAB_INIT in f.read().split()
+    except OSError:
+        return False
+
+
+def cut_power():
+    """The machine off at once, nothing synced: returns only when that could not be done."""
+    if not in_lab_guest():
+        _warn("ZFSSNAP_CRASH_HOW=power outside the lab's guest: killed instead")
+        return
+    try:
+        fd = os.open(SYSRQ, os.O_WRONLY)
+        try:
+            os.write(fd, b"b")
+        finally:
+            os.close(fd)
+    except OSError as e:
+        _warn("cannot cut the power through %s (%s): killed instead" % (SYSRQ, e.strerror))
 
 
 # zfs subcommands that change a pool; `destroy -n` is the only read-only form among them.

@@ -33,6 +33,7 @@ RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF")
 ALREADY_STARTED, NOT_RUNNING, BAD_NAME, SHUTDOWN_STATE = 60, 70, 10, 6
 # The XML-RPC calls that change what runs (the others only ask): each is a crash point.
 CHANGING_CALLS = ("start", "stop", "shutdown", "restart", "signal", "reload", "add", "remove")
+START_TIMEOUT = 60  # seconds supervisord may take to start and answer, whatever stop-timeout
 
 
 class SupervisorError(ManagerError):
@@ -375,17 +376,20 @@ class Supervisor:
         return wait_gone(pids, deadline)
 
     def start_daemon(self):
-        """Start supervisord (its unit, or the supervisord command) and wait until it answers."""
+        """Start supervisord (its unit, or the supervisord command) and wait until it answers,
+        for at least START_TIMEOUT: stop-timeout is for the programs, and a loaded machine takes
+        seconds to start a Python daemon."""
+        timeout = max(self.timeout, START_TIMEOUT)
         if self.unit:
-            run_command(systemctl_argv(self.unit, ["start"], self.privilege), self.timeout,
+            run_command(systemctl_argv(self.unit, ["start"], self.privilege), timeout,
                         "starting supervisord's unit", env=systemctl_env(self.unit))
         elif self.daemon:
-            run_command(self.daemon, self.timeout, "starting supervisord")
+            run_command(self.daemon, timeout, "starting supervisord")
         else:
             raise SupervisorError("no supervisord command to start it again: set the part's "
                                   "supervisord option")
         self.reload_config()
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 if self.running():
@@ -394,7 +398,7 @@ class Supervisor:
                 pass  # it refuses requests while it starts
             if time.monotonic() > deadline:
                 raise SupervisorError("supervisord did not answer at %s within %d s after it "
-                                      "was started" % (self.url, self.timeout))
+                                      "was started" % (self.url, timeout))
             time.sleep(POLL)
 
     def start_hint(self):

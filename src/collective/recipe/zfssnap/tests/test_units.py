@@ -328,6 +328,16 @@ class CrashPointsTest(unittest.TestCase):
         with open(self.log) as f:
             self.assertEqual(f.read(), "1\tzfs snapshot a@b\n2\tzfs rollback a@b\n")
 
+    def test_a_power_cut_outside_the_lab_guest_is_a_kill(self):
+        # This machine was not booted by the lab: the variable must never reach its sysrq.
+        with open("/proc/cmdline") as f:
+            self.assertNotIn("init=/sbin/lab-init", f.read().split())
+        proc = self.run_script(ZFSSNAP_CRASH_TEST="1", ZFSSNAP_CRASH_AFTER="1",
+                               ZFSSNAP_CRASH_HOW="power")
+        self.assertEqual(proc.returncode, -signal.SIGKILL)
+        self.assertIn("ZFSSNAP_CRASH_HOW=power outside the lab's guest: killed instead",
+                      proc.stderr)
+
     def test_a_bad_number_turns_the_crash_off_without_raising(self):
         for value in ("x", "0", "-1", "1e3", "٣", " "):
             proc = self.run_script(ZFSSNAP_CRASH_TEST="1", ZFSSNAP_CRASH_AFTER=value,
