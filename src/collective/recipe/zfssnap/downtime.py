@@ -79,12 +79,7 @@ class Downtime:
             running_before=list(survey.running))
         self.pending_names = list(pending.running_before) if pending else []
         if pending:
-            recorded = pending.manager or "supervisord"  # records before the field had one
-            if manager and pending.running_before and recorded != manager.kind:
-                raise Stop("the unfinished rollback stopped %s through %s, but the part now "
-                           "names %s: start them by hand, then run %s --forget; nothing was "
-                           "changed" % (", ".join(pending.running_before), recorded,
-                                        manager.kind, self.site.scripts["rollback"]), REFUSED)
+            self.check_kind(pending)
             data.daemon_was_running = survey.up or pending.daemon_was_running
             data.unit = pending.unit
             if manager:
@@ -92,6 +87,19 @@ class Downtime:
             data.running_before += [n for n in pending.running_before
                                     if n not in data.running_before]
         return survey, data
+
+    def check_kind(self, pending):
+        """An unfinished run is finished through the process manager that stopped the site:
+        another one would not start what it stopped (Stop, before anything is changed)."""
+        manager = self.manager
+        recorded = pending.manager or "supervisord"  # records before the field had one
+        if pending.running_before and recorded != (manager.kind if manager else None):
+            raise Stop("the unfinished rollback stopped %s through %s, but the part now names "
+                       "%s: put the part's process manager back as it was (bin/buildout), then "
+                       "run %s again to finish it; nothing was changed" % (
+                           ", ".join(pending.running_before), recorded,
+                           manager.kind if manager else "no process manager",
+                           self.site.scripts["rollback"]), REFUSED)
 
     def stop(self, mountpoints, survey):
         """Stop what runs on the datasets; what will not stop aborts (Stop) with everything

@@ -137,8 +137,13 @@ class Units(ProcessManager):
         return " | ".join(lines[:3 + STATUS_LINES])
 
     def shown(self, names, verb):
-        """How the operator types it: systemctl [--user] VERB NAMES."""
-        return "systemctl %s%s %s" % ("--user " if self.user else "", verb, " ".join(names))
+        """How the operator types it: systemctl [--user] VERB NAMES (another user's manager
+        reached as root)."""
+        scope = ""
+        if self.user:
+            scope = "--user " if os.geteuid() == self.uid else \
+                "--user --machine=%s@.host " % self.user
+        return "systemctl %s%s %s" % (scope, verb, " ".join(names))
 
     # -- the interface ----------------------------------------------------------------------
     def survey(self):
@@ -173,7 +178,10 @@ class Units(ProcessManager):
         problem = self.refusal(survey)
         if problem:
             raise Refused(problem + "; nothing was changed")
-        names = self.stop_order(survey.running)
+        # A unit still stopping (a killed run's stop under way) is stopped and waited for too:
+        # its stop job is joined. It runs again afterwards only if it ran (the record says).
+        names = self.stop_order([n for n in self.units
+                                 if survey.detail[n].get("ActiveState") not in DOWN])
         record = {"running_before": [n for n in self.units if n in survey.running or
                                      n in carried]}
         if not names:
@@ -229,9 +237,10 @@ class Units(ProcessManager):
         return Outcome(log)
 
     def start(self, wanted, out):
+        unknown = [n for n in wanted if n not in self.units]  # a record older than the option
         wanted = [n for n in self.units if n in wanted]
         if not wanted:
-            return []
+            return unknown
         shown = self.show(wanted)
         missing = [n for n in wanted if shown[n].get("ActiveState") != "active"]
         if missing:
@@ -253,16 +262,16 @@ class Units(ProcessManager):
                 failed += missing[i:]
                 break
         out.log("start %s" % ",".join(n for n in wanted if n not in failed))
-        return failed
+        return failed + unknown
 
     def start_hint(self, names):
-        return self.shown(names or self.units, "start")
+        return self.shown(names, "start") if names else ""
 
     def logs_hint(self, names):
-        return "%s (%s; journalctl%s -u %s)" % (
+        return "%s (%s; journalctl%s %s)" % (
             "its status" if len(names) == 1 else "their status",
             "; ".join("%s: %s" % (self.shown([n], "status"), self.status(n)) for n in names),
-            " --user" if self.user else "", names[0])
+            " --user-unit" if self.user else " -u", names[0])
 
 
 def units_of(site, privilege=()):

@@ -77,6 +77,7 @@ def finish_recorded(run, pending):
     state. ZFS and the record say what is left, not a new plan."""
     out, start, dry_run = run.out, run.request.start, run.request.dry_run
     target = pending.target
+    run.check_kind(pending)
     run.data = pending
     run.swaps = pending.swaps
     if run.manager:
@@ -117,19 +118,22 @@ def finish_recorded(run, pending):
     run.stopped_at = None
     if stage == ROLLING_BACK:
         run.committed = True
-        survey = run.manager.survey() if run.manager else None
-        if survey and survey.busy:
-            # Started since (by hand, or at boot): nothing may run while datasets are swapped.
-            run.pending_names = list(pending.running_before)
-            mountpoints = sorted(run.site.config.get("mounts", {}).values())
-            try:
+        try:
+            survey = run.manager.survey() if run.manager else None
+            if survey and survey.busy:
+                # Started since (by hand, or at boot): nothing may run while datasets are
+                # swapped.
+                run.pending_names = list(pending.running_before)
+                mountpoints = sorted(run.site.config.get("mounts", {}).values())
                 run.stop(mountpoints, survey)
-            except ManagerError as e:
-                raise Stop("%s runs, and stopping it before the rest of the swap failed: %s; "
-                           "stop it, then run %s again" % (
-                               run.manager.label if run.manager.kind == "supervisord" else
-                               "the site", e.message, run.site.scripts["rollback"]),
-                           INCOMPLETE)
+        except (ManagerError, Stop) as e:
+            if isinstance(e, Stop) and e.code != REFUSED:
+                raise
+            raise Stop("%s runs, and stopping it before the rest of the swap failed: %s; stop "
+                       "it, then run %s again: the record is kept" % (
+                           run.manager.label if run.manager.kind == "supervisord" else
+                           "the site", e.message.replace("; nothing was changed", ""),
+                           run.site.scripts["rollback"]), INCOMPLETE)
         names = run.swap(target)
         run.save(stage=ROLLED_BACK)
         out.data["phase"] = "rolled-back"

@@ -46,14 +46,16 @@ SERIES = {"snapshot": "2.1", "cleanup": "2.1", "rollback": "2.1", "rollback --ke
 LOG = "/tmp/crash-actions.log"
 
 
-def crashed_run(argv, after=None, log=None):
-    """(exit code, output) of a script run in the site, killed after action `after`."""
+def crashed_run(argv, after=None, log=None, how="kill"):
+    """(exit code, output) of a script run in the site, killed (or, `how` power, the guest's
+    power cut) after action `after`."""
     env = dict(os.environ)
-    env.pop("ZFSSNAP_CRASH_AFTER", None)
-    env.pop("ZFSSNAP_CRASH_LOG", None)
+    for name in ("ZFSSNAP_CRASH_AFTER", "ZFSSNAP_CRASH_LOG", "ZFSSNAP_CRASH_HOW"):
+        env.pop(name, None)
     env["ZFSSNAP_CRASH_TEST"] = "1"  # the crash points' opt-in (crashpoint.py)
     if after:
         env["ZFSSNAP_CRASH_AFTER"] = str(after)
+        env["ZFSSNAP_CRASH_HOW"] = how
     if log:
         env["ZFSSNAP_CRASH_LOG"] = log
     proc = bounded(argv, cwd="/", env=env, stdout=subprocess.PIPE,
@@ -61,13 +63,15 @@ def crashed_run(argv, after=None, log=None):
     return proc.returncode, proc.stdout
 
 
-def actions(argv):
+def actions(argv, quiet=False):
     if os.path.exists(LOG):
         os.remove(LOG)
     rc, out = crashed_run(argv, log=LOG)
     assert rc == 0, "the counting run of %s failed (exit %d):\n%s" % (argv, rc, out)
     with open(LOG) as f:
         found = [line.rstrip("\n").split("\t", 1)[1] for line in f]
+    if quiet:
+        return found
     print("\n  sweep: %s makes %d actions: %s" % (
         " ".join(os.path.basename(a) for a in argv), len(found),
         "; ".join(a.split(" -o ")[0][:40] for a in found)), end="", flush=True)

@@ -9,6 +9,7 @@ import subprocess
 import unittest
 
 from collective.recipe.zfssnap.tests.layers import sh
+from collective.recipe.zfssnap.tests.test_crash_sweep import mounted_at
 from collective.recipe.zfssnap.tests.layers import stack_series_only
 from collective.recipe.zfssnap.tests.layers import wait_for
 from collective.recipe.zfssnap.tests.units_site import BASELINE
@@ -32,17 +33,6 @@ ACTIVE = {u: "active" for u in UNITS}
 def snapshots_of(dataset):
     return sh("zfs", "list", "-H", "-t", "snapshot", "-d", "1", "-o", "name", "-s",
               "createtxg", dataset).split()
-
-
-def mounted_at():
-    table = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] == "zfs":
-                table[fields[4]] = fields[sep + 2]
-    return table
 
 
 def power_cut():

@@ -167,6 +167,21 @@ class SequenceTest(Modelled):
                                                 "start zeo.service", "start instance1.service"])
         self.assertEqual(self.systemctl.states()["instance2.service"], "inactive")
 
+    def test_a_unit_still_stopping_is_stopped_and_waited_for_but_not_started_after(self):
+        self.systemctl.units["instance2.service"]["ActiveState"] = "deactivating"
+        units = Units(UNITS)
+        survey = units.survey()
+        plan = units.plan_stop(survey, [], survey.running, [])
+        self.assertEqual(plan.names, UNITS[::-1])
+        self.assertEqual(plan.record["running_before"], UNITS[:2])
+        # Unless the killed run that stopped it had recorded it.
+        plan = units.plan_stop(survey, [], survey.running, ["instance2.service"])
+        self.assertEqual(plan.record["running_before"], UNITS)
+
+    def test_a_recorded_unit_the_option_no_longer_names_is_not_started(self):
+        units = Units(UNITS[:2])
+        self.assertEqual(units.start(UNITS, mock.Mock()), ["instance2.service"])
+
     def test_a_unit_that_fails_to_start_is_named_with_its_status(self):
         units = Units(UNITS, timeout=0)
         self.systemctl.units["zeo.service"]["ActiveState"] = "inactive"
@@ -313,14 +328,20 @@ class SystemdRollbackTest(unittest.TestCase):
             self.assertEqual(world.systemctl.calls, [])
 
     def test_a_record_of_supervisord_is_not_finished_through_systemd(self):
-        world = SystemdWorld()
-        self.addCleanup(world.close)
-        systemd = dict(world.config)
-        world.config.pop("systemd_units")
-        world.config["supervisor_conf"] = world.top + "/parts/supervisor/supervisord.conf"
-        world.sup = FakeSupervisor()
-        self.assertIsInstance(world.rollback(crash_after=3), Crash)  # after the stop
-        world.config = systemd
-        result = world.rollback()
-        self.assertIn("stopped app, worker through supervisord, but the part now names systemd",
-                      result.message)
+        # Killed after the stop, and with every dataset rolled back (only the start left).
+        for after in (3, 12):
+            world = SystemdWorld()
+            self.addCleanup(world.close)
+            systemd = dict(world.config)
+            world.config.pop("systemd_units")
+            world.config["supervisor_conf"] = world.top + "/parts/supervisor/supervisord.conf"
+            world.sup = FakeSupervisor()
+            log = []
+            self.assertIsInstance(world.rollback(crash_after=after, log=log), Crash)
+            world.config = systemd
+            result = world.rollback()
+            self.assertEqual(result.code, REFUSED, (log, result))
+            self.assertIn("stopped app, worker through supervisord, but the part now names "
+                          "systemd: put the part's process manager back", result.message)
+            self.assertEqual(world.systemctl.calls, [])
+            self.assertIsNotNone(world.record())
