@@ -26,33 +26,16 @@ from collective.recipe.zfssnap.tests.layers import app
 from collective.recipe.zfssnap.tests.layers import sh
 from collective.recipe.zfssnap.tests.layers import take_snapshot
 from collective.recipe.zfssnap.tests import units_site
+from collective.recipe.zfssnap.tests.test_crash_sweep import actions
+from collective.recipe.zfssnap.tests.test_crash_sweep import crashed_run
+from collective.recipe.zfssnap.tests.test_crash_sweep import mounted_at
 
 STATE = os.path.join(layers.SCRATCH, "power-cut.json")
 CUT = "/mnt/share/cut"  # told to the host before the cut: the boot that follows is expected
-LOG = "/tmp/power-cut-actions.log"
 
 
-def crashed(argv, after=None, log=None):
-    env = dict(os.environ, ZFSSNAP_CRASH_TEST="1")
-    for name in ("ZFSSNAP_CRASH_AFTER", "ZFSSNAP_CRASH_LOG", "ZFSSNAP_CRASH_HOW"):
-        env.pop(name, None)
-    if after:
-        env.update(ZFSSNAP_CRASH_AFTER=str(after), ZFSSNAP_CRASH_HOW="power")
-    if log:
-        env["ZFSSNAP_CRASH_LOG"] = log
-    proc = layers.bounded(argv, cwd="/", env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return proc.returncode, proc.stdout
-
-
-def actions(argv):
-    if os.path.exists(LOG):
-        os.remove(LOG)
-    rc, out = crashed(argv, log=LOG)
-    if rc != 0:
-        raise AssertionError("the counting run of %s failed (exit %d):\n%s" % (argv, rc, out))
-    with open(LOG) as f:
-        return [line.rstrip("\n").split("\t", 1)[1] for line in f]
+def crashed(argv, after=None):
+    return crashed_run(argv, after, how="power")
 
 
 def release():
@@ -233,13 +216,7 @@ def boot_up():
 def recover(point):
     """After the cut at `point`: the documented rerun, then the family's checks."""
     family = FAMILIES[point["family"]]
-    table = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] == "zfs":
-                table[fields[4]] = fields[sep + 2]
+    table = mounted_at()
     problems = ["a kept dataset at %s" % m for m, d in table.items() if "-rolled-away-" in d]
     empty = [d for d, m in DATASETS.items() if m not in table]
     for dataset in empty:  # the documented recovery of a boot in --keep's swap window
@@ -270,7 +247,7 @@ def main():
         for family, (prepare, _) in FAMILIES.items():
             RESET.get(family, Site.reset)()
             argv, _ = prepare()
-            steps = actions(argv)
+            steps = actions(argv, quiet=True)
             for n in choose(family, steps):
                 points.append({"family": family, "after": n, "action": steps[n - 1]})
         print("power cuts: %d points: %s" % (len(points), "; ".join(
