@@ -114,9 +114,7 @@ class Downtime:
             raise Stop(e.message, REFUSED)
         if plan is None:
             return
-        # What runs again is saved before any stop; a shutdown's unit only when it is new.
-        if plan.record and (not plan.shutdown or any(
-                getattr(self.data, k) != v for k, v in plan.record.items())):
+        if plan.record:  # before any stop: what runs again at the end
             self.save(**plan.record)
         self.out.action(plan.action)
         if not plan.names and not plan.shutdown:

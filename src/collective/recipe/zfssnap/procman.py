@@ -9,8 +9,6 @@ the record keeps the names the adapter gives.
 The adapters: procman_supervisord (the site's supervisord, over its XML-RPC socket) and
 procman_systemd (the site's own systemd units, through systemctl).
 """
-
-
 from collective.recipe.zfssnap.manager import ManagerError
 
 
@@ -70,7 +68,6 @@ class ProcessManager:
     what a started program is called once it runs."""
 
     kind = label = outside = running_word = None
-    timeout = 60
 
     def survey(self):
         """A Survey; ManagerError when the manager cannot be asked."""

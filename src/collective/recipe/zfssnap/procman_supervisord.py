@@ -54,10 +54,7 @@ class Supervised(ProcessManager):
         self.sup = sup
         self.files = list(files)
         self.ctl = " ".join(ctl) if ctl else "supervisorctl"
-
-    @property
-    def timeout(self):
-        return self.sup.timeout
+        self.recorded_unit = None  # the unit an unfinished run's record names
 
     def survey(self):
         sup = self.sup
@@ -68,6 +65,7 @@ class Supervised(ProcessManager):
                       [daemon_pid] + [p.pid for p in procs.values()], (procs, daemon_pid))
 
     def adopt(self, pending):
+        self.recorded_unit = pending.unit
         if pending.unit:
             self.sup.unit = pending.unit  # stopped through its unit: started through it too
 
@@ -89,7 +87,9 @@ class Supervised(ProcessManager):
                 "shutdown supervisord (its files are on the datasets%s), stopping %s" % (
                     ", through systemctl: unit " + unit_label(sup.unit) if sup.unit else "",
                     ", ".join(stop_order(before, procs)) or "no program"),
-                record={"unit": sup.unit}, shutdown=True,
+                # The unit is recorded (a save, a crash point) only when it is news.
+                record={"unit": sup.unit} if sup.unit != self.recorded_unit else {},
+                shutdown=True,
                 names=stop_order(before, procs), detail=survey.detail)
         names = [n for n in sup.selected(procs) if procs[n].state in RUNNING_STATES]
         # What runs after: what this run stops, and what an unfinished run had stopped.

@@ -24,6 +24,7 @@ from collective.recipe.zfssnap.procman import StopPlan
 from collective.recipe.zfssnap.procman import Survey
 from collective.recipe.zfssnap.systemd import systemctl_argv
 from collective.recipe.zfssnap.systemd import systemctl_env
+from collective.recipe.zfssnap.systemd import unit_shown
 
 PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "ControlGroup",
               "TriggeredBy")
@@ -137,13 +138,8 @@ class Units(ProcessManager):
         return " | ".join(lines[:3 + STATUS_LINES])
 
     def shown(self, names, verb):
-        """How the operator types it: systemctl [--user] VERB NAMES (another user's manager
-        reached as root)."""
-        scope = ""
-        if self.user:
-            scope = "--user " if os.geteuid() == self.uid else \
-                "--user --machine=%s@.host " % self.user
-        return "systemctl %s%s %s" % (scope, verb, " ".join(names))
+        """How the operator types it: systemctl [--user] VERB NAMES."""
+        return unit_shown(self.unit_id(names[0]), verb, names[1:])
 
     # -- the interface ----------------------------------------------------------------------
     def survey(self):

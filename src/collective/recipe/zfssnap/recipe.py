@@ -205,9 +205,7 @@ class Recipe(PartDatasets):
     def systemd_units(self):
         """The systemd-units option: unit names in start order (.service when none is said)."""
         units = []
-        for word in re.split(r"[\s,]+", self.options["systemd-units"].strip()):
-            if not word:
-                continue
+        for word in self.names("systemd-units"):
             if not re.match(r"^[\w:.@\\-]+$", word) or word.startswith("-"):
                 raise self.error("systemd-units", "%r is not a systemd unit name" % word)
             kind = word.rpartition(".")[2]
@@ -261,6 +259,10 @@ class Recipe(PartDatasets):
                 if value == script:
                     return part
         return None
+
+    def names(self, option):
+        """The option's names, separated by spaces, commas or new lines (programs, units)."""
+        return [n for n in re.split(r"[\s,]+", self.options[option]) if n]
 
     def words(self, option):
         """The option's words (spaces or new lines between them; quotes for a word with a
@@ -340,7 +342,7 @@ class Recipe(PartDatasets):
             "supervisord": self.command_or_none("supervisord"),
             "supervisord_unit": unit or None,
             "supervisord_files": self.supervisor_files,
-            "programs": [p for p in re.split(r"[\s,]+", options["programs"]) if p],
+            "programs": self.names("programs"),
             "systemd_units": self.units,
             "systemd_user": options["systemd-user"].strip() or None,
             "stop_timeout": self.number("stop-timeout", 1),

@@ -44,11 +44,16 @@ def systemctl_argv(unit, args, privilege=()):
     return base + ["--no-ask-password"] + list(args) + [name]
 
 
-def unit_shown(unit, verb):
-    """How the operator types it: 'systemctl [--user] VERB NAME'."""
+def unit_shown(unit, verb, more=()):
+    """How the operator types it: 'systemctl [--user] VERB NAME [MORE...]', another user's
+    manager reached with --machine (as root does); `more`: names of the same manager."""
     if unit.startswith("user/"):
-        return "systemctl --user %s %s" % (verb, unit.split("/", 2)[2])
-    return "systemctl %s %s" % (verb, unit)
+        _, uid, name = unit.split("/", 2)
+        scope = "--user " if os.geteuid() == int(uid) else \
+            "--user --machine=%s@.host " % user_name(int(uid))
+    else:
+        name, scope = unit, ""
+    return "systemctl %s%s %s" % (scope, verb, " ".join([name] + list(more)))
 
 
 def unit_label(unit):

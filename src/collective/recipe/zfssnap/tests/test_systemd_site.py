@@ -9,6 +9,7 @@ import subprocess
 import unittest
 
 from collective.recipe.zfssnap.tests.layers import sh
+from collective.recipe.zfssnap.tests.test_crash_sweep import crashed_run as crashed
 from collective.recipe.zfssnap.tests.test_crash_sweep import mounted_at
 from collective.recipe.zfssnap.tests.layers import stack_series_only
 from collective.recipe.zfssnap.tests.layers import wait_for
@@ -18,7 +19,6 @@ from collective.recipe.zfssnap.tests.units_site import SITE
 from collective.recipe.zfssnap.tests.units_site import UNITS
 from collective.recipe.zfssnap.tests.units_site import UnitsSite
 from collective.recipe.zfssnap.tests.units_site import client
-from collective.recipe.zfssnap.tests.units_site import crashed
 from collective.recipe.zfssnap.tests.units_site import main_pids
 from collective.recipe.zfssnap.tests.units_site import release
 from collective.recipe.zfssnap.tests.units_site import restarts

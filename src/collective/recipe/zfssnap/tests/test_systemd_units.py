@@ -6,6 +6,7 @@ systemctl here is a model (the adapter's run_command replaced), as the fast suit
 it shows the sequence is right. That it works with a real systemd as PID 1, real units and
 Restart=on-failure is shown in the systemd guest (test_systemd_site).
 """
+import contextlib
 import os
 import unittest
 from unittest import mock
@@ -89,13 +90,18 @@ class FakeSystemctl:
                 u["ActiveState"], u["MainPID"] = "active", str(self.pid)
 
 
+def modelled(systemctl):
+    """The adapter's systemctl replaced by the model, and its waits made instant."""
+    return (mock.patch.object(procman_systemd, "run_command", systemctl),
+            mock.patch.object(procman_systemd, "STEADY", 0),
+            mock.patch.object(procman_systemd, "POLL", 0))
+
+
 class Modelled(unittest.TestCase):
 
     def setUp(self):
         self.systemctl = FakeSystemctl()
-        for patch in (mock.patch.object(procman_systemd, "run_command", self.systemctl),
-                      mock.patch.object(procman_systemd, "STEADY", 0),
-                      mock.patch.object(procman_systemd, "POLL", 0)):
+        for patch in modelled(self.systemctl):
             patch.start()
             self.addCleanup(patch.stop)
 
@@ -235,26 +241,13 @@ class SystemdWorld(World):
         self.systemctl = FakeSystemctl()
         self.sup = None
 
+    @contextlib.contextmanager
     def patched(self, crash_after=None, log=None):
-        outer = super().patched(crash_after, log)
-        systemctl = self.systemctl
-
-        class Both:
-            def __enter__(self):
-                self.patches = [mock.patch.object(procman_systemd, "run_command", systemctl),
-                                mock.patch.object(procman_systemd, "STEADY", 0),
-                                mock.patch.object(procman_systemd, "POLL", 0)]
-                for p in self.patches:
-                    p.start()
-                return outer.__enter__()
-
-            def __exit__(self, *exc):
-                try:
-                    return outer.__exit__(*exc)
-                finally:
-                    for p in self.patches:
-                        p.stop()
-        return Both()
+        with contextlib.ExitStack() as stack:
+            for patch in modelled(self.systemctl):
+                stack.enter_context(patch)
+            stack.enter_context(super().patched(crash_after, log))
+            yield
 
     def power_cut(self):
         self.pool.boot()

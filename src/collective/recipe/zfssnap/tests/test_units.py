@@ -402,6 +402,9 @@ class SystemctlTest(unittest.TestCase):
         self.assertEqual(unit_shown("user/0/site.service", "start"),
                          "systemctl --user start site.service")
         self.assertEqual(unit_shown("site.service", "start"), "systemctl start site.service")
+        with mock.patch.object(os, "geteuid", lambda: 0):  # root, for another user's manager
+            self.assertEqual(unit_shown("user/65534/a.service", "stop", ["b.service"]),
+                             "systemctl --user --machine=nobody@.host stop a.service b.service")
         self.assertEqual(unit_label("user/0/site.service"),
                          "site.service of user root's manager")
 

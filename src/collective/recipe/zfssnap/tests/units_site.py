@@ -8,7 +8,6 @@ Used by test_systemd_site. Built once; `reset()` puts it back at the baseline be
 """
 import json
 import os
-import subprocess
 import time
 import urllib.request
 
@@ -228,16 +227,3 @@ class UnitsSite(layers.GuestPool):
         start_units()
         return client("client1")
 
-
-def crashed(argv, after=None, log=None):
-    """(exit code, output) of a script of the site killed after action `after`."""
-    env = dict(os.environ, ZFSSNAP_CRASH_TEST="1")
-    env.pop("ZFSSNAP_CRASH_AFTER", None)
-    env.pop("ZFSSNAP_CRASH_LOG", None)
-    if after:
-        env["ZFSSNAP_CRASH_AFTER"] = str(after)
-    if log:
-        env["ZFSSNAP_CRASH_LOG"] = log
-    proc = layers.bounded(argv, cwd="/", env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return proc.returncode, proc.stdout
