@@ -221,12 +221,18 @@ class CollectionTest(unittest.TestCase):
 
     def test_snapshot_with_a_label_already_there_is_not_taken_again(self):
         top = self.site("one", {"snapshot": {
-            "--list": {"doc": {"snapshots": [{"name": "zfssnap-1-pre", "label": "pre",
-                                              "datasets": ["tank/site"]}]}},
+            "--list": {"doc": {"snapshots": [
+                {"name": "zfssnap-0-half", "label": "half", "datasets": ["tank/site"],
+                 "missing": ["data/archive"], "complete": False},
+                {"name": "zfssnap-1-pre", "label": "pre", "datasets": ["tank/site"],
+                 "missing": [], "complete": True}]}},
             "*": {"doc": {"snapshot": "zfssnap-2-new", "datasets": ["tank/site"]}}}},
             part="site")
         rc, r = self.module("snapshot", {"buildout": top, "part": "site", "label": "pre"})
         self.assertEqual((rc, r["changed"], r["snapshot"]), (0, False, "zfssnap-1-pre"))
+        # A set with the label but missing on a dataset is taken again (the script destroys it).
+        rc, r = self.module("snapshot", {"buildout": top, "part": "site", "label": "half"})
+        self.assertEqual((rc, r["changed"], r["snapshot"]), (0, True, "zfssnap-2-new"))
         rc, r = self.module("snapshot", {"buildout": top, "part": "site", "label": "new",
                                          "note": "before 2.0"})
         self.assertEqual((rc, r["changed"], r["snapshot"]), (0, True, "zfssnap-2-new"))
@@ -236,6 +242,8 @@ class CollectionTest(unittest.TestCase):
         self.assertEqual((rc, r["changed"], r["snapshot"]), (0, True, "zfssnap-2-new"))
         self.assertEqual([(s, argv) for _, s, argv in self.recorded()], [
             ("site-snapshot", ["--json", "--list"]),
+            ("site-snapshot", ["--json", "--list"]),
+            ("site-snapshot", ["--json", "--", "half"]),
             ("site-snapshot", ["--json", "--list"]),
             ("site-snapshot", ["--json", "--message", "before 2.0", "--", "new"]),
             ("site-snapshot", ["--json", "--list"]),

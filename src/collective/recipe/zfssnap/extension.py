@@ -240,7 +240,8 @@ def check(part, config, site, mode, found, last):
     try:
         # Without a record (the guard's first run) any snapshot of the part will do.
         since, when = (last["epoch"], last["finished"]) if last else (0, "none recorded")
-        fresh = [s for s in site.snapshot_sets() if s.created >= int(since)]
+        # A set missing on a dataset (a bin/snapshot stopped between pools) is no safety net.
+        fresh = [s for s in site.snapshot_sets() if s.created >= int(since) and not s.missing]
     except (Stop, state.StateError, zfsmod.ZfsError) as e:
         raise zc.buildout.UserError("[%s] release guard: %s" % (part, e.message))
     if fresh:

@@ -78,6 +78,7 @@ class SnapshotSet:
         self.short = short
         self.properties = properties
         self.members = {}
+        self.missing = []  # the part's datasets without this snapshot
         self.order = 0  # the primary dataset's transaction group: sets sort by it
 
     @property
@@ -110,7 +111,8 @@ class SnapshotSet:
                 "git_revision": self.properties.get("git-revision", ""),
                 "git_describe": self.properties.get("git-describe", ""),
                 "used": self.used, "held": self.held,
-                "datasets": sorted(self.members)}
+                "datasets": sorted(self.members), "missing": list(self.missing),
+                "complete": not self.missing}
 
 
 class Site:
@@ -261,6 +263,8 @@ class Site:
             for snap in found[dataset]:
                 if snap.short in sets and self.is_own(snap):
                     sets[snap.short].members[dataset] = snap
+        for found_set in sets.values():
+            found_set.missing = [d for d in self.datasets if d not in found_set.members]
         return sorted(sets.values(), key=lambda s: s.order)
 
     def find_set(self, wanted, sets=None):

@@ -108,10 +108,17 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
     out.data.update(snapshot=short, datasets=datasets, properties=properties)
     # Before the dry run returns: it must refuse what the real run refuses.
     site.check_layout("take a snapshot", other_script=True)
+    unfinished = unfinished_sets(site)
     if dry_run:
+        for found in unfinished:
+            for name in destroy_order(site, found) if not (found.held or found.cloned) else ():
+                out.command(site.zfs.command + ["destroy", name])
         for pool, names in groups:
             out.command(site.zfs.command + site.zfs.snapshot_argv(names, props, recursive))
         return short
+    # Before the hook: the hook and the snapshot it prepares stay close together.
+    for found in unfinished:
+        destroy_unfinished(site, found)
     site.hook("before-snapshot")
     taken = []
     started = time.monotonic()
@@ -173,6 +180,60 @@ def undo_partial(site, taken, failed_pool, reason, recursive):
                 failed_pool, reason, ", ".join(destroyed)))
 
 
+def unfinished_sets(site, sets=None):
+    """The part's sets that a bin/snapshot stopped between two pools left behind.
+
+    Such a set has its members on the first pools and none at all on a later pool that its
+    `datasets` property names. It cannot be rolled back to (the rollback refuses a set missing
+    on a dataset), and the rerun takes a whole new set, so it is only space held. A set missing
+    members in another way (one destroyed by hand, a dataset added since) is not one: it is
+    shown by --list and left to bin/cleanup.
+    """
+    sets = site.snapshot_sets() if sets is None else sets
+    found = []
+    for candidate in sets:
+        recorded = candidate.recorded_datasets
+        if not candidate.missing or not recorded or not set(recorded) <= set(site.datasets):
+            continue
+        primary_pool = zfsmod.Zfs.pool(site.primary)
+        if any(pool != primary_pool and not any(d in candidate.members for d in names)
+               for pool, names in by_pool(recorded)):
+            found.append(candidate)
+    return found
+
+
+def destroy_order(site, found):
+    """The members' names, the primary's last: the set is found by the primary's snapshot,
+    so a run killed half-way leaves what the next run still finds and finishes."""
+    return [found.members[d].name for d in site.datasets[1:] + site.datasets[:1]
+            if d in found.members]
+
+
+def destroy_unfinished(site, found):
+    out = site.out
+    what = "the unfinished snapshot set %s (a bin/snapshot stopped before it reached %s)" % (
+        found.short, ", ".join(found.missing))
+    if found.held or found.cloned:
+        out.warn("%s is kept: %s; release it, then run %s %s" % (what, "; ".join(
+            ["held: " + ", ".join(found.held)] * bool(found.held) +
+            ["cloned: " + ", ".join(found.cloned)] * bool(found.cloned)),
+            site.scripts["cleanup"], found.short))
+        return
+    destroyed = []
+    for name in destroy_order(site, found):
+        out.action("destroy " + name)
+        try:
+            site.zfs.destroy(name)
+        except zfsmod.ZfsError as e:
+            raise Stop("destroying %s failed: %s; destroyed before it: %s; no new snapshot was "
+                       "taken" % (name, site.permission_message(e, "destroy,mount"),
+                                  ", ".join(destroyed) or "nothing"))
+        destroyed.append(name)
+        out.log("destroy " + name)
+    site.out.data.setdefault("destroyed_unfinished", []).append(found.short)
+    out.say("Destroyed %s." % what)
+
+
 def warn_about_growth(site, older):
     """`older`: the part's sets but the new one, read after it was taken."""
     sets = older
@@ -227,6 +288,14 @@ def list_snapshots(site):
     if not sets:
         site.out.say("This part has no snapshots of %s." % site.primary)
         return
+    unfinished = unfinished_sets(site, sets)
+    for s in sets:
+        if s.missing:
+            site.out.warn("the snapshot set %s is missing on %s: it cannot be rolled back to; %s"
+                          % (s.short, ", ".join(s.missing), (
+                              "a bin/snapshot stopped before it reached them, and the next %s "
+                              "destroys it" % site.scripts["snapshot"]) if s in unfinished else
+                             "destroy it with %s %s" % (site.scripts["cleanup"], s.short)))
     rows = [("NAME", "CREATED", "LABEL", "GIT", "USED", "HELD")]
     for s in sets:
         rows.append((s.short, s.properties.get("created", "?"), s.label or "-",

@@ -39,7 +39,11 @@ class FakePool(zfsmod.Zfs):
                                "user": {}, "readonly": "off", "content": content,
                                "seq": next(self.mount_order)}
 
-    def snapshot(self, name, properties=None):
+    def snapshot(self, name, properties=None, recursive=False):
+        """A snapshot made by the test (`name`, unprefixed properties), or, given a list of
+        names as the adapter is, one `zfs snapshot` of the code under test."""
+        if isinstance(name, list):
+            return super().snapshot(name, properties, recursive)
         dataset = name.split("@")[0]
         self.snapshot_info[name] = {"guid": self.datasets[dataset]["guid"],
                                     "createtxg": next(self._txgs), "properties": properties or {},
@@ -70,7 +74,8 @@ class FakePool(zfsmod.Zfs):
             for name in self.snapshots_of(d) if d in self.datasets else ():
                 info = self.snapshot_info[name]
                 result[d].append(zfsmod.Snapshot(
-                    name, str(info["createtxg"]), properties=dict(info["properties"])))
+                    name, str(info["createtxg"]), userrefs=str(info.get("userrefs", 0)),
+                    properties=dict(info["properties"])))
         return result, {d: 0 for d in datasets}
 
     def newer(self, datasets, createtxgs):
@@ -188,6 +193,15 @@ class FakePool(zfsmod.Zfs):
             for snap in self.snapshots_of(origin_ds):
                 if self.snapshot_info[snap]["createtxg"] <= limit:
                     self._move_snapshot(snap, name)
+        elif verb == "snapshot":
+            names = [a for a in args[1:] if "@" in a and "=" not in a]
+            props = {a.split("=", 1)[0][len(zfsmod.PROPERTY_PREFIX):]: a.split("=", 1)[1]
+                     for a in args[1:] if a.startswith(zfsmod.PROPERTY_PREFIX)}
+            if any(n in self.snapshot_info for n in names):
+                message = "cannot create snapshot '%s': dataset already exists" % names[0]
+                raise zfsmod.ZfsError(message, args, stderr=message)
+            for n in names:  # one transaction group: all of them, or none
+                self.snapshot(n, properties=props)
         elif verb == "destroy":
             name = args[-1]
             if "@" in name:

@@ -138,12 +138,14 @@ class World:
     snapshot set `target` taken by the part with content "v1", the release since ("v2"), and
     another tool's older snapshot on each dataset."""
 
-    def __init__(self, shutdown=True):
+    POOLS = ("tank", "data", "data")  # of the buildout's, the Data.fs's and the blobs' dataset
+
+    def __init__(self, shutdown=True, pools=POOLS):
         self.tmp = tempfile.mkdtemp(prefix="zfssnap-world-")
         self.top = os.path.join(self.tmp, "site")
-        self.layout = [("tank/site", self.top),
-                       ("data/site-filestorage", self.top + "/var/filestorage"),
-                       ("data/site-blobstorage", self.top + "/var/blobstorage")]
+        self.layout = [("%s/site" % pools[0], self.top),
+                       ("%s/site-filestorage" % pools[1], self.top + "/var/filestorage"),
+                       ("%s/site-blobstorage" % pools[2], self.top + "/var/blobstorage")]
         for _, mountpoint in self.layout:
             os.makedirs(mountpoint, exist_ok=True)
         self.pool = FakePool()

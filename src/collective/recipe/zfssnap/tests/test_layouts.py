@@ -6,6 +6,7 @@ import os
 import subprocess
 import unittest
 
+from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap.tests.layers import bounded
 from collective.recipe.zfssnap.tests.layers import full_series_only
 from collective.recipe.zfssnap.tests.layers import DATASETS
@@ -27,6 +28,7 @@ from collective.recipe.zfssnap.tests.layers import take_snapshot
 from collective.recipe.zfssnap.tests.layers import start_site
 from collective.recipe.zfssnap.tests.layers import stop_site
 from collective.recipe.zfssnap.tests.layers import wait_for
+from collective.recipe.zfssnap.tests.test_crash_sweep import crashed_run
 
 
 ARCHIVE = "data/site-archive"  # on the second pool, mounted inside the buildout
@@ -109,6 +111,37 @@ class TwoPoolsTest(unittest.TestCase):
             self.assertEqual(snapshots(ARCHIVE), [])
         finally:
             self.reimport_data(readonly=False)
+        self.assertEqual(program_states(), {"app": "RUNNING", "worker": "RUNNING"})
+
+    def test_killed_between_the_pools_then_the_rerun_destroys_the_half_set(self):
+        config = script_config()
+        configure(datasets=config["datasets"] + [ARCHIVE],
+                  mounts=dict(config["mounts"], **{ARCHIVE: ARCHIVE_AT}))
+        rc, out = crashed_run([SITE + "/bin/snapshot", "pre"], after=1)
+        self.assertEqual(rc, -9, out)
+        half = [n.split("@")[1] for n in snapshots("tank/site") if "lab-baseline" not in n]
+        self.assertEqual(len(half), 1, snapshots("tank/site"))
+        self.assertEqual(snapshots(ARCHIVE), [])
+        rc, out, err = bin_("snapshot", "--list")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("WARNING: the snapshot set %s is missing on %s: it cannot be rolled back "
+                      "to; a bin/snapshot stopped before it reached them, and the next "
+                      "%s/bin/snapshot destroys it" % (half[0], ARCHIVE, SITE), err)
+        rc, out, err = bin_("rollback", "--yes", half[0])
+        self.assertEqual(rc, 3, out + err)
+        self.assertIn("the snapshot %s is missing on %s" % (half[0], ARCHIVE), err)
+
+        rc, out, err = bin_("snapshot", "pre")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("Destroyed the unfinished snapshot set %s (a bin/snapshot stopped before "
+                      "it reached %s)." % (half[0], ARCHIVE), out)
+        taken = [line.split()[1] for line in out.splitlines() if line.startswith("Snapshot ")]
+        self.assertEqual(len(taken), 1, out)
+        for dataset in list(DATASETS) + [ARCHIVE]:
+            self.assertEqual([n.split("@")[1] for n in snapshots(dataset)
+                              if "lab-baseline" not in n], taken, dataset)
+        with open(state.Places(config).log) as f:
+            self.assertIn("destroy tank/site@%s\n" % half[0], f.read())
         self.assertEqual(program_states(), {"app": "RUNNING", "worker": "RUNNING"})
 
     def test_dataset_mounted_inside_since_buildout_is_refused_until_buildout_runs(self):

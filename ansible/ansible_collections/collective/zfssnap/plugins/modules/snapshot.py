@@ -14,7 +14,9 @@ description:
     in O(buildout), one atomic ZFS snapshot of the buildout's dataset and of its Data.fs and
     blobstorage datasets.
   - With a O(label), a set with that label already there is reported, not taken again, so that
-    a playbook run again after a failure on another host takes only the missing ones.
+    a playbook run again after a failure on another host takes only the missing ones. A set
+    with that label that is missing on one of the datasets (a run stopped between two pools)
+    does not count: the script destroys it and takes the set again.
   - In check mode it runs C(bin/snapshot --dry-run), which refuses what the real snapshot
     refuses (datasets not mounted as when bin/buildout ran, a bad label) and changes nothing;
     the task reports as changed the set the real run would take.
@@ -78,7 +80,10 @@ def main():
         rc, doc = run_script(module, "snapshot", ["--list"])
         if rc != 0:
             fail(module, "snapshot", rc, doc)
-        found = [s for s in doc.get("snapshots", []) if s.get("label") == label]
+        # A set missing on a dataset is not the snapshot asked for: bin/snapshot destroys one
+        # that an interrupted run left and takes the set again.
+        found = [s for s in doc.get("snapshots", []) if s.get("label") == label
+                 and not s.get("missing")]
         if len(found) > 1:
             module.fail_json(msg="the label %s is on %d snapshots here (%s): name one, or clean "
                              "up the others" % (label, len(found),
