@@ -59,6 +59,17 @@ def prepare_snapshot():
     return [SITE + "/bin/snapshot", "cut"], {}
 
 
+def prepare_half_set():
+    """A bin/snapshot killed between the two pools (a half set on tank): its rerun destroys
+    the half set first, and is cut there."""
+    argv = [SITE + "/bin/snapshot", "cut"]
+    rc, out = crashed_run(argv, after=1)
+    if rc != -signal.SIGKILL:
+        raise AssertionError("bin/snapshot was not killed after its first pool (exit %d):\n%s"
+                             % (rc, out))
+    return argv, {}
+
+
 def prepare_cleanup():
     take_snapshot("one")
     take_snapshot("two")
@@ -127,6 +138,7 @@ def check_cleanup(facts):
 
 FAMILIES = {
     "snapshot": (prepare_snapshot, check_snapshot),
+    "snapshot after a half set": (prepare_half_set, check_snapshot),
     "rollback": (prepare_rollback(False), check_rollback(False)),
     "rollback --keep": (prepare_rollback(True), check_rollback(True)),
     "cleanup": (prepare_cleanup, check_cleanup),
@@ -137,7 +149,8 @@ RESET = {"rollback (systemd)": lambda: units_site.UnitsSite.reset()}
 
 def choose(family, steps):
     """Where unsynced state matters: the record just saved, the first and the last change of
-    the datasets, the middle of the --keep swap (between renames), a destroy."""
+    the datasets, the middle of the --keep swap (between renames), the destroys (the first,
+    the middle and the last), a half set's destroy and the snapshot after it."""
     def first(pred):
         return next((n for n, a in enumerate(steps, 1) if pred(a)), None)
 
@@ -147,9 +160,12 @@ def choose(family, steps):
 
     if family == "snapshot":
         picks = [1, len(steps)]
-    elif family == "cleanup":
+    elif family == "snapshot after a half set":
         picks = [first(lambda a: a.startswith("zfs destroy")),
-                 last(lambda a: a.startswith("zfs destroy")), len(steps)]
+                 first(lambda a: a.startswith("zfs snapshot"))]
+    elif family == "cleanup":
+        destroys = [n for n, a in enumerate(steps, 1) if a.startswith("zfs destroy")]
+        picks = destroys[:1] + destroys[len(destroys) // 2:][:1] + destroys[-1:] + [len(steps)]
     elif family == "rollback (systemd)":
         picks = [first(lambda a: a.startswith("record")),
                  last(lambda a: a.startswith("zfs rollback")),
