@@ -73,8 +73,11 @@ def parser_for(script, description, config=None, name=None):
     return parser
 
 
-def run(config, name, description, add_arguments, work, argv=None, read_only=None):
-    """Parse arguments, lock, open the log, do `work`, map failures to exit codes."""
+def run(config, name, description, add_arguments, work, argv=None, read_only=None,
+        precheck=None):
+    """Parse arguments, lock, open the log, do `work`, map failures to exit codes.
+    `precheck(args)`: what is refused from the configuration alone, before the site (and
+    any zfs call)."""
     script = config.get("scripts", {}).get(name, name)
     parser = parser_for(os.path.basename(script), description, config, name)
     add_arguments(parser)
@@ -83,6 +86,8 @@ def run(config, name, description, add_arguments, work, argv=None, read_only=Non
                  else 1)
     lock = site = None
     try:
+        if precheck is not None:
+            precheck(args)
         site = Site(config, out)
         state.trust_owner_of(site.directory)
         if not args.dry_run and not (read_only and read_only(args)):
@@ -154,9 +159,13 @@ def snapshot(config, argv=None):
         else:
             snapshotmod.take_snapshot(site, args.label, args.message, dry_run=args.dry_run)
 
+    def precheck(args):
+        if not args.list:
+            snapshotmod.refuse_external_database(config)
+
     return run(config, "snapshot", "Take one ZFS snapshot of this buildout's datasets before a "
                "release (atomic within each pool).", arguments, work, argv,
-               read_only=lambda args: args.list)
+               read_only=lambda args: args.list, precheck=precheck)
 
 
 def terminal_confirmation(out, question, what_yes_does):

@@ -16,35 +16,26 @@ import zc.buildout.easy_install
 from collective.recipe.zfssnap import mounts as mountsmod
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.datasets import PartDatasets
+from collective.recipe.zfssnap.storages import EXTERNAL_DATABASE
+from collective.recipe.zfssnap.storages import ZODB_RECIPES
+from collective.recipe.zfssnap.storages import external_databases_of
+from collective.recipe.zfssnap.storages import filestorages_of
 
 
 SUPERVISOR_RECIPE = "collective.recipe.supervisor"
-ZODB_RECIPES = ("plone.recipe.zope2instance", "plone.recipe.zeoserver")
 HOOKS = ("before-snapshot", "after-snapshot", "before-rollback", "after-rollback")
 SCRIPTS = ("snapshot", "rollback", "cleanup")
 TRUE = ("true", "yes", "on", "1")
 FALSE = ("false", "no", "off", "0", "")
 OPTIONS = set(HOOKS) | {s + "-script" for s in SCRIPTS} | {
-    "dataset", "exclude-datasets", "extra-datasets", "filestorages", "health-check",
+    "dataset", "exclude-datasets", "external-database", "extra-datasets", "filestorages",
+    "health-check",
     "hook-timeout", "keep-rolled-away", "lock-file", "log-file", "prefix", "programs",
     "recipe", "recursive", "release-guard", "retain", "stop-timeout", "supervisor-conf",
     "supervisorctl", "supervisord", "supervisord-unit", "systemd-units", "systemd-user",
     "warn-size", "zfs", "zfs-timeout"}
 UNIT_TYPES = ("service", "socket", "timer", "path", "target")
 OTHER_UNIT_TYPES = ("mount", "automount", "swap", "device", "slice", "scope")
-
-
-def filestorages_of(sections, directory):
-    """The Data.fs files of Zope instance or ZEO server parts (their options by part name)."""
-    found = []
-    for section in sections.values():
-        var = os.path.join(directory, section.get("var") or section.get("zeo-var") or "var")
-        # A relative file-storage is relative to var, as those recipes read it.
-        path = os.path.join(var, section.get("file-storage") or
-                            os.path.join("filestorage", "Data.fs"))
-        if path not in found:
-            found.append(path)
-    return found
 
 
 def recipe_of(raw, part, doing=()):
@@ -104,7 +95,8 @@ class Recipe(PartDatasets):
                                 ("hook-timeout", "600"), ("supervisord-unit", ""),
                                 ("release-guard", "refuse"), ("health-check", ""),
                                 ("keep-rolled-away", "false"), ("zfs-timeout", "1800"),
-                                ("systemd-units", ""), ("systemd-user", "")):
+                                ("systemd-units", ""), ("systemd-user", ""),
+                                ("external-database", "refuse")):
             options.setdefault(option, default)
         for hook in HOOKS:
             options.setdefault(hook, "")
@@ -226,11 +218,13 @@ class Recipe(PartDatasets):
                              "systemd-units names none")
         return units
 
-    def find_filestorages(self):
+    def zodb_parts(self):
         parts = [p for p in self.buildout["buildout"].get("parts", "").split()
                  if p != self.name and recipe_of(self.buildout._raw, p) in ZODB_RECIPES]
-        return filestorages_of({p: self.buildout[p] for p in parts},
-                               self.buildout["buildout"]["directory"])
+        return {p: self.buildout[p] for p in parts}
+
+    def find_filestorages(self):
+        return filestorages_of(self.zodb_parts(), self.buildout["buildout"]["directory"])
 
     def health_check(self):
         value = self.options["health-check"].strip()
@@ -310,6 +304,10 @@ class Recipe(PartDatasets):
         if guard not in ("refuse", "warn", "snapshot", "off"):
             raise self.error("release-guard", "must be refuse, warn, snapshot or off, not %r"
                              % guard)
+        external = options["external-database"].strip()
+        if external not in EXTERNAL_DATABASE:
+            raise self.error("external-database", "must be refuse or by-hand, not %r"
+                             % external)
         unit = options["supervisord-unit"].strip()
         if unit and not re.match(r"^[\w:.@-]+$", unit):
             raise self.error("supervisord-unit", "%r is not a systemd unit name" % unit)
@@ -349,6 +347,8 @@ class Recipe(PartDatasets):
             "hook_timeout": self.number("hook-timeout", 1),
             "zfs_timeout": self.number("zfs-timeout", 0),
             "filestorages": [os.path.join(self.directory, p) for p in self.words("filestorages")],
+            "external_databases": external_databases_of(self.zodb_parts()),
+            "external_database": external,
             "health_check": self.health_check(),
             "keep_rolled_away": self.boolean("keep-rolled-away"),
             "hooks": {hook: self.hook(hook) for hook in HOOKS if options[hook].strip()},

@@ -14,6 +14,7 @@ from collective.recipe.zfssnap.site import BAD_INPUT
 from collective.recipe.zfssnap.site import Background
 from collective.recipe.zfssnap.site import FAILED
 from collective.recipe.zfssnap.site import P
+from collective.recipe.zfssnap.site import REFUSED
 from collective.recipe.zfssnap.site import Stop
 from collective.recipe.zfssnap.site import current_user
 
@@ -68,6 +69,21 @@ def by_pool(names):
     for name in names:
         pools.setdefault(zfsmod.Zfs.pool(name), []).append(name)
     return list(pools.items())
+
+
+def refuse_external_database(config):
+    """A ZODB in a database server is not on the datasets: a snapshot would let a rollback
+    undo the code and not the data. Checked from the configuration alone, before any zfs call
+    (also where there is no ZFS)."""
+    found = config.get("external_databases") or []
+    if not found or config.get("external_database") == "by-hand":
+        return
+    raise Stop("the database is in %s (%s): a ZFS rollback would undo the code but not the "
+               "data; if you roll the database back yourself with each release, set "
+               "external-database = by-hand in the [%s] part and run bin/buildout; no snapshot "
+               "was taken" % (" and ".join(sorted({d["kind"] for d in found})),
+                              "; ".join(d["where"] for d in found), config.get("part")),
+               REFUSED)
 
 
 def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
@@ -151,6 +167,9 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
         warn_about_growth(site, [s for s in site.snapshot_sets() if s.short != short])
     except zfsmod.ZfsError as e:
         out.warn("the snapshot was taken, but its space could not be read: " + e.message)
+    for database in site.config.get("external_databases") or ():
+        out.warn("the database in %s (%s) is not in this snapshot: roll it back yourself with "
+                 "a rollback to %s" % (database["kind"], database["where"], short))
     site.hook("after-snapshot")
     return short
 

@@ -112,6 +112,10 @@ def show_plan(site, plan, diff=False, always=False):
             say("    %s  %s  %s" % (t["time"], t["user"] or "-", t["description"] or "-"))
         if view["count"] > len(view["transactions"]):
             say("    ... and %d more" % (view["count"] - len(view["transactions"])))
+    for database in site.config.get("external_databases") or ():
+        say("  the database in %s (%s): not rolled back with the datasets; roll it back "
+            "yourself to its state of %s" % (database["kind"], database["where"],
+                                             target.properties.get("created", "?")))
     out.data["plan"] = [dict(e) for e in plan["datasets"]]
     out.data["zodb"] = plan.get("zodb", [])
     out.data["target"] = target.as_dict()

@@ -199,7 +199,7 @@ class FileStoragesTest(unittest.TestCase):
     """Where plone.recipe.zope2instance and plone.recipe.zeoserver parts keep the Data.fs."""
 
     def test_defaults_relative_and_absolute(self):
-        from collective.recipe.zfssnap.recipe import filestorages_of
+        from collective.recipe.zfssnap.storages import filestorages_of
         self.assertEqual(filestorages_of({
             "instance": {},
             "client2": {},  # the same Data.fs: listed once
