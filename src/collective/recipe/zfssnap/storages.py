@@ -4,11 +4,10 @@ transactions) and whether the data is in a database server instead, which a ZFS 
 does not hold."""
 import os
 
+from collective.recipe.zfssnap.zopeconf import SERVER_DATABASES
+
 
 ZODB_RECIPES = ("plone.recipe.zope2instance", "plone.recipe.zeoserver")
-# RelStorage's adapters that keep the ZODB in a database server, not in files on a dataset
-# (its sqlite3 adapter keeps files on disk, as a Data.fs is).
-SERVER_DATABASES = {"postgresql": "PostgreSQL", "mysql": "MySQL", "oracle": "Oracle"}
 EXTERNAL_DATABASE = ("refuse", "by-hand")
 
 
