@@ -57,7 +57,9 @@ class PartOptions(PartDatasets):
         self.found_dataset = "dataset" not in options
         if self.found_dataset:
             options["dataset"] = self.find_dataset()
-        for option, default in (("extra-datasets", ""), ("exclude-datasets", ""),
+        if "extra-datasets" not in options:
+            options["extra-datasets"] = "\n".join(self.find_extra_datasets())
+        for option, default in (("exclude-datasets", ""),
                                 ("recursive", "false"), ("prefix", name), ("retain", "0"),
                                 ("warn-size", "10G"), ("programs", ""), ("stop-timeout", "60"),
                                 ("hook-timeout", "600"), ("supervisord-unit", ""),
@@ -104,6 +106,11 @@ class PartOptions(PartDatasets):
         """Default supervisor settings (options supervisorctl, supervisord, supervisor-conf)
         and self.supervisor_files, supervisord's files that tell whether it must go down."""
         raise NotImplementedError
+
+    def find_extra_datasets(self):
+        """Datasets of the site's data outside what the mount table shows inside its
+        directory (extra-datasets' default): their mountpoints."""
+        return []
 
     def find_filestorages(self):
         return []
