@@ -71,6 +71,7 @@ setup(
         ],
     },
     entry_points={
+        "console_scripts": ["zfssnap = collective.recipe.zfssnap.cli:run"],
         "zc.buildout": ["default = collective.recipe.zfssnap.recipe:Recipe"],
         "zc.buildout.extension": ["default = collective.recipe.zfssnap.extension:extension"],
         "zc.buildout.unloadextension": [

@@ -78,12 +78,13 @@ def refuse_external_database(config):
     found = config.get("external_databases") or []
     if not found or config.get("external_database") == "by-hand":
         return
+    where = config.get("options_in") or "in the [%s] part and run bin/buildout" % (
+        config.get("part"))
     raise Stop("the database is in %s (%s): a ZFS rollback would undo the code but not the "
                "data; if you roll the database back yourself with each release, set "
-               "external-database = by-hand in the [%s] part and run bin/buildout; no snapshot "
-               "was taken" % (" and ".join(sorted({d["kind"] for d in found})),
-                              "; ".join(d["where"] for d in found), config.get("part")),
-               REFUSED)
+               "external-database = by-hand %s; no snapshot was taken" % (
+                   " and ".join(sorted({d["kind"] for d in found})),
+                   "; ".join(d["where"] for d in found), where), REFUSED)
 
 
 def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):

@@ -41,6 +41,8 @@ class SiteOptions(PartOptions):
                          os.path.dirname(os.path.abspath(sys.argv[0])))
         # One command with the three as its subcommands: the hints name it so.
         self.config["scripts"] = {s: "zfssnap " + s for s in SCRIPTS}
+        self.config["options_in"] = "in %s" % (
+            config.path if config else os.path.join(self.site, configfile.CFG))
 
     def where(self, option):
         if self.file is None:
@@ -166,4 +168,14 @@ def load(directory, bin_directory=None):
             "%s has no %s, no [tool.%s] in pyproject.toml and no instance/etc/zope.conf: "
             "run zfssnap in the site directory, or write its %s" % (
                 directory, configfile.CFG, configfile.SECTION, configfile.CFG))
-    return SiteOptions(directory, config, bin_directory).config
+    result = SiteOptions(directory, config, bin_directory).config
+    result["version"] = package_version()
+    return result
+
+
+def package_version():
+    from importlib import metadata
+    try:
+        return metadata.version("collective.recipe.zfssnap")
+    except metadata.PackageNotFoundError:  # run from a checkout
+        return ""
