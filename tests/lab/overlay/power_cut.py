@@ -63,7 +63,7 @@ def prepare_half_set():
     """A bin/snapshot killed between the two pools (a half set on tank): its rerun destroys
     the half set first, and is cut there."""
     argv = [SITE + "/bin/snapshot", "cut"]
-    rc, out = crashed_run(argv, after=1)
+    rc, out = crashed_run(argv, after=2)  # 1: the record naming the set; 2: the first pool
     if rc != -signal.SIGKILL:
         raise AssertionError("bin/snapshot was not killed after its first pool (exit %d):\n%s"
                              % (rc, out))
@@ -159,7 +159,8 @@ def choose(family, steps):
         return found[-1] if found else None
 
     if family == "snapshot":
-        picks = [1]  # between the pools (after the last, the set is whole: nothing to see)
+        # Between the pools (after the last, the set is whole: nothing to see).
+        picks = [first(lambda a: a.startswith("zfs snapshot"))]
     elif family == "snapshot after a half set":
         picks = [first(lambda a: a.startswith("zfs destroy")),
                  first(lambda a: a.startswith("zfs snapshot"))]

@@ -74,7 +74,11 @@ def choose(site, sets, names, older_than):
                 chosen.append(found)
         return chosen
     retain = site.config.get("retain", 0)
-    chosen = sets[:-retain] if retain else list(sets)
+    # Only sets that can be rolled back to are kept for it: one missing on a dataset (a run
+    # stopped between pools) must not take the place of the last whole one.
+    whole = [s for s in sets if not s.missing]
+    kept = whole[-retain:] if retain else []
+    chosen = [s for s in sets if s not in kept]
     if older_than is not None:
         limit = time.time() - older_than
         chosen = [s for s in chosen if s.created < limit]
@@ -142,7 +146,9 @@ def cleanup(site, names=(), older_than=None, dry_run=False, yes=False, confirm=N
         out.data["freed"] = 0
         return
     by_dataset = {}
-    for dataset in site.datasets[1:] + site.datasets[:1]:
+    # The buildout's dataset last (its snapshot is how a set is found: a run killed half-way
+    # leaves what the next finds); with `recursive` it need not be first in site.datasets.
+    for dataset in [d for d in site.datasets if d != site.primary] + [site.primary]:
         shorts = [s.members[dataset].short for s in chosen if dataset in s.members]
         if shorts:
             by_dataset[dataset] = shorts

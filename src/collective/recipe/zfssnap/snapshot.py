@@ -9,6 +9,7 @@ import os
 import subprocess
 import time
 
+from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.site import BAD_INPUT
 from collective.recipe.zfssnap.site import Background
@@ -125,7 +126,9 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
     out.data.update(snapshot=short, datasets=datasets, properties=properties)
     # Before the dry run returns: it must refuse what the real run refuses.
     site.check_layout("take a snapshot", other_script=True)
-    unfinished = unfinished_sets(site)
+    record = state.Record(site.places.snapshot_record, required="snapshot")
+    pending = record.load()
+    unfinished = unfinished_sets(site, pending=pending)
     if dry_run:
         for found in unfinished:
             for name in destroy_order(site, found) if not (found.held or found.cloned) else ():
@@ -136,7 +139,15 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
     # Before the hook: the hook and the snapshot it prepares stay close together.
     for found in unfinished:
         destroy_unfinished(site, found)
+    if pending is not None:
+        record.clear()
     site.hook("before-snapshot")
+    several = len(groups) > 1
+    if several:
+        # Named before the first pool's snapshot, cleared after the last one's: a run killed
+        # in between leaves the one set its rerun destroys, and no other set is ever taken
+        # for one.
+        record.save({"snapshot": short, "datasets": datasets, "stage": "taking"})
     taken = []
     started = time.monotonic()
     for pool, names in groups:
@@ -147,11 +158,16 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
         except zfsmod.ZfsError as e:
             # A name taken already (two snapshots in one second) is the one foreseeable case.
             exists = "dataset already exists" in e.stderr
-            raise Stop(undo_partial(site, taken, pool, "a snapshot named %s exists already: "
-                                    "wait a second, or give another label" % short if exists
-                                    else site.permission_message(e, "snapshot,userprop"),
-                                    recursive), BAD_INPUT if exists else FAILED)
+            message, left = undo_partial(site, taken, pool, "a snapshot named %s exists "
+                                         "already: wait a second, or give another label" % short
+                                         if exists else site.permission_message(
+                                             e, "snapshot,userprop"), recursive)
+            if several and not left:
+                record.clear()
+            raise Stop(message, BAD_INPUT if exists else FAILED)
         taken.append((pool, names))
+    if several:
+        record.clear()
     gap = time.monotonic() - started
     out.log("snapshot %s" % " ".join(n for _, names in groups for n in names))
     scripts = site.scripts
@@ -176,13 +192,14 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
 
 
 def undo_partial(site, taken, failed_pool, reason, recursive):
-    """The message for a snapshot that failed on one pool after others were taken, which are
-    destroyed again here: a half set would roll back some datasets and not others."""
+    """(message, whether some are left) for a snapshot that failed on one pool after others
+    were taken, which are destroyed again here (the buildout's last, as the rerun would): a
+    half set would roll back some datasets and not others."""
     if not taken:
-        return "the snapshot failed: %s; no snapshot was taken" % reason
+        return "the snapshot failed: %s; no snapshot was taken" % reason, False
     destroyed, left = [], []
-    for pool, names in taken:
-        for name in names:
+    for pool, names in reversed(taken):
+        for name in reversed(names):
             try:
                 site.zfs.destroy(name, recursive=recursive)
                 destroyed.append(name)
@@ -192,41 +209,35 @@ def undo_partial(site, taken, failed_pool, reason, recursive):
         failed_pool, " ".join(destroyed) or "-"))
     if left:
         return ("the snapshot failed on pool %s: %s; destroying the ones already taken on the "
-                "other pools failed too, so a half set is left: %s; destroy them by hand "
-                "(zfs destroy%s NAME)" % (failed_pool, reason, "; ".join(
-                    "%s (%s)" % item for item in left), " -r" if recursive else ""))
+                "other pools failed too, so a half set is left: %s; the next %s destroys it, "
+                "or destroy them by hand (zfs destroy%s NAME)" % (
+                    failed_pool, reason, "; ".join("%s (%s)" % item for item in left),
+                    site.scripts["snapshot"], " -r" if recursive else "")), True
     return ("the snapshot failed on pool %s: %s; the snapshots already taken on the other "
             "pools (%s) were destroyed again: no snapshot was taken" % (
-                failed_pool, reason, ", ".join(destroyed)))
+                failed_pool, reason, ", ".join(destroyed))), False
 
 
-def unfinished_sets(site, sets=None):
-    """The part's sets that a bin/snapshot stopped between two pools left behind.
+def unfinished_sets(site, sets=None, pending=None):
+    """The set a bin/snapshot on several pools left when it stopped between two of them: the
+    one its record names (written before the first pool's snapshot, removed after the last),
+    when that set misses datasets; [] or [it].
 
-    Such a set has its members on the first pools and none at all on a later pool that its
-    `datasets` property names. It cannot be rolled back to (the rollback refuses a set missing
-    on a dataset), and the rerun takes a whole new set, so it is only space held. A set missing
-    members in another way (one destroyed by hand, a dataset added since) is not one: it is
-    shown by --list and left to bin/cleanup.
+    Only that set: one missing datasets for any other reason (a member destroyed or rolled
+    back by hand, a dataset added since) is shown by --list and left to bin/cleanup.
     """
+    if pending is None:
+        pending = state.Record(site.places.snapshot_record, required="snapshot").load()
+    if not pending:
+        return []
     sets = site.snapshot_sets() if sets is None else sets
-    found = []
-    for candidate in sets:
-        recorded = candidate.recorded_datasets
-        if not candidate.missing or not recorded or not set(recorded) <= set(site.datasets):
-            continue
-        primary_pool = zfsmod.Zfs.pool(site.primary)
-        if any(pool != primary_pool and not any(d in candidate.members for d in names)
-               for pool, names in by_pool(recorded)):
-            found.append(candidate)
-    return found
-
-
+    return [s for s in sets if s.short == pending["snapshot"] and s.missing]
 def destroy_order(site, found):
-    """The members' names, the primary's last: the set is found by the primary's snapshot,
-    so a run killed half-way leaves what the next run still finds and finishes."""
-    return [found.members[d].name for d in site.datasets[1:] + site.datasets[:1]
-            if d in found.members]
+    """The members' names, the buildout's last: the set is found by the buildout dataset's
+    snapshot, so a run killed half-way leaves what the next run still finds and finishes.
+    (With `recursive`, site.datasets is in zfs's order, not the buildout's first.)"""
+    order = [d for d in site.datasets if d != site.primary] + [site.primary]
+    return [found.members[d].name for d in order if d in found.members]
 
 
 def destroy_unfinished(site, found):

@@ -113,6 +113,8 @@ class Places:
         self.locks = [self.lock] + [p for p in [config.get("lock_file")] if p and p != self.lock]
         self.log = config.get("log_file") or self.path(".log")
         self.buildout_record = self.path(".buildout.json")
+        # The set a bin/snapshot on several pools is taking: there until its last pool's.
+        self.snapshot_record = self.path(".snapshot.json")
         self.finished = self.path(".rolled-back.json")  # the last finished rollback (again.py)
         self.owner = (owner, group) if euid == 0 and self.uid == owner and owner != 0 else None
         # Where an earlier run may have left the record: the other candidate directory (the

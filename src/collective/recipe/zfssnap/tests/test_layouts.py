@@ -117,7 +117,8 @@ class TwoPoolsTest(unittest.TestCase):
         config = script_config()
         configure(datasets=config["datasets"] + [ARCHIVE],
                   mounts=dict(config["mounts"], **{ARCHIVE: ARCHIVE_AT}))
-        rc, out = crashed_run([SITE + "/bin/snapshot", "pre"], after=1)
+        # Action 1 is the record naming the set, 2 the first pool's snapshot.
+        rc, out = crashed_run([SITE + "/bin/snapshot", "pre"], after=2)
         self.assertEqual(rc, -9, out)
         half = [n.split("@")[1] for n in snapshots("tank/site") if "lab-baseline" not in n]
         self.assertEqual(len(half), 1, snapshots("tank/site"))

@@ -75,7 +75,8 @@ class UnfinishedSetTest(unittest.TestCase):
     def half_set(self):
         """A world where bin/snapshot was killed between the pools: (world, the half set)."""
         world = self.world()
-        self.assertIsInstance(self.snapshot(world, crash_after=1), Crash)
+        # Action 1 is the record naming the set, 2 the first pool's snapshot.
+        self.assertIsInstance(self.snapshot(world, crash_after=2), Crash)
         sets = self.sets(world)
         self.assertEqual(list(sets.values()), [["tank/site"]])
         return world, list(sets)[0]
@@ -85,9 +86,16 @@ class UnfinishedSetTest(unittest.TestCase):
         world = self.world()
         self.assertIsNone(self.snapshot(world, log=log))
         short = world.data["snapshot"]
-        self.assertEqual([[w for w in a.split() if "@" in w and "=" not in w] for a in log], [
-            ["tank/site@" + short],
-            ["data/site-filestorage@" + short, "data/site-blobstorage@" + short]])
+        self.assertEqual([[w for w in a.split() if "@" in w and "=" not in w] or a
+                          for a in log], [
+            "record taking", ["tank/site@" + short],
+            ["data/site-filestorage@" + short, "data/site-blobstorage@" + short],
+            "record removed"])
+        # On one pool there is nothing to be half-taken: no record.
+        log = []
+        world = self.world(pools=("tank", "tank", "tank"))
+        self.assertIsNone(self.snapshot(world, log=log))
+        self.assertEqual([a.split()[:2] for a in log], [["zfs", "snapshot"]])
 
     def test_list_says_which_set_cannot_be_rolled_back_to(self):
         world, half = self.half_set()
@@ -128,7 +136,7 @@ class UnfinishedSetTest(unittest.TestCase):
             counting = self.world(pools)
             first = []
             self.snapshot(counting, log=first)
-            self.assertEqual(len(first), len(set(pools)), pools)
+            self.assertEqual(len(first), len(set(pools)) + 2, pools)  # and the record
             for n in range(1, len(first) + 1):
                 probe = self.world(pools)
                 self.snapshot(probe, crash_after=n)
@@ -161,6 +169,30 @@ class UnfinishedSetTest(unittest.TestCase):
             "the unfinished snapshot set %s (a bin/snapshot stopped before it reached "
             "data/site-filestorage, data/site-blobstorage) is kept: held: tank/site@%s; release "
             "it, then run %s/bin/cleanup %s" % (half, half, world.top, half)])
+
+    def test_a_set_whose_data_pool_was_rolled_back_by_hand_is_not_destroyed(self):
+        """Missing on a whole pool, as a half set is, but no bin/snapshot left it: kept."""
+        world = self.world()
+        for name in ("data/site-filestorage", "data/site-blobstorage"):
+            world.pool.run("destroy", "%s@%s" % (name, world.target))
+        self.assertIsNone(self.snapshot(world))
+        self.assertIn("tank/site@" + world.target, world.pool.snapshot_info)
+        self.assertNotIn("destroyed_unfinished", world.data)
+        listed, warnings = self.listed(world)
+        self.assertIn("the snapshot set %s is missing on data/site-filestorage, "
+                      "data/site-blobstorage: it cannot be rolled back to; destroy it with "
+                      "%s/bin/cleanup %s" % (world.target, world.top, world.target), warnings)
+
+    def test_cleanup_keeps_the_last_whole_set_for_retain_not_a_half_set(self):
+        from collective.recipe.zfssnap import cleanup as cleanupmod
+        world, half = self.half_set()
+        world.config["retain"] = 1
+        site = world.site()
+        with world.patched():
+            cleanupmod.cleanup(site, yes=True)
+        self.assertEqual(site.out.data["destroyed"], [half])
+        self.assertIn("tank/site@" + world.target, world.pool.snapshot_info)
+        self.assertEqual(self.sets(world), {})
 
     def test_a_member_destroyed_by_hand_is_shown_not_destroyed(self):
         world = self.world()
