@@ -51,8 +51,12 @@ def main(argv=None):
     try:
         config = standalone.load(os.path.abspath(directory))
     except configfile.ConfigError as e:
-        sys.stderr.write("zfssnap %s: error: %s\n" % (command, e.message))
-        return BAD_INPUT
+        if "-h" not in rest and "--help" not in rest:
+            sys.stderr.write("zfssnap %s: error: %s\n" % (command, e.message))
+            return BAD_INPUT
+        # The help of a command, also where there is no site to configure it.
+        config = {"part": standalone.PART, "directory": os.path.abspath(directory),
+                  "datasets": [], "scripts": {c: "zfssnap " + c for c in COMMANDS}}
     return getattr(mainmod, command)(config, rest)
 
 

@@ -246,6 +246,15 @@ def check(part, config, site, mode, found, last):
         raise zc.buildout.UserError("[%s] release guard: %s" % (part, e.message))
     if fresh:
         return
+    try:
+        # A database server the snapshot would not hold: say so, not "take a snapshot".
+        snapshotmod.refuse_external_database(config)
+    except Stop as e:
+        if mode == "warn":
+            logger.warning("%s; going on (release-guard = warn)", e.message)
+            return
+        raise zc.buildout.UserError("[%s] release guard: %s; no part was installed, updated or "
+                                    "uninstalled" % (part, e.message))
     scripts = config["scripts"]
     message = ("bin/buildout would change the installed site (%s), and the part %s has no "
                "snapshot taken since the last successful bin/buildout (%s)" % (

@@ -57,9 +57,7 @@ class PartOptions(PartDatasets):
         self.found_dataset = "dataset" not in options
         if self.found_dataset:
             options["dataset"] = self.find_dataset()
-        if "extra-datasets" not in options:
-            options["extra-datasets"] = "\n".join(self.find_extra_datasets())
-        for option, default in (("exclude-datasets", ""),
+        for option, default in (("extra-datasets", ""), ("exclude-datasets", ""),
                                 ("recursive", "false"), ("prefix", name), ("retain", "0"),
                                 ("warn-size", "10G"), ("programs", ""), ("stop-timeout", "60"),
                                 ("hook-timeout", "600"), ("supervisord-unit", ""),
@@ -87,7 +85,9 @@ class PartOptions(PartDatasets):
                                  "remove one of the two options")
         else:
             self.find_supervisor()
-        options.setdefault("filestorages", "\n".join(self.find_filestorages()))
+        # Quoted: the option is split into words (a path may have a space).
+        options.setdefault("filestorages", "\n".join(shlex.quote(p)
+                                                     for p in self.find_filestorages()))
         self.external_databases = self.find_external_databases()
         self.mountpoints = {}  # dataset -> where it is mounted (when it is)
         self.dataset_list, self.excluded = self.datasets()
@@ -106,11 +106,6 @@ class PartOptions(PartDatasets):
         """Default supervisor settings (options supervisorctl, supervisord, supervisor-conf)
         and self.supervisor_files, supervisord's files that tell whether it must go down."""
         raise NotImplementedError
-
-    def find_extra_datasets(self):
-        """Datasets of the site's data outside what the mount table shows inside its
-        directory (extra-datasets' default): their mountpoints."""
-        return []
 
     def find_filestorages(self):
         return []

@@ -13,8 +13,6 @@ import shutil
 import sys
 
 from collective.recipe.zfssnap import configfile
-from collective.recipe.zfssnap import mounts as mountsmod
-from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap import zopeconf
 from collective.recipe.zfssnap.options import SCRIPTS
 from collective.recipe.zfssnap.options import PartOptions
@@ -63,28 +61,6 @@ class SiteOptions(PartOptions):
                     raise configfile.ConfigError("cannot read the storages of %s" % e.message)
         return self.storages
 
-    def find_extra_datasets(self):
-        """The directories of the data files (a Data.fs's, a blob directory) that are the
-        mountpoints of datasets: what a buildout's part names in extra-datasets."""
-        found = []
-        for storage in self.read_storages():
-            for path in storage.data_files:
-                directory = path if storage_dir(storage, path) else os.path.dirname(path)
-                directory = os.path.realpath(directory)
-                if directory in found or directory == self.site:
-                    continue
-                mount = mountsmod.holding(directory, self.table)
-                if mount is not None:
-                    mountpoint = mount.mountpoint
-                else:
-                    try:
-                        mountpoint = self.zfs.dataset_at(directory)[1]
-                    except zfsmod.ZfsError:  # not on ZFS, or no zfs: the layout check says
-                        continue
-                if os.path.realpath(mountpoint) == directory:
-                    found.append(directory)
-        return found
-
     def find_filestorages(self):
         return [s.keys["path"] for storage in self.read_storages()
                 for s in (storage, storage.inner) if s is not None and s.keys.get("path")
@@ -123,12 +99,6 @@ class SiteOptions(PartOptions):
             if os.access(path, os.X_OK):
                 return path
         return shutil.which(name)
-
-
-def storage_dir(storage, path):
-    """Whether `path` of `storage` is a directory (blobs, sqlite3), not a file (Data.fs)."""
-    return path in (storage.keys.get("blob-dir"), storage.keys.get("data-dir")) or (
-        storage.inner is not None and storage_dir(storage.inner, path))
 
 
 def supervisord_files(conf):

@@ -110,7 +110,7 @@ class _Reader:
             elif line.startswith("<"):
                 self.section(path, number, line)
             else:
-                key, _, value = line.partition(" ")
+                key, value = (line.split(None, 1) + [""])[:2]
                 self.key(path, number, key.lower(), self.substitute(path, number,
                                                                     value.strip()))
 
@@ -119,7 +119,11 @@ class _Reader:
             if match.group(0) == "$$":
                 return "$"
             if match.group(2) is not None:
-                return self.environ.get(match.group(2), "")
+                # As ZConfig: unset is an error (empty, a path would move to the root).
+                if match.group(2) not in self.environ:
+                    raise ConfError(path, number, "$(%s) is not set in the environment"
+                                    % match.group(2))
+                return self.environ[match.group(2)]
             name = (match.group(1) or match.group(3)).lower()
             if name not in self.defines:
                 raise ConfError(path, number, "$%s is not defined" % name)
@@ -130,10 +134,10 @@ class _Reader:
         return rest
 
     def directive(self, path, number, line, depth):
-        name, _, arg = line[1:].partition(" ")
+        name, arg = (line[1:].split(None, 1) + [""])[:2]
         name, arg = name.lower(), arg.strip()
         if name == "define":
-            define, _, value = arg.partition(" ")
+            define, value = (arg.split(None, 1) + [""])[:2]
             if not re.match("^%s$" % NAME, define):
                 raise ConfError(path, number, "%%define needs a name, not %r" % define)
             self.defines[define.lower()] = self.substitute(path, number, value.strip())

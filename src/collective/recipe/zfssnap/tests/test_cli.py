@@ -40,6 +40,10 @@ class CommandLineTest(unittest.TestCase):
         self.assertTrue(err.endswith("zfssnap: error: 'restore' is not a command: give "
                                      "snapshot, rollback or cleanup\n"), err)
         self.assertEqual(self.zfssnap("-C")[0], 2)
+        # A command's help, also where there is no site.
+        with self.assertRaises(SystemExit) as caught:
+            self.zfssnap("-C", self.site, "rollback", "--help")
+        self.assertEqual(caught.exception.code, 0)
 
     def test_a_directory_without_a_site(self):
         empty = os.path.join(self.site, "instance")

@@ -79,3 +79,40 @@ class SnapshotRefusedTest(unittest.TestCase):
             self.assertEqual(code, 2, err)
             self.assertNotIn("the database is in", err)
             self.assertIn("no-zfs-here", err)
+
+
+class ReleaseGuardTest(unittest.TestCase):
+    """bin/buildout about to change a site whose database is in a server: the guard says that,
+    in every mode but off, instead of asking for a snapshot that bin/snapshot refuses."""
+
+    def test_the_guard_names_the_database(self):
+        import logging
+        import zc.buildout
+        from collective.recipe.zfssnap import extension
+
+        class NoSnapshots:
+            out = None
+
+            def snapshot_sets(self):
+                return []
+
+        config = {"part": "site", "datasets": ["tank/site"], "directory": "/srv/site",
+                  "scripts": {"snapshot": "/srv/site/bin/site-snapshot"},
+                  "external_databases": [{"kind": "MySQL", "where": "the rel-storage option "
+                                          "of the [instance] part"}]}
+        for mode in ("refuse", "snapshot"):
+            with self.assertRaises(zc.buildout.UserError) as caught:
+                extension.check("site", config, NoSnapshots(), mode, ["a part changed"], None)
+            self.assertTrue(str(caught.exception).startswith(
+                "[site] release guard: the database is in MySQL (the rel-storage option of the "
+                "[instance] part): a ZFS rollback would undo the code but not the data;"),
+                caught.exception)
+            self.assertTrue(str(caught.exception).endswith(
+                "no snapshot was taken; no part was installed, updated or uninstalled"))
+        with self.assertLogs("site", logging.WARNING) as logged:
+            extension.check("site", config, NoSnapshots(), "warn", ["a part changed"], None)
+        self.assertIn("the database is in MySQL", logged.output[0])
+        config["external_database"] = "by-hand"
+        with self.assertRaises(zc.buildout.UserError) as caught:
+            extension.check("site", config, NoSnapshots(), "refuse", ["a part changed"], None)
+        self.assertIn("has no snapshot taken since", str(caught.exception))

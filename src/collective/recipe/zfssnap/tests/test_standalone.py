@@ -51,7 +51,11 @@ class StandaloneTest(unittest.TestCase):
             line + "\n" for line in lines)))
 
     def test_a_cookiecutter_site_with_its_configuration_file(self):
-        self.cfg("programs = instance")
+        # In the guest the mount table shows the datasets mounted inside the site; this
+        # machine's has none, so they are named here.
+        self.cfg("programs = instance", "extra-datasets =",
+                 "    %s/instance/var/filestorage" % self.site,
+                 "    %s/instance/var/blobs" % self.site)
         self.write("supervisord.conf", """\
             [unix_http_server]
             file = %(here)s/var/supervisor.sock

@@ -129,6 +129,11 @@ class ZopeConfTest(unittest.TestCase):
             """)
         self.assertEqual([s.data_files for s in storages], [[], ["/srv/site/var/blobstorage"]])
 
+    def test_tabs_between_the_key_and_the_value(self):
+        [storage] = self.read("%define\tVAR /srv/site/var\n<filestorage>\n"
+                              "\tpath\t$VAR/Data.fs\n</filestorage>\n")
+        self.assertEqual(storage.data_files, ["/srv/site/var/Data.fs"])
+
     def test_a_zeo_server_conf_as_the_zeoserver_recipe_writes_it(self):
         path = self.write("parts/zeoserver/etc/zeo.conf", """\
             %define INSTANCE /srv/site/parts/zeoserver
@@ -173,13 +178,15 @@ class ZopeConfTest(unittest.TestCase):
                  "line 3: </zodb_db> closes no <zodb_db>"),
                 ("<zodb_db main>\n", "line 1: <zodb_db> is never closed"),
                 ("path $nowhere/Data.fs\n", "line 1: $nowhere is not defined"),
+                ("path $(ZODB_DIR)/Data.fs\n", "line 1: $(ZODB_DIR) is not set in the "
+                 "environment"),
                 ("path /a$\n", "line 1: a $ that names nothing (write $$ for a $)"),
                 ("%includes x\n", "line 1: unknown directive %includes"),
                 ("<zodb_db main\n", "line 1: '<zodb_db main' is not a section start or end"),
                 ("%include missing.conf\n", "missing.conf: cannot be read (No such file or "
                  "directory)")):
             with self.assertRaises(zopeconf.ConfError) as caught:
-                self.read(text)
+                self.read(text, environ={})
             self.assertTrue(caught.exception.message.endswith(what), caught.exception.message)
             if "missing" not in text:
                 self.assertTrue(caught.exception.message.startswith(conf + ", line "))
