@@ -215,7 +215,8 @@ def undo_partial(site, taken, failed_pool, reason, recursive):
                     site.scripts["snapshot"], " -r" if recursive else "")), True
     return ("the snapshot failed on pool %s: %s; the snapshots already taken on the other "
             "pools (%s) were destroyed again: no snapshot was taken" % (
-                failed_pool, reason, ", ".join(destroyed))), False
+                failed_pool, reason, ", ".join(n for _, names in taken for n in names
+                                               if n in destroyed))), False
 
 
 def unfinished_sets(site, sets=None, pending=None):
