@@ -15,8 +15,8 @@ description:
     blobstorage datasets.
   - With a O(label), a set with that label already there is reported, not taken again, so that
     a playbook run again after a failure on another host takes only the missing ones. A set
-    with that label that is missing on one of the datasets (a run stopped between two pools)
-    does not count: the script destroys it and takes the set again.
+    with that label that is missing on one of the datasets is not counted, and the set is
+    taken again (the script first destroys one that a run stopped between two pools left).
   - In check mode it runs C(bin/snapshot --dry-run), which refuses what the real snapshot
     refuses (datasets not mounted as when bin/buildout ran, a bad label) and changes nothing;
     the task reports as changed the set the real run would take.
@@ -80,8 +80,8 @@ def main():
         rc, doc = run_script(module, "snapshot", ["--list"])
         if rc != 0:
             fail(module, "snapshot", rc, doc)
-        # A set missing on a dataset is not the snapshot asked for: bin/snapshot destroys one
-        # that an interrupted run left and takes the set again.
+        # A set missing on a dataset is not the snapshot asked for: bin/snapshot takes it
+        # again (and destroys first one that a run stopped between two pools left).
         found = [s for s in doc.get("snapshots", []) if s.get("label") == label
                  and not s.get("missing")]
         if len(found) > 1:
