@@ -146,9 +146,7 @@ def cleanup(site, names=(), older_than=None, dry_run=False, yes=False, confirm=N
         out.data["freed"] = 0
         return
     by_dataset = {}
-    # The buildout's dataset last (its snapshot is how a set is found: a run killed half-way
-    # leaves what the next finds); with `recursive` it need not be first in site.datasets.
-    for dataset in [d for d in site.datasets if d != site.primary] + [site.primary]:
+    for dataset in site.primary_last:
         shorts = [s.members[dataset].short for s in chosen if dataset in s.members]
         if shorts:
             by_dataset[dataset] = shorts

@@ -149,6 +149,13 @@ class Site:
     def primary(self):
         return self.configured[0]
 
+    @property
+    def primary_last(self):
+        """The datasets in the order their snapshots are destroyed: the buildout's last, as a
+        set is found by its snapshot (a run killed half-way leaves what the next one finds).
+        With `recursive`, `datasets` is in zfs's order, not the buildout's first."""
+        return [d for d in self.datasets if d != self.primary] + [self.primary]
+
     # -- the layout on disk -----------------------------------------------------------------
     def check_layout(self, action, other_script=False):
         """Refuse when the datasets are not mounted as when bin/buildout ran: a dataset moved,

@@ -234,11 +234,8 @@ def unfinished_sets(site, sets=None, pending=None):
     sets = site.snapshot_sets() if sets is None else sets
     return [s for s in sets if s.short == pending["snapshot"] and s.missing]
 def destroy_order(site, found):
-    """The members' names, the buildout's last: the set is found by the buildout dataset's
-    snapshot, so a run killed half-way leaves what the next run still finds and finishes.
-    (With `recursive`, site.datasets is in zfs's order, not the buildout's first.)"""
-    order = [d for d in site.datasets if d != site.primary] + [site.primary]
-    return [found.members[d].name for d in order if d in found.members]
+    """The members' names, in the order they are destroyed (Site.primary_last)."""
+    return [found.members[d].name for d in site.primary_last if d in found.members]
 
 
 def destroy_unfinished(site, found):

@@ -8,11 +8,11 @@ by zopeconf.py; its supervisord from a supervisord.conf in the site directory.
 """
 import configparser
 import os
-import re
 import shutil
 import sys
 
 from collective.recipe.zfssnap import configfile
+from collective.recipe.zfssnap import supervisor
 from collective.recipe.zfssnap import zopeconf
 from collective.recipe.zfssnap.options import SCRIPTS
 from collective.recipe.zfssnap.options import PartOptions
@@ -116,9 +116,7 @@ def supervisord_files(conf):
     def value(section, name, default):
         if not parser.has_option(section, name):
             return default
-        text = re.sub(r"%\((here|ENV_\w+)\)s", lambda m: here if m.group(1) == "here" else
-                      os.environ.get(m.group(1)[4:], ""), parser.get(section, name))
-        return os.path.join(here, text)
+        return os.path.join(here, supervisor.expand(parser.get(section, name), here))
 
     files = [value("supervisord", "pidfile", os.path.join(here, "supervisord.pid")),
              value("supervisord", "logfile", os.path.join(here, "supervisord.log"))]

@@ -52,6 +52,13 @@ class Fault(SupervisorError):
         self.code = fault.faultCode
 
 
+def expand(text, here):
+    """A supervisord configuration's value as supervisor reads it: %(here)s (the file's
+    directory) and %(ENV_NAME)s expanded."""
+    return re.sub(r"%\((here|ENV_\w+)\)s", lambda m: here if m.group(1) == "here" else
+                  os.environ.get(m.group(1)[4:], ""), text)
+
+
 def read_client_config(path):
     """(serverurl, username, password) from a supervisord configuration's [supervisorctl]."""
     parser = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"), strict=False)
@@ -67,10 +74,7 @@ def read_client_config(path):
     def value(name, default=None):
         if not parser.has_option("supervisorctl", name):
             return default
-        text = parser.get("supervisorctl", name)
-        # supervisor expands %(here)s and %(ENV_NAME)s in these values.
-        return re.sub(r"%\((here|ENV_\w+)\)s", lambda m: here if m.group(1) == "here" else
-                      os.environ.get(m.group(1)[4:], ""), text)
+        return expand(parser.get("supervisorctl", name), here)
 
     url = value("serverurl", "http://localhost:9001")
     if url.startswith("unix://"):
