@@ -10,6 +10,7 @@ import textwrap
 import unittest
 
 from collective.recipe.zfssnap import cli
+from collective.recipe.zfssnap.tests.test_standalone import RELSTORAGE
 
 
 class CommandLineTest(unittest.TestCase):
@@ -64,16 +65,7 @@ class CommandLineTest(unittest.TestCase):
     def test_relstorage_is_refused_with_its_sentence_before_any_zfs_call(self):
         # zfs here is a command that does not exist: reaching it would be exit 2.
         self.write("zfssnap.cfg", "[zfssnap]\nzfs = %s/no-zfs\n" % self.site)
-        self.write("instance/etc/zope.conf", """\
-            <zodb_db main>
-                %import relstorage
-                <relstorage>
-                    <postgresql>
-                        dsn dbname='zodb'
-                    </postgresql>
-                </relstorage>
-            </zodb_db>
-            """)
+        self.write("instance/etc/zope.conf", RELSTORAGE)
         for argv in (["snapshot", "pre-2.0"], ["snapshot", "--dry-run"]):
             code, out, err = self.zfssnap("-C", self.site, *argv)
             self.assertEqual((code, out), (3, ""), err)

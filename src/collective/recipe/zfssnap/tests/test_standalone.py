@@ -13,6 +13,17 @@ from collective.recipe.zfssnap import configfile
 from collective.recipe.zfssnap import standalone
 
 FAKE_ZFS = os.path.join(os.path.dirname(__file__), "fake_zfs.py")
+# A Zope instance whose ZODB is RelStorage on PostgreSQL (its section on line 3).
+RELSTORAGE = """\
+<zodb_db main>
+    %import relstorage
+    <relstorage>
+        <postgresql>
+            dsn dbname='zodb'
+        </postgresql>
+    </relstorage>
+</zodb_db>
+"""
 
 
 class StandaloneTest(unittest.TestCase):
@@ -84,16 +95,7 @@ class StandaloneTest(unittest.TestCase):
 
     def test_relstorage_in_zope_conf_is_named_with_its_file_and_line(self):
         self.cfg()
-        self.zope_conf("""\
-            <zodb_db main>
-                %import relstorage
-                <relstorage>
-                    <postgresql>
-                        dsn dbname='zodb'
-                    </postgresql>
-                </relstorage>
-            </zodb_db>
-            """)
+        self.zope_conf(RELSTORAGE)
         config = standalone.load(self.site)
         self.assertEqual(config["external_databases"], [{
             "kind": "PostgreSQL", "where": "the <relstorage> section of %s/instance/etc/"
