@@ -47,18 +47,25 @@ SCRIPT_EXIT_CODES = {"snapshot": (0, 1, 2, 3, 130), "cleanup": (0, 1, 2, 3, 130)
                      "rollback": (0, 1, 2, 3, 4, 130)}
 
 
-def exit_codes(name):
-    return "exit codes: " + "; ".join(EXIT_CODES[c] for c in SCRIPT_EXIT_CODES.get(
+def exit_codes(name, standalone=False):
+    text = "exit codes: " + "; ".join(EXIT_CODES[c] for c in SCRIPT_EXIT_CODES.get(
         name, sorted(EXIT_CODES)))
+    return text.replace("bin/rollback", "zfssnap rollback") if standalone else text
 
 
 def parser_for(script, description, config=None, name=None):
     config = config or {}
     datasets = config.get("datasets") or []
-    epilog = "The part [%s] of %s: datasets %s. %s." % (
-        config.get("part", "?"), config.get("directory", "?"),
-        ", ".join(datasets) if datasets else "none found (not on ZFS when bin/buildout ran)",
-        exit_codes(name))
+    standalone = config.get("standalone", False)
+    if standalone:
+        epilog = "The site %s: datasets %s. %s." % (
+            config.get("directory", "?"), ", ".join(datasets) if datasets else
+            "none found (the site directory is not on ZFS)", exit_codes(name, True))
+    else:
+        epilog = "The part [%s] of %s: datasets %s. %s." % (
+            config.get("part", "?"), config.get("directory", "?"),
+            ", ".join(datasets) if datasets else "none found (not on ZFS when bin/buildout ran)",
+            exit_codes(name))
     parser = argparse.ArgumentParser(prog=script, description=description, epilog=epilog)
     parser.add_argument("--version", action="version", version="%s (collective.recipe.zfssnap "
                         "%s)" % (script, config.get("version") or "?"))
@@ -144,18 +151,27 @@ def unfinished(message, name, site, code):
 
 
 def snapshot(config, argv=None):
+    from collective.recipe.zfssnap import inputs
     from collective.recipe.zfssnap import snapshot as snapshotmod
 
     def arguments(parser):
         parser.add_argument("label", nargs="?", help="a label for the snapshot, added to its "
                             "name (letters, digits and _ - . :)")
         parser.add_argument("-m", "--message", help="a note stored with the snapshot")
-        parser.add_argument("--list", action="store_true",
-                            help="list this part's snapshots instead of taking one")
+        what = parser.add_mutually_exclusive_group()
+        what.add_argument("--list", action="store_true",
+                          help="list this part's snapshots instead of taking one")
+        what.add_argument("--if-changed", action="store_true",
+                          help="take it only when the install inputs (the git revision and "
+                          "the files of the install-inputs option) differ from those of the "
+                          "last snapshot --if-changed took: in a deploy script, after the "
+                          "checkout is updated and before the install")
 
     def work(site, args):
         if args.list:
             snapshotmod.list_snapshots(site)
+        elif args.if_changed:
+            inputs.if_changed(site, args.label, args.message, dry_run=args.dry_run)
         else:
             snapshotmod.take_snapshot(site, args.label, args.message, dry_run=args.dry_run)
 

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 
+from collective.recipe.zfssnap import inputs
 from collective.recipe.zfssnap import mounts as mountsmod
 from collective.recipe.zfssnap import zfs as zfsmod
 from collective.recipe.zfssnap.datasets import PartDatasets
@@ -25,10 +26,10 @@ FALSE = ("false", "no", "off", "0", "")
 OPTIONS = set(HOOKS) | {s + "-script" for s in SCRIPTS} | {
     "dataset", "exclude-datasets", "external-database", "extra-datasets", "filestorages",
     "health-check",
-    "hook-timeout", "keep-rolled-away", "lock-file", "log-file", "prefix", "programs",
-    "recipe", "recursive", "release-guard", "retain", "stop-timeout", "supervisor-conf",
-    "supervisorctl", "supervisord", "supervisord-unit", "systemd-units", "systemd-user",
-    "warn-size", "zfs", "zfs-timeout"}
+    "hook-timeout", "install-inputs", "keep-rolled-away", "lock-file", "log-file", "prefix",
+    "programs", "recipe", "recursive", "release-guard", "retain", "stop-timeout",
+    "supervisor-conf", "supervisorctl", "supervisord", "supervisord-unit", "systemd-units",
+    "systemd-user", "warn-size", "zfs", "zfs-timeout"}
 UNIT_TYPES = ("service", "socket", "timer", "path", "target")
 OTHER_UNIT_TYPES = ("mount", "automount", "swap", "device", "slice", "scope")
 
@@ -43,6 +44,9 @@ def is_inside(path, directory):
 
 
 class PartOptions(PartDatasets):
+
+    # What `snapshot --if-changed` compares (inputs.py): the files an install reads.
+    install_inputs = inputs.PATTERNS
 
     def __init__(self, name, options, directory, bin_directory):
         self.name = name
@@ -68,6 +72,7 @@ class PartOptions(PartDatasets):
             options.setdefault(option, default)
         for hook in HOOKS:
             options.setdefault(hook, "")
+        options.setdefault("install-inputs", " ".join(self.install_inputs))
         for script in SCRIPTS:
             default = default_script_name(name, script)
             options.setdefault(script + "-script", default)
@@ -282,6 +287,7 @@ class PartOptions(PartDatasets):
             "hook_timeout": self.number("hook-timeout", 1),
             "zfs_timeout": self.number("zfs-timeout", 0),
             "filestorages": [os.path.join(self.directory, p) for p in self.words("filestorages")],
+            "install_inputs": self.words("install-inputs"),
             "external_databases": self.external_databases,
             "external_database": external,
             "health_check": self.health_check(),

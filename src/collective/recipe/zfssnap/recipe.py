@@ -48,6 +48,10 @@ except OSError:
 
 class Recipe(PartOptions):
 
+    # bin/buildout reads the buildout's configuration too. The release guard (extension.py)
+    # compares the parts instead, but --if-changed works in a buildout as well.
+    install_inputs = ("*.cfg",) + PartOptions.install_inputs
+
     def __init__(self, buildout, name, options):
         self.buildout = buildout
         super().__init__(name, options, buildout["buildout"]["directory"],

@@ -88,9 +88,9 @@ def refuse_external_database(config):
                    "; ".join(d["where"] for d in found), where), REFUSED)
 
 
-def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
-    out = site.out
-    site.refuse_while_recorded("take a snapshot")
+def check_label(site, label, message):
+    """Refuse a label or message that take_snapshot would refuse (also before a run that may
+    take none: --if-changed)."""
     if label is not None:
         # ZFS allows spaces, but a label is typed in shells: letters, digits, _ - . : only.
         problem = zfsmod.check_snapshot_name(site.primary, label, what="a label",
@@ -99,6 +99,12 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
             raise Stop("cannot use the label '%s': %s" % (label, problem), BAD_INPUT)
     if message is not None and not message.isprintable():
         raise Stop("the message must be one line of printable characters", BAD_INPUT)
+
+
+def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
+    out = site.out
+    site.refuse_while_recorded("take a snapshot")
+    check_label(site, label, message)
     now = datetime.datetime.now(datetime.timezone.utc)
     short = snapshot_name(site, label, now)
     datasets = site.datasets

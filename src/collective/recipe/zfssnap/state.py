@@ -68,8 +68,8 @@ def _is_inside(path, top):
 
 
 class Places:
-    """Where a part's scripts keep their files: the lock, the log, the rollback's record and
-    the guard's record of the last bin/buildout.
+    """Where a part's scripts keep their files: the lock, the log, the rollback's record, the
+    guard's record of the last bin/buildout and that of the last install (--if-changed).
 
     Decided when a script runs, from the buildout directory and its owner, never from an
     option baked into the script: the release a rollback goes back to has scripts of its own,
@@ -115,6 +115,8 @@ class Places:
         self.buildout_record = self.path(".buildout.json")
         # The set a bin/snapshot on several pools is taking: there until its last pool's.
         self.snapshot_record = self.path(".snapshot.json")
+        # The install inputs of the last snapshot --if-changed took (inputs.py).
+        self.install_record = self.path(".install.json")
         self.finished = self.path(".rolled-back.json")  # the last finished rollback (again.py)
         self.owner = (owner, group) if euid == 0 and self.uid == owner and owner != 0 else None
         # Where an earlier run may have left the record: the other candidate directory (the

@@ -1,8 +1,9 @@
 """The end of a rollback: what ran before started again, the state kept by --keep set up, the
-release guard's record set back, the finished rollback remembered (again.py), the report."""
+release guards' records set back, the finished rollback remembered (again.py), the report."""
 import time
 
 from collective.recipe.zfssnap import again as againmod
+from collective.recipe.zfssnap import inputs
 from collective.recipe.zfssnap import mounts as mountsmod
 from collective.recipe.zfssnap import state
 from collective.recipe.zfssnap import zfs as zfsmod
@@ -31,7 +32,7 @@ def finish(run, target, start=True):
             run.finish_start(target)
             run.out.data["phase"] = "started"
     except HealthFailed:
-        restore_guard_record(run.site, target)
+        restore_records(run.site, target)
         if run.swaps and run.settle(target):
             run.save(stage=SETTLING)  # the rerun settles what is left
         else:
@@ -50,18 +51,25 @@ def finish(run, target, start=True):
                        started=True)
         failed = run.settle(target)
         if failed:
-            restore_guard_record(run.site, target)  # the site runs the target's state
+            restore_records(run.site, target)  # the site runs the target's state
             raise Stop("rolled back to %s and started the site, but setting up the state kept "
                        "in %s failed (above): run %s again to finish it, or by hand: %s" % (
                            target, ", ".join(s["kept"] for s in run.swaps),
                            run.site.scripts["rollback"], "; ".join(failed)), INCOMPLETE)
-    restore_guard_record(run.site, target)
+    restore_records(run.site, target)
     againmod.remember(run.site, target)
     run.record.clear()
     run.out.data["phase"] = "done"
     report(run, target)
     if run.swaps:
         say_kept(run)
+
+
+def restore_records(site, target):
+    """The records of the last bin/buildout and of the last install (snapshot --if-changed)
+    set back to the target: the site is that state again."""
+    restore_guard_record(site, target)
+    inputs.reset(site, target)
 
 
 def restore_guard_record(site, target):
