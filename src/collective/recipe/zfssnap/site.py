@@ -124,6 +124,10 @@ class Site:
         self.part = config["part"]
         self.directory = config["directory"]
         self.configured = list(config["datasets"])
+        if not self.configured and config.get("standalone"):
+            raise Stop("the site directory %s is not on ZFS (no dataset is mounted there): put "
+                       "it on a dataset of its own, or name its dataset in the dataset option "
+                       "%s" % (self.directory, config.get("options_in", "")), BAD_INPUT)
         if not self.configured:
             raise Stop("the buildout directory %s is not on ZFS (no dataset was found when "
                        "bin/buildout ran): put it on a dataset of its own and run bin/buildout "

@@ -41,6 +41,7 @@ class SiteOptions(PartOptions):
         self.config["scripts"] = {s: "zfssnap " + s for s in SCRIPTS}
         self.config["options_in"] = "in %s" % (
             config.path if config else os.path.join(self.site, configfile.CFG))
+        self.config["standalone"] = True
 
     def where(self, option):
         if self.file is None:
@@ -92,8 +93,9 @@ class SiteOptions(PartOptions):
 
     def program(self, name):
         """supervisord or supervisorctl of the site's virtualenv, else of this Python's, else
-        on PATH."""
-        for directory in (os.path.join(self.site, ".venv", "bin"), os.path.join(self.site, "bin"),
+        on PATH. Not the site's bin/: a buildout's bin/supervisord there (made by
+        collective.recipe.supervisor) has its -c built in, and refuses a second one."""
+        for directory in (os.path.join(self.site, ".venv", "bin"),
                           os.path.dirname(sys.executable)):
             path = os.path.join(directory, name)
             if os.access(path, os.X_OK):

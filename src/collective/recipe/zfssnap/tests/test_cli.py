@@ -75,3 +75,27 @@ class CommandLineTest(unittest.TestCase):
                              "database back yourself with each release, set external-database "
                              "= by-hand in %s/zfssnap.cfg; no snapshot was taken\n"
                              % (self.site, self.site))
+
+    def test_a_site_not_on_zfs_is_named_as_a_site(self):
+        # This machine's mount table has no ZFS: the site directory is on no dataset. The
+        # sentence speaks of the site and zfssnap's configuration, not of bin/buildout.
+        self.write("zfssnap.cfg", "[zfssnap]\nzfs = %s/no-zfs\n" % self.site)
+        self.write("instance/etc/zope.conf", "%define INSTANCEHOME /x\n")
+        code, out, err = self.zfssnap("-C", self.site, "snapshot", "pre-2.0")
+        self.assertEqual((code, out), (2, ""), err)
+        self.assertEqual(err, "zfssnap snapshot: error: the site directory %s is not on ZFS "
+                         "(no dataset is mounted there): put it on a dataset of its own, or "
+                         "name its dataset in the dataset option in %s/zfssnap.cfg\n"
+                         % (self.site, self.site))
+        self.assertNotIn("bin/", err)
+
+    def test_a_command_help_names_the_site_and_zfssnap_rollback(self):
+        self.write("zfssnap.cfg", "[zfssnap]\nzfs = %s/no-zfs\n" % self.site)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), self.assertRaises(SystemExit):
+            cli.main(["-C", self.site, "rollback", "--help"])
+        text = " ".join(out.getvalue().split())
+        self.assertIn("The site %s: datasets none found (the site directory is not on ZFS)."
+                      % self.site, text)
+        self.assertIn("4 rollback incomplete (run zfssnap rollback again to finish)", text)
+        self.assertNotIn("bin/", text)

@@ -93,6 +93,25 @@ class StandaloneTest(unittest.TestCase):
                                              "cleanup": "zfssnap cleanup"})
         self.assertEqual(config["part"], "zfssnap")
 
+    def test_supervisord_of_the_virtualenv_not_of_a_buildout_bin(self):
+        # A buildout's bin/supervisord (collective.recipe.supervisor's) has its -c built in:
+        # given another, it refuses to start, and a rollback would leave the site down.
+        self.cfg()
+        self.write("supervisord.conf", "[supervisord]\n")
+        for directory in ("bin", ".venv/bin"):
+            os.makedirs(os.path.join(self.site, directory))
+            path = os.path.join(self.site, directory, "supervisord")
+            self.write(path, "#!/bin/sh\n")
+            os.chmod(path, 0o755)
+        config = standalone.load(self.site)
+        self.assertEqual(config["supervisord"], [
+            self.site + "/.venv/bin/supervisord", "-c", self.site + "/supervisord.conf"])
+        os.remove(os.path.join(self.site, ".venv/bin/supervisord"))
+        config = standalone.load(self.site)
+        self.assertNotEqual((config["supervisord"] or ["none"])[0],
+                            self.site + "/bin/supervisord")
+        self.assertTrue(config["standalone"])
+
     def test_relstorage_in_zope_conf_is_named_with_its_file_and_line(self):
         self.cfg()
         self.zope_conf(RELSTORAGE)
