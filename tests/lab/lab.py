@@ -40,7 +40,8 @@ HOST_TOOLS = {  # command: Debian package
 WHEELHOUSE_REQUIREMENTS = os.path.join(HERE, "wheelhouse.txt")
 WHEELHOUSE_EXTRA = (os.path.join(HERE, "wheelhouse-buildout5.txt"),
                     os.path.join(HERE, "wheelhouse-zope.txt"),
-                    os.path.join(HERE, "wheelhouse-ansible.txt"))
+                    os.path.join(HERE, "wheelhouse-ansible.txt"),
+                    os.path.join(HERE, "wheelhouse-pip-site.txt"))
 # The series whose guest suite runs the stacks: the Zope stack (test_zope, also shown by
 # `make demo`) and the site over three hosts driven by Ansible (test_hosts). Its cached venv
 # disk also carries the Zope stack's eggs, built and compiled once, and ansible-core's venv.
@@ -48,7 +49,8 @@ STACK_SERIES = "2.3"
 # What that disk holds follows from these: a site whose buildout.cfg asks for more installs
 # the rest.
 STACK_FILES = (os.path.join(HERE, "wheelhouse-zope.txt"),
-               os.path.join(HERE, "wheelhouse-ansible.txt"))
+               os.path.join(HERE, "wheelhouse-ansible.txt"),
+               os.path.join(HERE, "wheelhouse-pip-site.txt"))
 # The venv disk of BUILDOUT5_SERIES carries the zc.buildout 5 site's venv and eggs (its
 # guest test runs there only), following from this file the same way.
 BUILDOUT5_SERIES = "2.1"
@@ -572,12 +574,16 @@ GUEST_TEST_COMMAND = ("exec /opt/venv/bin/zope-testrunner --test-path \"$site\" 
                       "--package collective.recipe.zfssnap --layer {layers} -vvv {args}")
 # The Zope stack's layer only where its eggs are cached: a skipped test's layer is still set up.
 GUEST_LAYERS = "zfssnap.tests.layers"
-STACK_LAYERS = "'zfssnap.tests.(layers|zope_site|hosts|units_site)'"
+STACK_LAYERS = "'zfssnap.tests.(layers|zope_site|hosts|units_site|pip_site)'"
 STACK_WARM = (
     "/opt/venv/bin/python -m collective.recipe.zfssnap.tests.zope_site warm /opt/eggs\n"
     "    python3 -m venv /opt/ansible\n"
     "    /opt/ansible/bin/pip install -q --disable-pip-version-check --no-index "
-    "--find-links /mnt/wheels -r /mnt/src/tests/lab/wheelhouse-ansible.txt")
+    "--find-links /mnt/wheels -r /mnt/src/tests/lab/wheelhouse-ansible.txt\n"
+    # The pip site's virtualenv (test_pip_site), compiled by pip as it installs.
+    "    python3 -m venv /opt/pip-site\n"
+    "    /opt/pip-site/bin/pip install -q --disable-pip-version-check --no-index "
+    "--find-links /mnt/wheels -r /mnt/src/tests/lab/wheelhouse-pip-site.txt")
 BUILDOUT5_WARM = "/opt/venv/bin/python -m collective.recipe.zfssnap.tests.test_buildout5 warm"
 GUEST_DEMO_COMMAND = "exec /opt/venv/bin/python -m collective.recipe.zfssnap.tests.demo"
 GUEST_POWER_CUT_COMMAND = ("exec /opt/venv/bin/python -m "

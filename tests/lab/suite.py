@@ -35,6 +35,7 @@ SHARDS = {
         ("hosts", [r"\.HostsTest\."], 820),
         ("keep-sweep-1", [r"\.CrashSweepTest\.test_rollback_keep_first\b"], 450),
         ("keep-sweep-2", [r"\.CrashSweepTest\.test_rollback_keep_second\b"], 460),
+        ("pip-site", [r"\.PipSiteTest\."], 400),
         # Not zope-testrunner: overlay/power_cut.py, one boot per cut (lab.py powercut).
         (POWER_CUTS, [], 620),
         ("rest", None, 720),

@@ -42,8 +42,22 @@ from collective.recipe.zfssnap.tests.layers import wait_for
 
 # Each family on one series (CI's time): --keep, whose steps depend most on how OpenZFS renames
 # and mounts, on the newer; the others beside the ordinary suite on the older.
-SERIES = {"snapshot": "2.1", "cleanup": "2.1", "rollback": "2.1", "rollback --keep": "2.3"}
+SERIES = {"snapshot": "2.1", "cleanup": "2.1", "rollback": "2.1", "rollback --keep": "2.3",
+          "rollback_console": "2.1"}
 LOG = "/tmp/crash-actions.log"
+# The console script's configuration of the same site, as a site without buildout writes it
+# (docs/standalone.rst): its sweep runs `zfssnap -C SITE rollback`, the same rollback reached
+# through cli.py and standalone.py.
+CONSOLE = "/opt/venv/bin/zfssnap"
+CONSOLE_CFG = """\
+[zfssnap]
+extra-datasets =
+    {site}/var/filestorage
+    {site}/var/blobstorage
+filestorages = var/filestorage/Data.fs
+supervisor-conf = {site}/parts/supervisor/supervisord.conf
+stop-timeout = 30
+"""
 
 
 def crashed_run(argv, after=None, log=None, how="kill"):
@@ -106,7 +120,12 @@ def power_cut():
     wait_for(lambda: not supervisord_pids() and not program_pids(), what="the site to die")
     for _ in range(3):  # a mount made over another hides it until the top one is gone
         for point, dataset in sorted(zfs_mounts_below(SITE).items(), reverse=True):
-            sh("zfs", "unmount", "-f", dataset)
+            if "@" in dataset:
+                # A snapshot under .zfs/snapshot, mounted when the plan read the Data.fs in
+                # it: a boot has none, and zfs unmount takes no snapshot name.
+                sh("umount", "-f", point)
+            else:
+                sh("zfs", "unmount", "-f", dataset)
     sh("zfs", "unmount", "-a", "-f", check=False)
     left = zfs_mounts_below(SITE)
     assert not left, "a power cut leaves nothing mounted, but %s stayed" % left
@@ -245,15 +264,16 @@ class CrashSweepTest(unittest.TestCase):
             self.check_site("1.0", target=BASELINE)
             self.line("cleanup", n, action, "%s; rerun ok" % boot)
 
-    def sweep_rollback(self, script, extra, half=None):
+    def sweep_rollback(self, script, extra, half=None, command=None):
         """Every crash point of the rollback, or (half 0 or 1) the first or second half of
-        them: the halves run in guests of their own, side by side (tests/lab/suite.py)."""
+        them: the halves run in guests of their own, side by side (tests/lab/suite.py).
+        `command`: the rollback's argv before its arguments (bin/rollback)."""
         target = take_snapshot("sweep")
         before = app()
         self.release()
         # --again: every point after the first is a new rollback to the target the last one
         # finished at (the rerun of a killed run finishes that one, --again or not).
-        argv = [SITE + "/bin/rollback", "--yes", "--again"] + extra + [target]
+        argv = (command or [SITE + "/bin/rollback"]) + ["--yes", "--again"] + extra + [target]
         steps = actions(argv)
         self.check_site("1.0", target)
         self.clear_kept()
@@ -326,6 +346,12 @@ class CrashSweepTest(unittest.TestCase):
 
     def test_rollback(self):
         self.sweep_rollback("rollback", [])
+
+    def test_rollback_console(self):
+        # Written before the target is taken: every rollback of the sweep keeps it.
+        with open(SITE + "/zfssnap.cfg", "w") as f:
+            f.write(CONSOLE_CFG.format(site=SITE))
+        self.sweep_rollback("zfssnap rollback", [], command=[CONSOLE, "-C", SITE, "rollback"])
 
     def test_rollback_keep_first(self):
         self.sweep_rollback("rollback --keep", ["--keep"], half=0)

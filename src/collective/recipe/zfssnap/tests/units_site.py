@@ -66,7 +66,7 @@ ZEO_CONF = """\
 """
 UNIT = """\
 [Unit]
-Description=units site: {what}
+Description={what}
 {after}
 [Service]
 WorkingDirectory={site}
@@ -77,11 +77,11 @@ RestartSec=1
 
 
 def unit_files():
-    files = {UNITS[0]: UNIT.format(what="the ZEO server", after="", site=SITE,
+    files = {UNITS[0]: UNIT.format(what="units site: the ZEO server", after="", site=SITE,
                                    command="%s/bin/runzeo -C %s/zeo.conf" % (SITE, SITE))}
     for (name, port), unit in zip(CLIENTS.items(), UNITS[1:]):
         files[unit] = UNIT.format(
-            what="ZEO client " + name, after="After=" + UNITS[0], site=SITE,
+            what="units site: ZEO client " + name, after="After=" + UNITS[0], site=SITE,
             command="%s/bin/py %s/client.py %s/%s 127.0.0.1 %d 127.0.0.1:%d" % (
                 SITE, SITE, SITE, name, port, ZEO_PORT))
     return files

@@ -115,18 +115,19 @@ def answering():
     return all(zope(port, "/manage_main", timeout=5)[0] == 200 for port in HTTP_PORTS)
 
 
-def zeo_alone():
+def zeo_alone(argv=None, cwd=SITE, port=ZEO_PORT):
     """The ZEO server started alone, then stopped: it leaves a Data.fs with its header and no
     transaction. A FileStorage that creates its file also tries to remove its blob directory,
     which a dataset's mountpoint refuses (EBUSY): that first start dies once the file exists,
-    as it does on a real new site, and a second start opens the file and listens."""
+    as it does on a real new site, and a second start opens the file and listens. `argv`: the
+    server's command (the stack's runzeo)."""
+    argv = argv or [SITE + "/parts/zeoserver/bin/runzeo"]
     for attempt in (1, 2):
         with open("/tmp/runzeo.log", "w") as log:
-            runzeo = subprocess.Popen([SITE + "/parts/zeoserver/bin/runzeo"], cwd=SITE,
-                                      stdout=log, stderr=subprocess.STDOUT)
+            runzeo = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         try:
             # It listens only once the storage is open and its signal handlers are in place.
-            layers.wait_for(lambda: listening(ZEO_PORT) or runzeo.poll() is not None,
+            layers.wait_for(lambda: listening(port) or runzeo.poll() is not None,
                             timeout=120, what="the ZEO server to listen or exit")
             if runzeo.poll() is None:
                 return
@@ -163,11 +164,13 @@ def start():
         raise AssertionError("%s\n%s" % (e, diagnosis())) from None
 
 
-def diagnosis():
-    """What supervisord says and the ends of the stack's logs: for a test that failed."""
-    lines = [layers.supervisorctl("status", site=SITE)]
-    logs = SITE + "/var/log"
-    for path in [os.path.join(logs, n) for n in sorted(os.listdir(logs))] + [SUPERVISORD_LOG]:
+def diagnosis(status=None, logs=SITE + "/var/log", supervisord_log=SUPERVISORD_LOG):
+    """What supervisord says and the ends of the stack's logs: for a test that failed.
+    `status`: supervisorctl's status (the stack's)."""
+    lines = [layers.supervisorctl("status", site=SITE) if status is None else status]
+    paths = [os.path.join(logs, n) for n in sorted(os.listdir(logs))] if os.path.isdir(
+        logs) else []
+    for path in paths + [supervisord_log]:
         if path.endswith(".log") and os.path.isfile(path):
             with open(path, errors="replace") as f:
                 lines.append("== %s\n%s" % (path, f.read()[-3000:]))
