@@ -138,6 +138,8 @@ class Site:
         self.scripts = config["scripts"]
         self.places = state.Places(config)
         self.snapshot_space = {}  # dataset -> what all its snapshots hold (any tool's)
+        # What the scripts' sentences call it: a buildout's part, or a site without buildout.
+        self.noun = "site" if config.get("standalone") else "part"
 
     @property
     def datasets(self):
@@ -344,5 +346,5 @@ def find_in(site, sets, wanted):
     if len(by_label) > 1:
         raise Stop("the label '%s' is on %d snapshots (%s): name the one you mean"
                    % (wanted, len(by_label), ", ".join(s.short for s in by_label)), BAD_INPUT)
-    raise Stop("no snapshot of this part is named or labelled '%s' (see %s --list); "
-               "nothing was changed" % (wanted, site.scripts["snapshot"]), BAD_INPUT)
+    raise Stop("no snapshot of this %s is named or labelled '%s' (see %s --list); "
+               "nothing was changed" % (site.noun, wanted, site.scripts["snapshot"]), BAD_INPUT)

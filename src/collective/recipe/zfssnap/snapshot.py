@@ -321,7 +321,7 @@ def list_snapshots(site):
             site.out.say("  %s  (%s before the rollback to %s, %s)" % (
                 k["name"], k.get("dataset", "?"), k.get("target", "?"), k.get("created", "?")))
     if not sets:
-        site.out.say("This part has no snapshots of %s." % site.primary)
+        site.out.say("This %s has no snapshots of %s." % (site.noun, site.primary))
         return
     unfinished = unfinished_sets(site, sets)
     for s in sets:

@@ -130,6 +130,9 @@ def supervisord_files(conf):
 def load(directory, bin_directory=None):
     """The scripts' configuration for the site in `directory`; ConfigError when there is
     none to be had (a message naming the file, the line and the option)."""
+    if not os.path.isdir(directory):
+        raise configfile.ConfigError("the site directory %s does not exist: run zfssnap in "
+                                     "the site directory, or name it with -C" % directory)
     path = configfile.find(directory)
     config = configfile.read(path) if path else None
     if config is None and not any(os.path.isfile(os.path.join(directory, p))

@@ -99,3 +99,10 @@ class CommandLineTest(unittest.TestCase):
                       % self.site, text)
         self.assertIn("4 rollback incomplete (run zfssnap rollback again to finish)", text)
         self.assertNotIn("bin/", text)
+
+    def test_a_site_directory_that_does_not_exist(self):
+        missing = os.path.join(self.site, "srv", "nosuch")
+        code, out, err = self.zfssnap("-C", missing, "snapshot")
+        self.assertEqual((code, out), (2, ""))
+        self.assertEqual(err, "zfssnap snapshot: error: the site directory %s does not exist: "
+                         "run zfssnap in the site directory, or name it with -C\n" % missing)

@@ -97,6 +97,8 @@ class PipSiteTest(unittest.TestCase):
         self.assertIn("The site %s" % SITE, text)
         self.assertIn("run zfssnap rollback again", text)
         self.assertNotIn("bin/", text)
+        rc, out, err = zfssnap("snapshot", "--list")
+        self.assertEqual((rc, out), (0, "This site has no snapshots of tank/pip-site.\n"), err)
 
     def test_release_rolled_back_under_supervisord(self):
         rc, out, err = zfssnap("snapshot", "pre-2.0", "-m", "before the 2.0 release")
