@@ -103,13 +103,19 @@ def read_cfg(path):
 
 
 def has_table(path):
-    return any(re.match(r"^\[\s*tool\s*\.\s*zfssnap\s*\]", line.strip())
-               for line in text_of(path).splitlines())
+    """Whether pyproject.toml has a tool.zfssnap table, however TOML writes it (a [tool.zfssnap]
+    header, dotted keys, an inline table); by its header alone where TOML cannot be read here
+    (Python 3.10 without tomli) or the file is not valid TOML."""
+    text = text_of(path)
+    try:
+        tomllib = toml_reader(path)
+        return isinstance(tomllib.loads(text).get("tool", {}).get(SECTION), dict)
+    except (ConfigError, ValueError):  # TOMLDecodeError is a ValueError
+        return any(re.match(r"^\[\s*tool\s*\.\s*zfssnap\s*\]", line.strip())
+                   for line in text.splitlines())
 
 
-def read_pyproject(path):
-    """The [tool.zfssnap] table: strings as they are, lists one item per line, booleans true
-    or false, numbers as written."""
+def toml_reader(path):
     try:
         import tomllib
     except ImportError:  # Python 3.10
@@ -119,6 +125,13 @@ def read_pyproject(path):
             raise ConfigError("%s: reading pyproject.toml needs Python 3.11 or the tomli "
                               "package: install tomli, or put the options in %s"
                               % (path, os.path.join(os.path.dirname(path), CFG)))
+    return tomllib
+
+
+def read_pyproject(path):
+    """The [tool.zfssnap] table: strings as they are, lists one item per line, booleans true
+    or false, numbers as written."""
+    tomllib = toml_reader(path)
     text = text_of(path)
     try:
         table = tomllib.loads(text).get("tool", {}).get(SECTION)
@@ -129,7 +142,8 @@ def read_pyproject(path):
     lines = table_lines(text)
     options = {}
     for name, value in table.items():
-        where = "%s, line %s" % (path, lines.get(name, "?"))
+        # A key written in another form (dotted, inline) has no line found.
+        where = "%s, line %d" % (path, lines[name]) if name in lines else path
         if isinstance(value, bool):
             value = "true" if value else "false"
         elif isinstance(value, (int, float)):

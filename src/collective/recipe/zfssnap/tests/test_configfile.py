@@ -103,6 +103,21 @@ class ConfigFileTest(unittest.TestCase):
         self.assertIn("has no [tool.zfssnap] table",
                       self.error("pyproject.toml", "[tool]\nzfssnap = 1\n"))
 
+    @needs_toml
+    def test_pyproject_table_in_other_toml_forms(self):
+        # Dotted keys and an inline table are the same table to TOML: found, read, and an
+        # error names the file (no header line to name).
+        for text in ('[tool]\nzfssnap.retain = 2\nzfssnap.programs = ["instance"]\n',
+                     'tool.zfssnap = {retain = 2, programs = ["instance"]}\n'):
+            path = self.write("pyproject.toml", text)
+            self.assertEqual(configfile.find(self.tmp), path)
+            self.assertEqual(configfile.read(path).options, {"retain": "2",
+                                                             "programs": "instance"})
+        path = self.write("pyproject.toml", 'tool.zfssnap = {hooks = {a = 1}}\n')
+        self.assertEqual(self.error("pyproject.toml", 'tool.zfssnap = {hooks = {a = 1}}\n'),
+                         "%s: hooks must be a string, a number, true or false, or a list of "
+                         "strings" % path)
+
     def test_a_pyproject_without_the_table_is_not_the_configuration(self):
         self.write("pyproject.toml", "[project]\nname = 'site'\n")
         self.assertIsNone(configfile.find(self.tmp))
