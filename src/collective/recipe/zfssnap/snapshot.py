@@ -193,6 +193,10 @@ def take_snapshot(site, label=None, message=None, dry_run=False, made_by=None):
     for database in site.config.get("external_databases") or ():
         out.warn("the database in %s (%s) is not in this snapshot: roll it back yourself with "
                  "a rollback to %s" % (database["kind"], database["where"], short))
+    for zeo in site.config.get("remote_zeo_servers") or ():
+        out.warn("the ZEO server %s (%s) is not on this machine: its Data.fs is not in this "
+                 "snapshot; snapshot it where it runs, and roll both back together" % (
+                     zeo["server"], zeo["where"]))
     site.hook("after-snapshot")
     return short
 

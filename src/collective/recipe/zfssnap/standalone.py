@@ -9,6 +9,7 @@ by zopeconf.py; its supervisord from a supervisord.conf in the site directory.
 import configparser
 import os
 import shutil
+import socket
 import sys
 
 from collective.recipe.zfssnap import configfile
@@ -42,6 +43,7 @@ class SiteOptions(PartOptions):
         self.config["options_in"] = "in %s" % (
             config.path if config else os.path.join(self.site, configfile.CFG))
         self.config["standalone"] = True
+        self.config["remote_zeo_servers"] = self.remote_zeo_servers()
 
     def where(self, option):
         if self.file is None:
@@ -70,6 +72,18 @@ class SiteOptions(PartOptions):
     def find_external_databases(self):
         return [{"kind": s.database_server, "where": s.where} for s in self.read_storages()
                 if s.database_server]
+
+    def remote_zeo_servers(self):
+        """The ZEO servers of zope.conf's zeoclient sections that are not on this machine's
+        loopback or a unix socket: their Data.fs is on the machine they run on."""
+        found = []
+        for storage in self.read_storages():
+            for s in (storage, storage.inner):
+                if s is not None and s.kind == "zeoclient":
+                    far = [a for a in s.keys.get("server", "").split() if not is_local(a)]
+                    if far:
+                        found.append({"server": " ".join(far), "where": s.where})
+        return found
 
     def find_supervisor(self):
         """supervisor-conf when set, else a supervisord.conf of the site directory: its
@@ -101,6 +115,16 @@ class SiteOptions(PartOptions):
             if os.access(path, os.X_OK):
                 return path
         return shutil.which(name)
+
+
+def is_local(address):
+    """A ZEO client's server address on this machine: a unix socket, a port alone, or a
+    loopback or this host's name before the port."""
+    if address.startswith("/") or address.isdigit():
+        return True
+    host = address.rsplit(":", 1)[0].strip("[]").lower() if ":" in address else address.lower()
+    return host in ("localhost", "::1", "", socket.gethostname().lower()) or \
+        host.startswith("127.")
 
 
 def supervisord_files(conf):

@@ -116,6 +116,10 @@ def show_plan(site, plan, diff=False, always=False):
         say("  the database in %s (%s): not rolled back with the datasets; roll it back "
             "yourself to its state of %s" % (database["kind"], database["where"],
                                              target.properties.get("created", "?")))
+    for zeo in site.config.get("remote_zeo_servers") or ():
+        say("  the ZEO server %s (%s): not on this machine, not rolled back with the datasets; "
+            "roll it back where it runs to its state of %s" % (
+                zeo["server"], zeo["where"], target.properties.get("created", "?")))
     out.data["plan"] = [dict(e) for e in plan["datasets"]]
     out.data["zodb"] = plan.get("zodb", [])
     out.data["target"] = target.as_dict()

@@ -7,10 +7,12 @@ file lets every stage of bin/rollback be killed and resumed in a second.
 """
 import contextlib
 import datetime
+import gc
 import io
 import os
 import shutil
 import tempfile
+import warnings
 from unittest import mock
 
 from collective.recipe.zfssnap import crashpoint
@@ -174,6 +176,36 @@ class World:
 
     def close(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- running a script's entry function (main.py) --------------------------------------
+    @contextlib.contextmanager
+    def running(self):
+        """This world's pool as every zfs of the script; (stdout, stderr) as they are
+        written."""
+        pool = self.pool
+
+        class Zfs(zfsmod.Zfs):
+            def __new__(cls, *args, **kwargs):
+                return pool  # not one of this class: Python calls no __init__ on it
+
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with self.patched(), mock.patch.object(zfsmod, "Zfs", Zfs), \
+                contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
+                warnings.catch_warnings():
+            # The scripts leave their log open for the process's exit to close.
+            warnings.simplefilter("ignore", ResourceWarning)
+            yield stdout, stderr
+            gc.collect()
+
+    def script(self, entry, argv, **config):
+        """(exit code, stdout, stderr) of a script's entry function (main.snapshot ...) run
+        with ARGV on this world's configuration, changed by `config`."""
+        with self.running() as (stdout, stderr):
+            try:
+                code = entry(dict(self.config, **config), list(argv))
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code
+        return code, stdout.getvalue(), stderr.getvalue()
 
     # -- running bin/rollback ---------------------------------------------------------------
     def site(self):

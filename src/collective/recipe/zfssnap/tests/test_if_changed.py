@@ -3,17 +3,13 @@ fast suite: the modelled pool and site of fake_world, with real files and a real
 in the site directory, through bin/snapshot's entry point (main.snapshot) and through
 `zfssnap` (cli.main). A snapshot is taken when the install inputs differ from those recorded
 with the last one it took, and only then; the record is written once the set is taken."""
-import contextlib
 import datetime
-import gc
 import hashlib
-import io
 import json
 import os
 import subprocess
 import textwrap
 import unittest
-import warnings
 from unittest import mock
 
 from collective.recipe.zfssnap import cli
@@ -50,32 +46,12 @@ class IfChangedTest(unittest.TestCase):
         with open(os.path.join(self.world.top, name), "w") as f:
             f.write(text)
 
-    @contextlib.contextmanager
     def running(self):
-        """The world's pool as every zfs of the script; (stdout, stderr) as they are written."""
-        pool = self.world.pool
-
-        class Zfs(zfsmod.Zfs):
-            def __new__(cls, *args, **kwargs):
-                return pool  # not one of this class: Python calls no __init__ on it
-
-        stdout, stderr = io.StringIO(), io.StringIO()
-        with self.world.patched(), mock.patch.object(zfsmod, "Zfs", Zfs), \
-                contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
-                warnings.catch_warnings():
-            # The scripts leave their log open for the process's exit to close.
-            warnings.simplefilter("ignore", ResourceWarning)
-            yield stdout, stderr
-            gc.collect()
+        return self.world.running()
 
     def snapshot(self, *argv, **config):
         """bin/snapshot ARGV: (exit code, stdout, stderr)."""
-        with self.running() as (stdout, stderr):
-            try:
-                code = main.snapshot(dict(self.world.config, **config), list(argv))
-            except SystemExit as e:  # argparse's usage errors
-                code = e.code
-        return code, stdout.getvalue(), stderr.getvalue()
+        return self.world.script(main.snapshot, argv, **config)
 
     def taken(self):
         """The `zfs snapshot` commands the scripts ran so far."""
@@ -436,3 +412,26 @@ class IfChangedTest(unittest.TestCase):
         code, out, err = self.zfssnap("snapshot", "--if-changed", "--json")
         self.assertEqual((code, json.loads(out)["taken"]), (0, True))
         self.assertEqual(len(self.taken()), 4)
+
+
+class RemoteZeoServerTest(unittest.TestCase):
+    """A ZEO client's server on another machine (standalone.remote_zeo_servers): the snapshot
+    is taken, with a warning that its Data.fs is not in it; the rollback's plan says so."""
+
+    def test_snapshot_and_plan_say_so(self):
+        world = World()
+        self.addCleanup(world.close)
+        zeo = {"server": "db.example.org:8100",
+               "where": "the <zeoclient> section of /srv/site/instance/etc/zope.conf, line 2"}
+        code, out, err = world.script(main.snapshot, ["pre"], remote_zeo_servers=[zeo])
+        self.assertEqual(code, 0, err)
+        self.assertIn("WARNING: the ZEO server db.example.org:8100 (the <zeoclient> section of "
+                      "/srv/site/instance/etc/zope.conf, line 2) is not on this machine: its "
+                      "Data.fs is not in this snapshot; snapshot it where it runs, and roll "
+                      "both back together", err)
+        code, out, err = world.script(main.rollback, ["--dry-run"], remote_zeo_servers=[zeo])
+        self.assertEqual(code, 0, err)
+        self.assertIn("  the ZEO server db.example.org:8100 (the <zeoclient> section of "
+                      "/srv/site/instance/etc/zope.conf, line 2): not on this machine, not "
+                      "rolled back with the datasets", out)
+

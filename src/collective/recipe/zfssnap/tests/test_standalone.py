@@ -112,6 +112,26 @@ class StandaloneTest(unittest.TestCase):
                             self.site + "/bin/supervisord")
         self.assertTrue(config["standalone"])
 
+    def test_a_zeo_server_on_another_machine(self):
+        self.cfg()
+        self.zope_conf("""\
+            <zodb_db main>
+                <zeoclient>
+                    server db.example.org:8100
+                </zeoclient>
+            </zodb_db>
+            <zodb_db catalog>
+                <zeoclient>
+                    server 127.0.0.1:8100 localhost:8101 8102 /run/zeo.sock [::1]:8103
+                </zeoclient>
+            </zodb_db>
+            """)
+        config = standalone.load(self.site)
+        self.assertEqual(config["remote_zeo_servers"], [{
+            "server": "db.example.org:8100", "where": "the <zeoclient> section of %s/instance/"
+            "etc/zope.conf, line 2" % self.site}])
+        self.assertEqual(config["external_databases"], [])  # warned about, not refused
+
     def test_relstorage_in_zope_conf_is_named_with_its_file_and_line(self):
         self.cfg()
         self.zope_conf(RELSTORAGE)
