@@ -13,6 +13,8 @@ import re
 CFG = "zfssnap.cfg"
 PYPROJECT = "pyproject.toml"
 SECTION = "zfssnap"
+# The header of the [tool.zfssnap] table, as pyproject.toml may space it.
+TABLE_HEADER = re.compile(r"^\[\s*tool\s*\.\s*zfssnap\s*\]")
 HEADER = re.compile(r"^\[\s*([^\]]+?)\s*\]\s*([#;].*)?$")
 ASSIGNMENT = re.compile(r"^([A-Za-z0-9_.-]+)\s*[=:]\s?(.*)$")
 
@@ -111,7 +113,7 @@ def has_table(path):
         tomllib = toml_reader(path)
         return isinstance(tomllib.loads(text).get("tool", {}).get(SECTION), dict)
     except (ConfigError, ValueError):  # TOMLDecodeError is a ValueError
-        return any(re.match(r"^\[\s*tool\s*\.\s*zfssnap\s*\]", line.strip())
+        return any(TABLE_HEADER.match(line.strip())
                    for line in text.splitlines())
 
 
@@ -163,7 +165,7 @@ def table_lines(text):
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if stripped.startswith("["):
-            inside = bool(re.match(r"^\[\s*tool\s*\.\s*zfssnap\s*\]", stripped))
+            inside = bool(TABLE_HEADER.match(stripped))
             continue
         m = re.match(r"^[\"']?([A-Za-z0-9_-]+)[\"']?\s*=", stripped) if inside else None
         if m:

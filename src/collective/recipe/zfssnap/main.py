@@ -57,15 +57,12 @@ def parser_for(script, description, config=None, name=None):
     config = config or {}
     datasets = config.get("datasets") or []
     standalone = config.get("standalone", False)
-    if standalone:
-        epilog = "The site %s: datasets %s. %s." % (
-            config.get("directory", "?"), ", ".join(datasets) if datasets else
-            "none found (the site directory is not on ZFS)", exit_codes(name, True))
-    else:
-        epilog = "The part [%s] of %s: datasets %s. %s." % (
-            config.get("part", "?"), config.get("directory", "?"),
-            ", ".join(datasets) if datasets else "none found (not on ZFS when bin/buildout ran)",
-            exit_codes(name))
+    directory = config.get("directory", "?")
+    what, none = (("The site %s" % directory, "the site directory is not on ZFS") if standalone
+                  else ("The part [%s] of %s" % (config.get("part", "?"), directory),
+                        "not on ZFS when bin/buildout ran"))
+    epilog = "%s: datasets %s. %s." % (what, ", ".join(datasets) if datasets else
+                                       "none found (%s)" % none, exit_codes(name, standalone))
     parser = argparse.ArgumentParser(prog=script, description=description, epilog=epilog)
     parser.add_argument("--version", action="version", version="%s (collective.recipe.zfssnap "
                         "%s)" % (script, config.get("version") or "?"))

@@ -64,10 +64,14 @@ class SiteOptions(PartOptions):
                     raise configfile.ConfigError("cannot read the storages of %s" % e.message)
         return self.storages
 
+    def sections(self):
+        """Every storage section of the site's configurations, a blobstorage's inner one too."""
+        return [s for storage in self.read_storages() for s in (storage, storage.inner)
+                if s is not None]
+
     def find_filestorages(self):
-        return [s.keys["path"] for storage in self.read_storages()
-                for s in (storage, storage.inner) if s is not None and s.keys.get("path")
-                and s.kind == "filestorage"]
+        return [s.keys["path"] for s in self.sections()
+                if s.kind == "filestorage" and s.keys.get("path")]
 
     def find_external_databases(self):
         return [{"kind": s.database_server, "where": s.where} for s in self.read_storages()
@@ -77,12 +81,11 @@ class SiteOptions(PartOptions):
         """The ZEO servers of zope.conf's zeoclient sections that are not on this machine's
         loopback or a unix socket: their Data.fs is on the machine they run on."""
         found = []
-        for storage in self.read_storages():
-            for s in (storage, storage.inner):
-                if s is not None and s.kind == "zeoclient":
-                    far = [a for a in s.keys.get("server", "").split() if not is_local(a)]
-                    if far:
-                        found.append({"server": " ".join(far), "where": s.where})
+        for s in self.sections():
+            far = [a for a in s.keys.get("server", "").split() if not is_local(a)] \
+                if s.kind == "zeoclient" else []
+            if far:
+                found.append({"server": " ".join(far), "where": s.where})
         return found
 
     def find_supervisor(self):
